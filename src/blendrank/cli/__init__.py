@@ -1,0 +1,1 @@
+"""The ``blendrank`` command line."""

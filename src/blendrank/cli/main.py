@@ -1,0 +1,41 @@
+"""Root of the ``blendrank`` command tree; each area registers its own sub-commands."""
+
+from __future__ import annotations
+
+import typer
+
+from blendrank import __version__
+from blendrank.cli import data as data_cli
+from blendrank.cli import world as world_cli
+from blendrank.cli.demo import demo
+
+app = typer.Typer(
+    name="blendrank",
+    help="Personalized multi-task fusion for ranking: learn per-request fusion weights, "
+    "compare them with baselines, serve them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cli.app, name="data")
+app.add_typer(world_cli.app, name="world")
+app.command("demo", help="Run the main job on the embedded default world and print the results.")(demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"blendrank {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """blendrank command line."""
+
+
+if __name__ == "__main__":
+    app()
