@@ -2,6 +2,63 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
+from blendrank.progress import progress_bar
+from blendrank.worlds.generate import generate_world
+from blendrank.worlds.presets import PRESETS, world_config
 
 app = typer.Typer(help="Generate logs from a simulated world with known ground truth.", no_args_is_help=True)
+
+WORLDS = ("marketplace",)
+
+
+@app.command("generate")
+@user_errors
+def generate(
+    out_dir: Path = typer.Option(..., "--out", help="Output directory (logs/ shards, world.json, summary.json)."),
+    world: str = typer.Option("marketplace", "--world", help=f"World: {', '.join(WORLDS)}."),
+    preset: str = typer.Option("default", "--preset", help=f"Preset: {', '.join(PRESETS)}."),
+    requests: int = typer.Option(20_000, "--requests", min=1, help="Logged requests (each has `candidates` rows)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the preset's)."),
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    shard_requests: int = typer.Option(10_000, "--shard-requests", min=1, max=1_000_000,
+                                       help="Requests per Parquet shard; bounds memory."),
+    eval_requests: int = typer.Option(2000, "--eval-requests", min=0,
+                                      help="Held-out requests for the headroom report (0 skips it)."),
+) -> None:
+    """Generate logged traffic (production policy + Dirichlet exploration) and the headroom report."""
+    if world not in WORLDS:
+        fail(f"--world {world!r}: unknown world; choose one of {', '.join(WORLDS)}")
+    cfg = world_config(preset, str(config) if config else None, overrides, seed=seed)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        fail(f"--out {out_dir}: directory is not empty; choose a new directory (nothing was overwritten)")
+    with progress_bar() as bar:
+        task = bar.add_task("generating", total=requests)
+        summary = generate_world(cfg, requests, out_dir, shard_requests, eval_requests,
+                                 on_shard=lambda n: bar.advance(task, n))
+    out.print(f"[bold]marketplace[/] preset={preset} seed={cfg.seed}: {summary['requests']:,} requests, "
+              f"{summary['impressions']:,} impressions in {summary['shards']} shards "
+              f"({summary['seconds_logs']} s) -> {out_dir}")
+    if "headroom" in summary:
+        h = summary["headroom"]
+        table = Table(title=f"Headroom on {h['n_requests']:,} held-out requests (business value per page)")
+        for col in ("arm", "value", "vs best global"):
+            table.add_column(col, justify="right" if col != "arm" else "left")
+        for arm, v in h["value"].items():
+            table.add_row(arm, f"{v:.4f}", f"{h['rel_to_best_global'][arm]:+.2%}")
+        out.print(table)
+
+
+@app.command("presets")
+def presets() -> None:
+    """List the marketplace presets."""
+    for name in PRESETS:
+        cfg = world_config(name)
+        segs = ", ".join(f"{s.name} {s.share:.0%}" for s in cfg.segments)
+        out.print(f"[bold]{name}[/]: seed {cfg.seed}, {cfg.n_items} items, objectives {cfg.objectives}, segments: {segs}")

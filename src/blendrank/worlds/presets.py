@@ -1,0 +1,69 @@
+"""Named configurations of the marketplace world.
+
+``default`` has clear personalisation headroom; ``homogeneous`` has one segment (none);
+``bargain``, ``multi_objective`` and ``luxury`` differ in seed, segment mix, prices and number
+of objectives and are not used for tuning any method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blendrank.config import load_config
+from blendrank.errors import ConfigError
+from blendrank.worlds.marketplace import MarketplaceConfig
+
+_BROWSERS = dict(name="browsers", click_bias=0.0, order_bias=-4.0, budget_log_mean=3.5, price_sensitivity=0.8,
+                 pred_order_bias=1.2, age_bucket_mean=1.0)
+_BARGAIN = dict(name="bargain_hunters", click_bias=-1.0, order_bias=-1.5, budget_log_mean=3.0, price_sensitivity=2.0,
+                pred_order_bias=-0.8, pred_click_bias=0.4, age_bucket_mean=2.5)
+_DECISIVE = dict(name="decisive_buyers", click_bias=-1.5, order_bias=-0.3, budget_log_mean=5.5, price_sensitivity=0.3,
+                 pred_click_bias=-0.3, age_bucket_mean=4.0)
+
+_BASE: dict[str, Any] = dict(
+    segments=[dict(_BROWSERS, share=0.5), dict(_BARGAIN, share=0.3), dict(_DECISIVE, share=0.2)],
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": _BASE,
+    "quick": dict(_BASE, n_items=1500, n_users=3000),
+    "homogeneous": dict(
+        seed=11,
+        segments=[dict(name="everyone", share=1.0, click_bias=-1.0, order_bias=-1.5, budget_log_mean=4.5,
+                       budget_log_std=0.1, price_sensitivity=0.8)],
+    ),
+    "bargain": dict(
+        seed=3,
+        segments=[dict(_BROWSERS, share=0.2), dict(_BARGAIN, share=0.6), dict(_DECISIVE, share=0.2)],
+        price_log_mean_range=(2.0, 5.0),
+    ),
+    "luxury": dict(
+        seed=5,
+        n_items=3000,
+        segments=[dict(_BROWSERS, share=0.35), dict(_DECISIVE, share=0.45),
+                  dict(_BARGAIN, share=0.2, budget_log_mean=3.8)],
+        price_log_mean_range=(3.5, 6.5),
+        value=dict(click=0.5, order=0.5, gmv=1.0),
+    ),
+    "multi_objective": dict(
+        seed=7,
+        segments=[dict(_BROWSERS, share=0.4, extra_shift={"cart": 0.5, "favorite": 1.0}),
+                  dict(_BARGAIN, share=0.35, extra_shift={"cart": 1.0}),
+                  dict(_DECISIVE, share=0.25, extra_shift={"favorite": -1.0})],
+        extra_objectives=[
+            dict(name="cart", base_logit=-1.0, quality_coef=0.4, order_coupling=0.8, value_weight=0.3),
+            dict(name="favorite", base_logit=-2.5, quality_coef=0.8, order_coupling=0.2, value_weight=0.5),
+        ],
+    ),
+}
+
+
+def world_config(preset: str = "default", config_path: str | None = None, overrides: list[str] | None = None,
+                 seed: int | None = None) -> MarketplaceConfig:
+    """Preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown marketplace preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset])
+    if seed is not None:
+        base["seed"] = seed
+    return load_config(MarketplaceConfig, config_path, overrides, base=base)
