@@ -398,7 +398,7 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
-def _resampled_means(columns: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def resampled_means(columns: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """``[n_boot, C]`` column means of ``n_boot`` row resamples (with replacement) of ``[n, C]``."""
     rng = np.random.default_rng(seed)
     n = columns.shape[0]
@@ -435,7 +435,7 @@ def bootstrap_ci(
     x = x[~np.isnan(x)]
     if x.size == 0:
         return math.nan, math.nan, math.nan
-    lo, hi = _interval(_resampled_means(x[:, None], n_boot, seed)[:, 0], alpha)
+    lo, hi = _interval(resampled_means(x[:, None], n_boot, seed)[:, 0], alpha)
     return float(x.mean()), lo, hi
 
 
@@ -462,7 +462,7 @@ def paired_bootstrap_rel_lift(
     pairs = np.stack([x[keep], y[keep]], axis=1)
     if pairs.shape[0] == 0:
         return math.nan, math.nan, math.nan
-    means = _resampled_means(pairs, n_boot, seed)
+    means = resampled_means(pairs, n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = (pairs[:, 0].mean() - pairs[:, 1].mean()) / pairs[:, 1].mean()
         draws = (means[:, 0] - means[:, 1]) / means[:, 1]
