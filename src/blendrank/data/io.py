@@ -1,0 +1,183 @@
+"""Reading and writing contract logs: Parquet (file or directory of shards) and CSV (plain or .gz).
+
+Every read problem is a :class:`~blendrank.errors.DataError` that names the file; nothing is
+coerced on the way in (CSV types are inferred by Arrow, empty CSV cells are nulls).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from blendrank.data.contract import (
+    SmallRequests,
+    ValidationReport,
+    format_violations,
+    validate_table,
+)
+from blendrank.data.mapping import ColumnMapping, apply_mapping, load_mapping
+from blendrank.errors import DataError
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+
+
+def _is_csv(path: Path) -> bool:
+    return path.name.lower().endswith(CSV_SUFFIXES)
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith(PARQUET_SUFFIXES)
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    """The Parquet file at ``path``, or the ``*.parquet`` / ``*.pq`` shards under a directory
+    (recursively, sorted; names starting with ``.`` or ``_`` such as temp files are skipped)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and _is_parquet(p) and not p.name.startswith((".", "_"))
+        )
+        if not files:
+            raise DataError(f"{path}: directory contains no .parquet files")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    return [path]
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: not a Parquet file or truncated ({exc}); re-export it")
+
+
+def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _read_csv(path: Path) -> pa.Table:
+    try:
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        raise DataError(
+            f"{path}: cannot read as CSV ({exc}); check the file and re-export it"
+        ) from None
+
+
+def _concat_shards(files: list[Path], tables: list[pa.Table]) -> pa.Table:
+    """Concatenate shards with equal column names and types (nullability, metadata may differ)."""
+    first = [(f.name, f.type) for f in tables[0].schema]
+    for path, t in zip(files[1:], tables[1:], strict=True):
+        fields = [(f.name, f.type) for f in t.schema]
+        if fields != first:
+            diff = sorted(set(map(str, fields)) ^ set(map(str, first)))
+            raise DataError(
+                f"{path}: schema differs from {files[0]} ({', '.join(diff)}); "
+                "all shards must have the same columns and types"
+            )
+    schema = pa.schema([f.with_nullable(True) for f in tables[0].schema])
+    return pa.concat_tables([t.replace_schema_metadata(None).cast(schema) for t in tables])
+
+
+def read_raw(path: str | Path) -> pa.Table:
+    """Read a Parquet file, a directory of Parquet shards, or a CSV / CSV.gz file, as stored."""
+    path = Path(path)
+    if path.is_file() and _is_csv(path):
+        return _read_csv(path)
+    if path.is_file() and not _is_parquet(path):
+        raise DataError(
+            f"{path}: unsupported file type; expected .parquet, a directory of .parquet shards, "
+            ".csv or .csv.gz"
+        )
+    files = parquet_files(path)
+    tables = [_read_parquet(f) for f in files]
+    return tables[0] if len(tables) == 1 else _concat_shards(files, tables)
+
+
+def read_log(path: str | Path, mapping: str | Path | ColumnMapping | None = None) -> pa.Table:
+    """Read a log and apply a column mapping (a YAML path or a parsed :class:`ColumnMapping`).
+
+    The result is in contract column names but not validated; see :func:`load_log`.
+    """
+    table = read_raw(path)
+    if mapping is None:
+        return table
+    if isinstance(mapping, ColumnMapping):
+        return apply_mapping(table, mapping, source=str(path))
+    return apply_mapping(
+        table, load_mapping(mapping), source=str(path), mapping_source=str(mapping)
+    )
+
+
+def load_log(
+    path: str | Path,
+    mapping: str | Path | ColumnMapping | None = None,
+    *,
+    min_candidates: int = 2,
+    small_requests: SmallRequests = "error",
+) -> tuple[pa.Table, ValidationReport]:
+    """Read, map and validate a log; raise :class:`DataError` listing every violation.
+
+    Returns the validated table (small requests removed when ``small_requests="drop"``) and
+    its report.
+    """
+    report = validate_table(
+        read_log(path, mapping),
+        str(path),
+        min_candidates=min_candidates,
+        small_requests=small_requests,
+    )
+    if not report.ok:
+        raise DataError(format_violations(report))
+    return report.table, report
+
+
+def iter_record_batches(
+    path: str | Path, columns: Sequence[str] | None = None, batch_size: int = 65_536
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of at most ``batch_size`` rows from a Parquet file or directory,
+    shard by shard, never loading a whole file. ``columns=None`` reads every column."""
+    for path_ in parquet_files(path):
+        try:
+            pf = pq.ParquetFile(path_)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(path_, exc) from None
+        if columns is not None:
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+            if missing:
+                raise DataError(
+                    f"{path_}: missing column(s) {', '.join(missing)}; "
+                    f"available columns: {', '.join(pf.schema_arrow.names)}"
+                )
+        try:
+            yield from pf.iter_batches(
+                batch_size=batch_size, columns=list(columns) if columns is not None else None
+            )
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(path_, exc) from None
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file in the same directory + ``os.replace``),
+    creating parent directories. Readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
