@@ -173,7 +173,7 @@ BAD_CASES = [
         Kind.BAD_PROPENSITY,
         [2],
     ),
-    ("propensity > 1", set_at("propensity", 5, 1.5), "csv", "propensity", Kind.BAD_PROPENSITY, [5]),
+    ("negative propensity", set_at("propensity", 5, -1.5), "csv", "propensity", Kind.BAD_PROPENSITY, [5]),
     ("duplicate item", set_at("item_id", 1, 10), "csv", "request_id, item_id", Kind.DUPLICATE, [1]),
     (
         "small request",

@@ -11,7 +11,7 @@ column                    type                       nulls     values
 ``label_<name>``          0/1, bool or float         no        >= 0; one column per objective
 ``pred_<name>``           float (optional)           no        in [0, 1]; needs ``label_<name>``
 ``price``                 float (optional)           no        >= 0
-``propensity``            float (optional)           no        in (0, 1]
+``propensity``            float (optional)           no        > 0 (probability or density)
 ``f_<name>``              any                        yes       finite when floating
 ========================  =========================  ========  ===================================
 
@@ -275,9 +275,10 @@ _RULES: dict[str, _Rule] = {
         nullable=False,
         range=_Range(
             Kind.BAD_PROPENSITY,
-            lambda c: pc.or_(pc.less_equal(c, 0), pc.greater(c, 1)),
-            "propensity is a logging probability and must be in (0, 1]",
-            "log the probability the logging policy gave this candidate; "
+            lambda c: pc.less_equal(c, 0),
+            "propensity is the logging policy's probability (or, for continuous actions such as "
+            "fusion weights, its density) and must be > 0",
+            "log the probability or density the logging policy gave this row; "
             "drop the column if unknown",
         ),
     ),
