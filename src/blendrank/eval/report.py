@@ -1,0 +1,876 @@
+"""``bench.json`` -> ``report.md`` + ``report.html`` with plots.
+
+The report reads only ``bench.json`` (layout in SPEC §6) and copes with any section being
+absent: a minimal file with just ``arms`` works, and so does a log-only bench that has an
+``offline`` section and no world.
+
+Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend switch), saved as
+PNG under ``<bench_dir>/plots/``, linked from the Markdown and embedded as base64 in the HTML
+so that ``report.html`` is self-contained.
+
+Public API::
+
+    load_bench(bench_dir) -> dict                 # DataError on a missing dir / bad bench.json
+    write_report(bench_dir, bench=None) -> (md_path, html_path)
+    format_table(bench) -> rich.table.Table  # arms x key metrics, value lift + CI, oracle share
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from blendrank.errors import BlendrankError, DataError
+
+BENCH_FILE = "bench.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOTS_DIR = "plots"
+
+#: Column order for arm metrics; any other numeric metric follows in order of appearance.
+METRIC_ORDER = (
+    "ctr",
+    "cvr",
+    "opm",
+    "gpm",
+    "value",
+    "orders_per_request",
+    "gmv_per_request",
+    "session_length",
+)
+#: Metrics shown by :func:`format_table` (those present, in this order).
+KEY_METRICS = ("ctr", "cvr", "opm", "gpm", "value")
+#: Header fields shown first, in this order; other top-level scalars follow.
+HEADER_ORDER = (
+    "world",
+    "data",
+    "mapping",
+    "config",
+    "seed",
+    "n_eval_requests",
+    "baseline_arm",
+    "value_metric",
+)
+
+CONVENTIONS = (
+    "CTR = clicks / impressions; CVR = orders / clicks; OPM = orders per 1000 impressions; "
+    "GPM = GMV per 1000 impressions; orders and GMV per request are per served page. "
+    "*Expected* metrics are computed under the world's true probabilities for the shown page "
+    "(low variance; used for `arms` and `lifts`); *realised* metrics are sampled outcomes, as a "
+    "real A/B test would see them. Every arm serves the same requests with common random numbers. "
+    "Lift = arm / baseline - 1, with a 95% paired-bootstrap CI over requests. "
+    "Oracle share = (arm - production) / (oracle - production) on the business value. "
+    "Offline metrics (log-only benches) are means over test requests with 95% bootstrap CIs; "
+    "see docs/metrics.md for NDCG/GAUC conventions."
+)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _bench_path(bench_dir: Path) -> tuple[Path, Path]:
+    bench_dir = Path(bench_dir)
+    if bench_dir.is_file() and bench_dir.suffix == ".json":  # tolerate a path to bench.json itself
+        return bench_dir.parent, bench_dir
+    return bench_dir, bench_dir / BENCH_FILE
+
+
+def load_bench(bench_dir: Path | str) -> dict[str, Any]:
+    """Read and sanity-check ``<bench_dir>/bench.json``; raise :class:`DataError` if unusable."""
+    directory, path = _bench_path(Path(bench_dir))
+    if not directory.is_dir():
+        raise DataError(
+            f"--bench {directory}: no such directory; pass the --out directory of a "
+            "`blendrank bench` run (it holds bench.json)"
+        )
+    if not path.is_file():
+        raise DataError(
+            f"{path}: bench.json not found; run `blendrank bench ... --out {directory}` first, "
+            "or pass the directory that holds bench.json"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc}); check the file and its permissions") from exc
+    try:
+        bench = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); "
+            "re-run `blendrank bench` to rewrite it or fix the file"
+        ) from exc
+    if not isinstance(bench, dict):
+        raise DataError(
+            f"{path}: expected a JSON object at the top level, got {type(bench).__name__}; "
+            "re-run `blendrank bench` to rewrite it"
+        )
+    for key in (
+        "arms",
+        "arms_realised",
+        "lifts",
+        "lifts_vs_static",
+        "oracle_share",
+        "timings_s",
+        "weights",
+        "learning_curves",
+        "offline",
+    ):
+        if key in bench and bench[key] is not None and not isinstance(bench[key], dict):
+            raise DataError(
+                f"{path}: `{key}` must be a JSON object, got {type(bench[key]).__name__}; "
+                "re-run `blendrank bench` to rewrite it"
+            )
+    for key in ("arms", "arms_realised", "offline"):
+        for arm, metrics in (bench.get(key) or {}).items():
+            if not isinstance(metrics, dict):
+                raise DataError(
+                    f"{path}: `{key}.{arm}` must be an object of metric -> value, got "
+                    f"{type(metrics).__name__}; re-run `blendrank bench` to rewrite it"
+                )
+    if not (bench.get("arms") or bench.get("arms_realised") or bench.get("offline")):
+        raise DataError(
+            f"{path}: no results (none of `arms`, `arms_realised`, `offline` has an entry); "
+            "re-run `blendrank bench` to completion"
+        )
+    return bench
+
+
+# ----------------------------------------------------------------------------- value helpers
+
+
+def _num(v: Any) -> float | None:
+    """A finite-or-NaN float for int/float (not bool) values, else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _fmt(v: Any) -> str:
+    x = _num(v)
+    if x is None:
+        return "–" if v is None else str(v)
+    if math.isnan(x):
+        return "nan"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    if x != 0 and abs(x) >= 1000:
+        return f"{x:,.1f}"
+    return f"{x:.4g}"
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if math.isnan(v):
+        return "nan"
+    return f"{v:+.{digits}%}"
+
+
+def _ci(entry: Any, point_key: str) -> tuple[float | None, float | None, float | None]:
+    """(point, lo, hi) from ``{point_key: x, "ci95": [lo, hi]}`` or a bare number."""
+    if isinstance(entry, Mapping):
+        point = _num(entry.get(point_key))
+        ci = entry.get("ci95")
+        lo = hi = None
+        if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
+            lo, hi = _num(ci[0]), _num(ci[1])
+        return point, lo, hi
+    return _num(entry), None, None
+
+
+def _fmt_ci(
+    point: float | None, lo: float | None, hi: float | None, pct: bool, digits: int = 2
+) -> str:
+    def f(v: float) -> str:
+        return _pct(v, digits) if pct else _fmt(v)
+
+    if point is None:
+        return "–"
+    if lo is None or hi is None:
+        return f(point)
+    return f"{f(point)} [{f(lo)}, {f(hi)}]"
+
+
+def _ordered_metrics(
+    rows: Iterable[Mapping[str, Any]], first: Sequence[str] = METRIC_ORDER, numeric: bool = True
+) -> list[str]:
+    seen: list[str] = []
+    for row in rows:
+        for k, v in row.items():
+            if k not in seen and (not numeric or _num(v) is not None or isinstance(v, Mapping)):
+                seen.append(k)
+    return [m for m in first if m in seen] + [m for m in seen if m not in first]
+
+
+def _arm_order(bench: Mapping[str, Any], *sections: Mapping[str, Any]) -> list[str]:
+    order: list[str] = []
+    for section in ((bench.get("arms") or {}), *sections):
+        for arm in section:
+            if arm not in order:
+                order.append(arm)
+    return order
+
+
+# ----------------------------------------------------------------------------- document model
+
+
+@dataclass
+class _Table:
+    headers: list[str]
+    rows: list[list[str]]
+    align_left: int = 1  # how many leading columns are left-aligned labels
+
+
+@dataclass
+class _Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[_Table] = field(default_factory=list)
+    images: list[tuple[str, Path]] = field(default_factory=list)  # (caption, png path)
+    notes: list[str] = field(default_factory=list)  # paragraphs after tables and images
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(n_panels: int, panel_w: float, panel_h: float, ncols: int | None = None):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = ncols or min(n_panels, 3)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(panel_w * ncols, panel_h * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    return path
+
+
+def _plot_ci_panels(
+    data: Mapping[str, Mapping[str, tuple[float | None, float | None, float | None]]],
+    metrics: list[str],
+    arms: list[str],
+    path: Path,
+    pct: bool,
+    zero_line: bool,
+) -> Path | None:
+    """One horizontal error-bar panel per metric; arms on the y axis."""
+    metrics = [
+        m for m in metrics if any(data.get(a, {}).get(m, (None,))[0] is not None for a in arms)
+    ]
+    if not metrics:
+        return None
+    fig, axes = _figure(len(metrics), 4.2, 0.45 * len(arms) + 1.3)
+    scale = 100.0 if pct else 1.0
+    for ax, metric in zip(axes, metrics):
+        ys, labels = [], []
+        for i, arm in enumerate(arms):
+            point, lo, hi = data.get(arm, {}).get(metric, (None, None, None))
+            y = len(arms) - 1 - i
+            ys.append(y)
+            labels.append(arm)
+            if point is None or math.isnan(point):
+                continue
+            color = "tab:gray"
+            if lo is not None and hi is not None:
+                if zero_line and lo > 0:
+                    color = "tab:green"
+                elif zero_line and hi < 0:
+                    color = "tab:red"
+                elif not zero_line:
+                    color = "tab:blue"
+                xerr = [[max(point - lo, 0.0) * scale], [max(hi - point, 0.0) * scale]]
+                ax.errorbar(point * scale, y, xerr=xerr, fmt="o", color=color, capsize=3)
+            else:
+                ax.plot(point * scale, y, "o", color=color if zero_line else "tab:blue")
+        if zero_line:
+            ax.axvline(0.0, color="black", lw=0.8, ls="--")
+        ax.set_yticks(ys, labels)
+        ax.set_ylim(-0.6, len(arms) - 0.4)
+        ax.set_title(metric)
+        ax.set_xlabel("relative lift (%)" if pct else metric)
+        ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_oracle_share(share: Mapping[str, float], path: Path) -> Path | None:
+    items = [(a, v) for a, v in share.items() if v is not None and not math.isnan(v)]
+    if not items:
+        return None
+    fig, (ax,) = _figure(1, 6.0, 0.45 * len(items) + 1.3)
+    arms = [a for a, _ in items][::-1]
+    vals = [v for _, v in items][::-1]
+    colors = ["tab:green" if v >= 0 else "tab:red" for v in vals]
+    ax.barh(arms, [v * 100 for v in vals], color=colors)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(100, color="black", lw=0.8, ls="--")
+    for y, v in enumerate(vals):
+        ax.annotate(
+            f"{v:.0%}",
+            (v * 100, y),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlabel("share of oracle gain captured (%)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_weights(
+    per_segment: Mapping[str, Mapping[str, list[float]]], inputs: list[str], path: Path
+) -> Path | None:
+    """One panel per arm, one bar per segment, stacked by fusion input (grouped if any < 0)."""
+    arms = [a for a, segs in per_segment.items() if segs]
+    if not arms:
+        return None
+    fig, axes = _figure(len(arms), 4.0, 3.2)
+    cmap = [
+        "tab:blue",
+        "tab:orange",
+        "tab:green",
+        "tab:red",
+        "tab:purple",
+        "tab:brown",
+        "tab:pink",
+        "tab:gray",
+        "tab:olive",
+        "tab:cyan",
+    ]
+    stacked = all(x >= 0 for segs in per_segment.values() for v in segs.values() for x in v)
+    width = 0.8 / max(len(inputs), 1)
+    for ax, arm in zip(axes, arms):
+        segs = list(per_segment[arm])
+        xs = list(range(len(segs)))
+        bottom = [0.0] * len(segs)
+        for j, name in enumerate(inputs):
+            vals = [(per_segment[arm][s][j] if j < len(per_segment[arm][s]) else 0.0) for s in segs]
+            color = cmap[j % len(cmap)]
+            if stacked:  # weights on a simplex-like scale: stack them per segment
+                ax.bar(xs, vals, bottom=bottom, label=name, color=color)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            else:  # signed weights do not stack meaningfully: group them
+                offs = [x - 0.4 + width * (j + 0.5) for x in xs]
+                ax.bar(offs, vals, width=width, label=name, color=color)
+        if not stacked:
+            ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(xs, segs)
+        ax.set_title(arm)
+        ax.set_ylabel("fusion weight")
+        ax.tick_params(axis="x", labelrotation=30)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, title="input")
+    return _save(fig, path)
+
+
+def _plot_curves(
+    curves: Mapping[str, dict[str, tuple[list[float], list[float]]]], path: Path
+) -> Path | None:
+    scalars: list[str] = []
+    for series in curves.values():
+        for name in series:
+            if name not in scalars:
+                scalars.append(name)
+    if not scalars:
+        return None
+    fig, axes = _figure(len(scalars), 4.2, 3.0)
+    for ax, name in zip(axes, scalars):
+        for method, series in curves.items():
+            if name in series:
+                xs, ys = series[name]
+                ax.plot(xs, ys, label=method, marker="." if len(xs) < 30 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pareto(arms: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
+    for x, y in (("ctr", "gpm"), ("orders_per_request", "gmv_per_request"), ("ctr", "value")):
+        if (
+            sum(_num(m.get(x)) is not None and _num(m.get(y)) is not None for m in arms.values())
+            >= 2
+        ):
+            return x, y
+    return None
+
+
+def _plot_pareto(arms: Mapping[str, Mapping[str, Any]], x: str, y: str, path: Path) -> Path | None:
+    pts = [(a, _num(m.get(x)), _num(m.get(y))) for a, m in arms.items()]
+    pts = [
+        (a, px, py)
+        for a, px, py in pts
+        if px is not None and py is not None and not (math.isnan(px) or math.isnan(py))
+    ]
+    if len(pts) < 2:
+        return None
+    front = {
+        a
+        for a, px, py in pts
+        if not any(qx >= px and qy >= py and (qx > px or qy > py) for _, qx, qy in pts)
+    }
+    fig, (ax,) = _figure(1, 6.0, 4.5)
+    for a, px, py in pts:
+        ax.scatter(px, py, color="tab:orange" if a in front else "tab:blue", zorder=3)
+        ax.annotate(a, (px, py), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    fr = sorted((px, py) for a, px, py in pts if a in front)
+    if len(fr) > 1:
+        ax.plot([p[0] for p in fr], [p[1] for p in fr], color="tab:orange", lw=1, ls="--")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.margins(0.15)
+    ax.set_title(f"Pareto view: {y} vs {x} (orange = non-dominated)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _arms_table(arms: Mapping[str, Mapping[str, Any]], baseline: str | None) -> _Table:
+    metrics = _ordered_metrics(arms.values())
+    metrics = [m for m in metrics if any(_num(a.get(m)) is not None for a in arms.values())]
+    rows = []
+    for arm, vals in arms.items():
+        label = f"{arm} (baseline)" if arm == baseline else arm
+        rows.append([label] + [_fmt(vals.get(m)) for m in metrics])
+    return _Table(["arm", *metrics], rows)
+
+
+def _ci_section_data(section: Mapping[str, Any], point_key: str):
+    data: dict[str, dict[str, tuple[float | None, float | None, float | None]]] = {}
+    for arm, per_metric in section.items():
+        if isinstance(per_metric, Mapping):
+            data[arm] = {m: _ci(e, point_key) for m, e in per_metric.items()}
+    metrics = _ordered_metrics(
+        [v for v in section.values() if isinstance(v, Mapping)], numeric=False
+    )
+    return data, metrics
+
+
+def _ci_table(data, metrics: list[str], arms: list[str], pct: bool) -> _Table:
+    rows = [
+        [arm] + [_fmt_ci(*data[arm].get(m, (None, None, None)), pct=pct) for m in metrics]
+        for arm in arms
+        if arm in data
+    ]
+    return _Table(["arm", *metrics], rows)
+
+
+def _weights(bench: Mapping[str, Any]) -> tuple[list[str], dict[str, dict[str, list[float]]]]:
+    w = bench.get("weights") or {}
+    per_segment = w.get("per_segment") if isinstance(w, Mapping) else None
+    if not isinstance(per_segment, Mapping):
+        return [], {}
+    names = w.get("fusion_inputs")
+    inputs = [str(x) for x in names] if isinstance(names, list) else []
+    out: dict[str, dict[str, list[float]]] = {}
+    for arm, segs in per_segment.items():
+        if not isinstance(segs, Mapping):
+            continue
+        out[arm] = {}
+        for seg, vec in segs.items():
+            if isinstance(vec, Mapping):  # {input: weight}
+                for name in vec:
+                    if str(name) not in inputs:
+                        inputs.append(str(name))
+                out[arm][str(seg)] = [_num(vec.get(n)) or 0.0 for n in inputs]
+            elif isinstance(vec, Sequence) and not isinstance(vec, str):
+                out[arm][str(seg)] = [_num(x) or 0.0 for x in vec]
+    width = max((len(v) for segs in out.values() for v in segs.values()), default=0)
+    inputs += [f"w{i}" for i in range(len(inputs), width)]
+    return inputs[:width], {a: s for a, s in out.items() if s}
+
+
+def _curves(bench: Mapping[str, Any]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """``{method: {scalar: (steps, values)}}`` from a list of records or a dict of lists."""
+    raw = bench.get("learning_curves") or {}
+    out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for method, log in raw.items():
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        if isinstance(log, Mapping):  # {"step": [...], "reward": [...]}
+            steps = log.get("step")
+            for name, vals in log.items():
+                if name == "step" or not isinstance(vals, Sequence) or isinstance(vals, str):
+                    continue
+                xs = (
+                    list(steps)
+                    if isinstance(steps, Sequence) and len(steps) == len(vals)
+                    else list(range(len(vals)))
+                )
+                pts = [(_num(x), _num(v)) for x, v in zip(xs, vals)]
+                pts = [(x, v) for x, v in pts if x is not None and v is not None]
+                if pts:
+                    series[name] = ([p[0] for p in pts], [p[1] for p in pts])
+        elif isinstance(log, Sequence) and not isinstance(log, str):
+            for i, rec in enumerate(log):
+                if not isinstance(rec, Mapping):
+                    continue
+                step = _num(rec.get("step"))
+                step = float(i) if step is None else step
+                for name, v in rec.items():
+                    if name == "step" or _num(v) is None:
+                        continue
+                    xs, ys = series.setdefault(name, ([], []))
+                    xs.append(step)
+                    ys.append(float(v))
+        if series:
+            out[method] = series
+    return out
+
+
+def _header(bench: Mapping[str, Any]) -> _Section:
+    keys = [k for k in HEADER_ORDER if k in bench]
+    keys += [
+        k
+        for k, v in bench.items()
+        if k not in keys and (v is None or isinstance(v, (str, int, float, bool)))
+    ]
+    rows = [[k, _fmt(bench[k]) if _num(bench[k]) is not None else str(bench[k])] for k in keys]
+    sec = _Section("Run")
+    if rows:
+        sec.tables.append(_Table(["field", "value"], rows, align_left=2))
+    if not bench.get("world") and bench.get("offline"):
+        sec.paragraphs.append(
+            "Log-only bench: offline metrics on the test split; no world, "
+            "no simulated A/B, no oracle."
+        )
+    sec.notes.append("**Metric conventions.** " + CONVENTIONS)
+    return sec
+
+
+def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
+    sections = [_header(bench)]
+    baseline = bench.get("baseline_arm")
+    arms = bench.get("arms") or {}
+
+    if arms:
+        sec = _Section(
+            "Arms: expected metrics",
+            ["Computed under the world's true probabilities for the shown page."],
+        )
+        sec.tables.append(_arms_table(arms, baseline))
+        axes = _pareto(arms)
+        if axes and (p := _plot_pareto(arms, *axes, plots / "pareto.png")):
+            sec.images.append((f"Pareto view ({axes[1]} vs {axes[0]})", p))
+        sections.append(sec)
+    if realised := bench.get("arms_realised") or {}:
+        sec = _Section(
+            "Arms: realised metrics", ["Sampled outcomes, as a real A/B test would see them."]
+        )
+        sec.tables.append(_arms_table(realised, baseline))
+        sections.append(sec)
+
+    for key, title, ref, fname in (
+        ("lifts", "Lifts vs baseline", baseline or "baseline", "lifts.png"),
+        ("lifts_vs_static", "Lifts vs static_search", "static_search", "lifts_vs_static.png"),
+    ):
+        section = bench.get(key) or {}
+        if not section:
+            continue
+        data, metrics = _ci_section_data(section, "rel")
+        order = [a for a in _arm_order(bench, section) if a in data]
+        sec = _Section(
+            f"{title} ({ref})" if key == "lifts" else title,
+            [
+                (
+                    f"Relative lift vs `{ref}` with 95% paired-bootstrap CI, as `lift [lo, hi]`. "
+                    "Green: CI above 0; red: CI below 0; grey: CI covers 0 or is missing."
+                )
+            ],
+        )
+        sec.tables.append(_ci_table(data, metrics, order, pct=True))
+        if p := _plot_ci_panels(data, metrics, order, plots / fname, pct=True, zero_line=True):
+            sec.images.append((title, p))
+        sections.append(sec)
+
+    if share := bench.get("oracle_share") or {}:
+        vals = {a: _num(v) for a, v in share.items()}
+        sec = _Section(
+            "Share of oracle gain",
+            [
+                (
+                    "(arm - production) / (oracle - production) on the business value "
+                    f"(`{bench.get('value_metric', 'value')}`); 100% = oracle."
+                )
+            ],
+        )
+        sec.tables.append(
+            _Table(
+                ["arm", "oracle share"],
+                [
+                    [a, "–" if v is None else ("nan" if math.isnan(v) else f"{v:.1%}")]
+                    for a, v in vals.items()
+                ],
+            )
+        )
+        if p := _plot_oracle_share(
+            {a: v for a, v in vals.items() if v is not None}, plots / "oracle_share.png"
+        ):
+            sec.images.append(("Share of oracle gain", p))
+        sections.append(sec)
+
+    inputs, per_segment = _weights(bench)
+    if per_segment:
+        sec = _Section(
+            "Fusion weights per user segment",
+            [f"Mean fusion weight per segment; inputs: {', '.join(inputs) or 'unnamed'}."],
+        )
+        rows = [
+            [arm, seg] + [_fmt(x) for x in vec] + [""] * (len(inputs) - len(vec))
+            for arm, segs in per_segment.items()
+            for seg, vec in segs.items()
+        ]
+        sec.tables.append(_Table(["arm", "segment", *inputs], rows, align_left=2))
+        if p := _plot_weights(per_segment, inputs, plots / "weights.png"):
+            sec.images.append(("Fusion weights per segment", p))
+        sections.append(sec)
+
+    if curves := _curves(bench):
+        sec = _Section("Learning curves")
+        rows = [
+            [m, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])]
+            for m, series in curves.items()
+            for name, (_, ys) in series.items()
+        ]
+        sec.tables.append(
+            _Table(["method", "scalar", "points", "first", "last"], rows, align_left=2)
+        )
+        if p := _plot_curves(curves, plots / "learning_curves.png"):
+            sec.images.append(("Learning curves", p))
+        sections.append(sec)
+
+    if offline := bench.get("offline") or {}:
+        data, metrics = _ci_section_data(offline, "mean")
+        order = list(data)
+        sec = _Section(
+            "Offline metrics on logs",
+            ["Mean over test requests with 95% bootstrap CI, as `mean [lo, hi]`."],
+        )
+        sec.tables.append(_ci_table(data, metrics, order, pct=False))
+        if p := _plot_ci_panels(
+            data, metrics, order, plots / "offline.png", pct=False, zero_line=False
+        ):
+            sec.images.append(("Offline metrics", p))
+        sections.append(sec)
+
+    if timings := bench.get("timings_s") or {}:
+        rows = [[k, _fmt_seconds(v)] for k, v in timings.items()]
+        total = sum(x for v in timings.values() if (x := _num(v)) is not None and not math.isnan(x))
+        rows.append(["total", _fmt_seconds(total)])
+        sections.append(_Section("Timings", tables=[_Table(["stage", "seconds"], rows)]))
+    return sections
+
+
+def _fmt_seconds(v: Any) -> str:
+    x = _num(v)
+    return "–" if x is None else f"{x:,.2f}"
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _render_md(sections: list[_Section], title: str, root: Path) -> str:
+    lines = [f"# {title}", ""]
+    for sec in sections:
+        lines += [f"## {sec.title}", ""]
+        for p in sec.paragraphs:
+            lines += [p, ""]
+        for t in sec.tables:
+            lines.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
+            lines.append(
+                "|"
+                + "|".join(":---" if i < t.align_left else "---:" for i in range(len(t.headers)))
+                + "|"
+            )
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+            lines.append("")
+        for caption, path in sec.images:
+            lines += [f"![{caption}]({path.relative_to(root).as_posix()})", ""]
+        for p in sec.notes:
+            lines += [p, ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222}
+h1{border-bottom:2px solid #ddd}h2{margin-top:1.8em;border-bottom:1px solid #eee}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
+th,td{border:1px solid #ddd;padding:4px 8px}th{background:#f5f5f5}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;display:block;margin:0.8em 0}code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def _inline_md(s: str) -> str:
+    """Escape, then render the inline Markdown the report uses: `code`, **bold**, *em*."""
+    out = html.escape(s)
+    for mark, tag in (("`", "code"), ("**", "strong"), ("*", "em")):
+        parts = out.split(mark)
+        if len(parts) % 2 == 1:  # only balanced markers
+            out = "".join(f"<{tag}>{p}</{tag}>" if i % 2 else p for i, p in enumerate(parts))
+    return out
+
+
+def _render_html(sections: list[_Section], title: str) -> str:
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for sec in sections:
+        out.append(f"<h2>{html.escape(sec.title)}</h2>")
+        out += [f"<p>{_inline_md(p)}</p>" for p in sec.paragraphs]
+        for t in sec.tables:
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+                + "</tr></thead><tbody>"
+            )
+            for row in t.rows:
+                cells = "".join(
+                    f"<td>{html.escape(c)}</td>"
+                    if i < t.align_left
+                    else f'<td class="num">{html.escape(c)}</td>'
+                    for i, c in enumerate(row)
+                )
+                out.append(f"<tr>{cells}</tr>")
+            out.append("</tbody></table>")
+        for caption, path in sec.images:
+            b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+            out.append(
+                f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        out += [f"<p>{_inline_md(p)}</p>" for p in sec.notes]
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _title(bench: Mapping[str, Any]) -> str:
+    what = bench.get("world") or ("logs" if bench.get("offline") else None)
+    parts = [str(x) for x in (what, bench.get("config")) if x]
+    return "blendrank bench report" + (f": {' / '.join(parts)}" if parts else "")
+
+
+def write_report(
+    bench_dir: Path | str, bench: Mapping[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``bench_dir``.
+
+    ``bench`` defaults to :func:`load_bench` of the directory. Returns ``(md_path, html_path)``.
+    """
+    directory, _ = _bench_path(Path(bench_dir))
+    if bench is None:
+        bench = load_bench(directory)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - matplotlib is an optional extra
+        raise BlendrankError(
+            "the report needs matplotlib; install it with `pip install 'blendrank[report]'`"
+        ) from exc
+    plots = directory / PLOTS_DIR
+    try:
+        plots.mkdir(parents=True, exist_ok=True)
+        for stale in plots.glob("*.png"):  # plots of sections that are gone must not linger
+            stale.unlink()
+        sections = _build(bench, plots)
+        title = _title(bench)
+        md_path, html_path = directory / REPORT_MD, directory / REPORT_HTML
+        md_path.write_text(_render_md(sections, title, directory), encoding="utf-8")
+        html_path.write_text(_render_html(sections, title), encoding="utf-8")
+    except OSError as exc:
+        raise DataError(
+            f"{directory}: cannot write the report ({exc}); check the directory's "
+            "permissions and free space"
+        ) from exc
+    return md_path, html_path
+
+
+# ----------------------------------------------------------------------------- terminal table
+
+
+def format_table(bench: Mapping[str, Any]) -> Table:
+    """Rich table for the terminal: arms x key metrics, value lift with CI, oracle share.
+
+    For a log-only bench (no ``arms``) it shows the offline metrics with CIs instead.
+    """
+    arms = bench.get("arms") or bench.get("arms_realised") or {}
+    baseline = bench.get("baseline_arm")
+    if not arms and (offline := bench.get("offline") or {}):
+        data, metrics = _ci_section_data(offline, "mean")
+        table = Table(title="Offline metrics on logs (mean [95% CI])", box=box.SIMPLE_HEAD)
+        table.add_column("arm", style="bold", no_wrap=True)
+        for m in metrics:
+            table.add_column(m, justify="right")
+        for arm in data:
+            table.add_row(
+                arm, *[_fmt_ci(*data[arm].get(m, (None, None, None)), pct=False) for m in metrics]
+            )
+        return table
+
+    value_metric = str(bench.get("value_metric") or "value")
+    present = [m for m in _ordered_metrics(arms.values()) if m in KEY_METRICS or m == value_metric]
+    present = [m for m in present if any(_num(a.get(m)) is not None for a in arms.values())]
+    lifts = bench.get("lifts") or {}
+    share = bench.get("oracle_share") or {}
+    kind = "expected" if bench.get("arms") else "realised"
+    where = " / ".join(str(x) for x in (bench.get("world"), bench.get("config")) if x)
+    show_lift = any(isinstance(v, Mapping) and value_metric in v for v in lifts.values())
+    caption = []
+    if baseline:
+        caption.append(f"* baseline = {baseline}")
+    if show_lift:
+        caption.append(f"{value_metric} lift: relative to baseline, [95% CI]")
+    table = Table(
+        title=f"Arms ({kind}){' — ' + where if where else ''}",
+        caption="; ".join(caption) or None,
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("arm", style="bold", no_wrap=True)
+    for m in present:
+        table.add_column(m, justify="right")
+    if show_lift:
+        table.add_column(f"{value_metric} lift", justify="right")
+    if share:
+        table.add_column("oracle share", justify="right")
+    for arm, vals in arms.items():
+        row = [f"{arm} *" if arm == baseline else arm] + [_fmt(vals.get(m)) for m in present]
+        if show_lift:
+            per_arm = lifts.get(arm)
+            entry = per_arm.get(value_metric) if isinstance(per_arm, Mapping) else None
+            point, lo, hi = _ci(entry, "rel")
+            cell = _fmt_ci(point, lo, hi, pct=True, digits=1)
+            if point is not None and lo is not None and hi is not None:
+                cell = f"[green]{cell}[/]" if lo > 0 else f"[red]{cell}[/]" if hi < 0 else cell
+            row.append(cell)
+        if share:
+            v = _num(share.get(arm))
+            row.append("–" if v is None else ("nan" if math.isnan(v) else f"{v:.1%}"))
+        table.add_row(*row)
+    return table

@@ -1,0 +1,193 @@
+"""``blendrank report``: bench.json -> report.md + self-contained report.html with plots."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from rich.console import Console
+from typer.testing import CliRunner
+
+from blendrank.cli.report import report
+from blendrank.errors import DataError
+from blendrank.eval.report import format_table, load_bench, write_report
+
+pytest.importorskip("matplotlib")
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bench_example.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(report)
+
+    @app.command()
+    def _other() -> None:  # a second command keeps `report` a named sub-command, as in main.py
+        pass
+
+    return app
+
+
+def _bench_dir(tmp_path: Path, bench: dict | None = None) -> Path:
+    d = tmp_path / "bench"
+    d.mkdir()
+    if bench is None:
+        shutil.copy(FIXTURE, d / "bench.json")
+    else:
+        (d / "bench.json").write_text(json.dumps(bench))
+    return d
+
+
+def _embedded_pngs(html: str) -> list[bytes]:
+    return [
+        base64.b64decode(b)
+        for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    ]
+
+
+def _render(table) -> str:
+    console = Console(width=250, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+def test_full_report_from_fixture(tmp_path):
+    d = _bench_dir(tmp_path)
+    md_path, html_path = write_report(d)
+    assert (md_path, html_path) == (d / "report.md", d / "report.html")
+    md, html = md_path.read_text(), html_path.read_text()
+
+    for heading in (
+        "Run",
+        "Arms: expected metrics",
+        "Arms: realised metrics",
+        "Lifts vs baseline",
+        "Lifts vs static_search",
+        "Share of oracle gain",
+        "Fusion weights per user segment",
+        "Learning curves",
+        "Timings",
+    ):
+        assert f"## {heading}" in md, heading
+        assert heading in html, heading
+    assert "## Offline" not in md
+    assert "Metric conventions" in md and "OPM = orders per 1000 impressions" in md
+    assert "| seed | 0 |" in md and "| n_eval_requests | 2,000 |" in md
+    assert "production (baseline)" in md
+    # lift of grade's value with its CI, as a percentage
+    assert "+8.00% [+6.50%, +9.50%]" in md and "+8.00% [+6.50%, +9.50%]" in html
+    assert "| total | 60.60 |" in md
+    assert "| grade | big_spenders | 0.1 | 0.4 | 0.5 |" in md
+
+    plots = {p.name for p in (d / "plots").glob("*.png")}
+    assert plots == {
+        "pareto.png",
+        "lifts.png",
+        "lifts_vs_static.png",
+        "oracle_share.png",
+        "weights.png",
+        "learning_curves.png",
+    }
+    for name in plots:
+        assert f"](plots/{name})" in md
+        assert (d / "plots" / name).read_bytes().startswith(PNG_MAGIC)
+    # the HTML is self-contained: every plot embedded, no file references
+    pngs = _embedded_pngs(html)
+    assert len(pngs) == len(plots) and all(p.startswith(PNG_MAGIC) for p in pngs)
+    assert "plots/" not in html
+
+
+def test_minimal_bench_with_only_arms(tmp_path):
+    d = _bench_dir(
+        tmp_path,
+        {"arms": {"production": {"ctr": 0.1, "value": 1.0}, "grade": {"ctr": 0.12, "value": 1.1}}},
+    )
+    md_path, html_path = write_report(d)
+    md = md_path.read_text()
+    assert "## Arms: expected metrics" in md and "| grade | 0.12 | 1.1 |" in md
+    for absent in ("Lifts", "oracle", "Timings", "Learning curves", "Offline"):
+        assert f"## {absent}" not in md
+    assert "<table>" in html_path.read_text()
+    text = _render(format_table(load_bench(d)))
+    assert "grade" in text and "0.12" in text and "lift" not in text
+
+
+def test_log_only_bench(tmp_path):
+    bench = {
+        "data": "logs/kuairand",
+        "config": "quick",
+        "seed": 1,
+        "offline": {
+            "production": {
+                "ndcg@10_click": {"mean": 0.31, "ci95": [0.30, 0.32]},
+                "gauc_click": {"mean": 0.61, "ci95": [0.6, 0.62]},
+            },
+            "static_search": {
+                "ndcg@10_click": {"mean": 0.335, "ci95": [0.325, 0.345]},
+                "gauc_click": 0.63,
+            },
+        },
+        "timings_s": {"mtl": 2.0, "static_search": 1.5},
+    }
+    d = _bench_dir(tmp_path, bench)
+    md_path, html_path = write_report(d)
+    md = md_path.read_text()
+    assert "Log-only bench" in md and "## Offline metrics on logs" in md
+    assert "| static_search | 0.335 [0.325, 0.345] | 0.63 |" in md
+    assert "## Arms" not in md and "## Lifts" not in md
+    assert {p.name for p in (d / "plots").glob("*.png")} == {"offline.png"}
+    assert len(_embedded_pngs(html_path.read_text())) == 1
+    text = _render(format_table(bench))
+    assert "Offline" in text and "0.335 [0.325, 0.345]" in text
+
+
+def test_format_table_shows_value_lift_and_oracle_share():
+    text = _render(format_table(json.loads(FIXTURE.read_text())))
+    assert "value lift" in text and "baseline = production" in text
+    assert "+8.0% [+6.5%, +9.5%]" in text  # grade
+    assert "53.3%" in text  # grade's oracle share
+    assert "production *" in text
+
+
+def test_cli_writes_report_and_prints_table(tmp_path):
+    d = _bench_dir(tmp_path)
+    res = CliRunner().invoke(_app(), ["report", "--bench", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "report.html" in res.output and "grade" in res.output
+    assert (d / "report.md").is_file() and (d / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"arms": {"production": {"ctr": 0.1}', "invalid JSON at line 1"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"arms": {"production": 3}}', "`arms.production` must be an object"),
+        ('{"world": "marketplace"}', "no results"),
+        ('{"arms": {"a": {}}, "lifts": [1]}', "`lifts` must be a JSON object"),
+    ],
+)
+def test_cli_invalid_bench_json_exits_1_with_clear_message(tmp_path, content, needle):
+    d = tmp_path / "bench"
+    d.mkdir()
+    (d / "bench.json").write_text(content)
+    res = CliRunner().invoke(_app(), ["report", "--bench", str(d)])
+    assert res.exit_code == 1
+    assert "error:" in res.output and needle in res.output and "bench.json" in res.output
+    assert "Traceback" not in res.output
+    assert not (d / "report.md").exists()
+
+
+def test_missing_dir_and_missing_bench_json(tmp_path):
+    with pytest.raises(DataError, match="no such directory"):
+        load_bench(tmp_path / "nope")
+    with pytest.raises(DataError, match="bench.json not found.*blendrank bench"):
+        load_bench(tmp_path)
+    res = CliRunner().invoke(_app(), ["report", "--bench", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "no such directory" in res.output
