@@ -7,7 +7,9 @@ import typer
 from blendrank import __version__
 from blendrank.cli import data as data_cli
 from blendrank.cli import world as world_cli
+from blendrank.cli.bench import bench
 from blendrank.cli.demo import demo
+from blendrank.cli.report import report
 
 app = typer.Typer(
     name="blendrank",
@@ -19,7 +21,9 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(world_cli.app, name="world")
-app.command("demo", help="Run the main job on the embedded default world and print the results.")(demo)
+app.command("demo")(demo)
+app.command("bench")(bench)
+app.command("report")(report)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,55 @@
+"""``blendrank bench``: every method side by side, in a world (simulated A/B) or on logs (offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
+from blendrank.config import load_config
+
+
+@user_errors
+def bench(
+    out_dir: Path = typer.Option(..., "--out", help="Output directory for bench.json and the report."),
+    world: str | None = typer.Option(None, "--world", help="World to run the simulated A/B in (e.g. marketplace)."),
+    preset: str = typer.Option("default", "--preset", help="World preset."),
+    data: Path | None = typer.Option(None, "--data", help="Contract log (file or directory) for an offline bench."),
+    mapping: Path | None = typer.Option(None, "--mapping", help="YAML column mapping for --data."),
+    methods: str = typer.Option("production,static_search,segment_oracle,oracle,true_score", "--methods",
+                                help="Comma-separated methods (production is always the baseline)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (world seed, or split/search seed on logs)."),
+    eval_requests: int | None = typer.Option(None, "--eval-requests", min=10, help="Held-out A/B requests (world)."),
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+) -> None:
+    """Run the methods, write bench.json and a report, and print the comparison table."""
+    if (world is None) == (data is None):
+        fail("give exactly one of --world NAME (simulated A/B) or --data PATH (offline on logs)")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    if world is not None:
+        from blendrank.eval.bench import BenchConfig, run_world_bench
+
+        base = {"world": world, "preset": preset, "seed": seed, "methods": method_list}
+        if eval_requests is not None:
+            base["eval_requests"] = eval_requests
+        cfg = load_config(BenchConfig, config, overrides, base=base)
+        if world != "marketplace":
+            fail(f"--world {world!r}: unknown world; available: marketplace")
+        result = run_world_bench(cfg, out_dir, log=lambda s: out.print(s, highlight=False))
+    else:
+        from blendrank.eval.offline_bench import LogBenchConfig, run_log_bench
+
+        base = {"methods": method_list, "seed": seed or 0}
+        cfg = load_config(LogBenchConfig, config, overrides, base=base)
+        result = run_log_bench(cfg, data, mapping, out_dir, log=lambda s: out.print(s, highlight=False))
+    _finish(result, out_dir)
+
+
+def _finish(result: dict, out_dir: Path) -> None:
+    from blendrank.eval.report import format_table, write_report
+
+    md, html = write_report(out_dir)
+    out.print(format_table(result))
+    out.print(f"bench.json, {md.name} and {html.name} written to {out_dir}")

@@ -1,0 +1,144 @@
+"""``blendrank bench`` in a world: every method on the same held-out requests, one simulated A/B.
+
+Request sets come from independent streams of the world's generator: ``valid`` (tuning),
+``eval`` (the A/B). Every arm fuses the same logged predictions except ``true_score``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from blendrank.algos.static_search.config import StaticSearchConfig
+from blendrank.algos.static_search.search import search_weights
+from blendrank.config import BaseConfig
+from blendrank.errors import ConfigError
+from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
+from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
+from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_values
+from blendrank.worlds.presets import world_config
+
+STREAM_VALID, STREAM_EVAL, STREAM_CRN = 3, 4, 5
+WORLD_METHODS = ("production", "static_search", "segment_oracle", "oracle", "true_score")
+
+
+class BenchConfig(BaseConfig):
+    """A world bench: which world, which methods, how many requests."""
+
+    world: str = Field("marketplace", description="World name.")
+    preset: str = Field("default", description="World preset.")
+    seed: int | None = Field(None, description="World seed (overrides the preset's).")
+    world_overrides: list[str] = Field(default_factory=list, description="KEY=VALUE overrides of the world config.")
+    methods: list[str] = Field(default_factory=lambda: list(WORLD_METHODS), description="Arms to run; production is always added as the baseline.")
+    eval_requests: int = Field(5000, ge=10, description="Held-out requests of the simulated A/B.")
+    valid_requests: int = Field(2000, ge=10, description="Requests used to tune static_search.")
+    n_boot: int = Field(1000, ge=100, description="Paired bootstrap resamples for the CIs.")
+    oracle_grid_points: int = Field(300, ge=10, description="Simplex grid size of the oracle searches.")
+    oracle_refine: int = Field(32, ge=0, description="Local refinement samples per request for the per-request oracle.")
+    static_search: StaticSearchConfig = Field(default_factory=StaticSearchConfig, description="static_search settings.")
+
+
+class WorldBatch:
+    """One request set of a world with its truth and fusion inputs, computed once for every arm."""
+
+    def __init__(self, world: MarketplaceWorld, stream: int, n: int):
+        self.world = world
+        self.req: Requests = world.sample_requests(n, np.random.default_rng([world.config.seed, stream]))
+        self.truth: TruthBatch = world.truth(self.req)
+        self.inputs = world.fusion_inputs(self.req)
+        self.segment = world.user_segment[self.req.user]
+
+    def values(self, weights: np.ndarray) -> np.ndarray:
+        """``[B, M]`` page value for ``[M, K]`` shared or ``[B, M, K]`` per-request vectors."""
+        return vector_values(self.world, self.inputs, self.truth, weights)
+
+
+def _parse_methods(methods: list[str]) -> list[str]:
+    unknown = [m for m in methods if m not in WORLD_METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown or not yet available in worlds: {', '.join(unknown)}; "
+                          f"available: {', '.join(WORLD_METHODS)}")
+    return ["production"] + [m for m in dict.fromkeys(methods) if m != "production"]
+
+
+def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every method and write ``bench.json``; returns its content."""
+    methods = _parse_methods(cfg.methods)
+    wcfg = world_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    world = MarketplaceWorld(wcfg)
+    ev = WorldBatch(world, STREAM_EVAL, cfg.eval_requests)
+    timings["world"] = time.perf_counter() - t
+    K = ev.inputs.shape[-1]
+    prod = world.production_weights()
+    weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
+    pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
+
+    for m in methods:
+        t = time.perf_counter()
+        if m == "production":
+            weights[m] = np.broadcast_to(prod, (len(ev.req), K))
+        elif m == "static_search":
+            valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests)
+            ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
+            res = search_weights(lambda W: valid.values(W).mean(0), K, ss)
+            weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
+            log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
+        elif m in ("segment_oracle", "oracle"):
+            grid = candidate_vectors(K, extra=prod, max_points=cfg.oracle_grid_points, seed=wcfg.seed)
+            values = ev.values(grid)
+            if m == "segment_oracle":
+                w = np.empty((len(ev.req), K))
+                for s in np.unique(ev.segment):
+                    rows = ev.segment == s
+                    w[rows] = grid[values[rows].mean(0).argmax()]
+            else:
+                w, _ = per_request_oracle(world, ev.inputs, ev.truth, values, grid, refine=cfg.oracle_refine, seed=wcfg.seed)
+            weights[m] = w
+        elif m == "true_score":
+            pages[m] = world.true_score_page(ev.truth)
+        timings[m] = time.perf_counter() - t
+        if m in weights:
+            pages[m] = world.rank(ev.inputs, torch.from_numpy(np.ascontiguousarray(weights[m], dtype=np.float32)))
+
+    crn = CommonRandomNumbers.draw(ev.req, len(wcfg.extra_objectives), np.random.default_rng([wcfg.seed, STREAM_CRN]))
+    defs = metric_defs([o.name for o in wcfg.extra_objectives])
+    expected = {a: world.page_metrics(ev.truth, p) for a, p in pages.items()}
+    realised = {a: realised_page(world, ev.truth, p, crn) for a, p in pages.items()}
+    ab = compare_arms(expected, defs, cfg.n_boot, seed=wcfg.seed)
+    ab_real = compare_arms(realised, defs, cfg.n_boot, seed=wcfg.seed)
+
+    def lifts(result, base: str) -> dict[str, Any]:
+        return {a: {m: result.lift(a, base, m) for m in defs} for a in result.metrics if a != base}
+
+    seg_names = [s.name for s in wcfg.segments]
+    bench: dict[str, Any] = {
+        "world": cfg.world, "config": cfg.preset, "seed": wcfg.seed, "n_eval_requests": cfg.eval_requests,
+        "baseline_arm": "production", "value_metric": "value",
+        "arms": ab.metrics, "arms_realised": ab_real.metrics,
+        "lifts": lifts(ab, "production"),
+        "lifts_realised": lifts(ab_real, "production"),
+        "oracle_share": oracle_share({a: v["value"] for a, v in ab.metrics.items()}) if "oracle" in ab.metrics else {},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "weights": {
+            "fusion_inputs": wcfg.fusion_inputs,
+            "per_segment": {a: {seg_names[s]: w[ev.segment == s].mean(0).round(4).tolist() for s in np.unique(ev.segment)}
+                            for a, w in weights.items()},
+        },
+        "ci_method": "paired percentile bootstrap over requests (common random numbers across arms)",
+        "bench_config": cfg.model_dump(mode="json"),
+    }
+    if "static_search" in ab.metrics:
+        bench["lifts_vs_static"] = lifts(ab, "static_search")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(bench, indent=2))
+    return bench
