@@ -17,8 +17,9 @@ def bench(
     preset: str = typer.Option("default", "--preset", help="World preset."),
     data: Path | None = typer.Option(None, "--data", help="Contract log (file or directory) for an offline bench."),
     mapping: Path | None = typer.Option(None, "--mapping", help="YAML column mapping for --data."),
-    methods: str = typer.Option("production,static_search,segment_oracle,oracle,true_score", "--methods",
-                                help="Comma-separated methods (production is always the baseline)."),
+    methods: str | None = typer.Option(
+        None, "--methods", help="Comma-separated methods (production is always the baseline). Default: "
+        "production,static_search,segment_oracle,oracle,true_score in a world; production,static_search on logs."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (world seed, or split/search seed on logs)."),
     eval_requests: int | None = typer.Option(None, "--eval-requests", min=10, help="Held-out A/B requests (world)."),
     config: Path | None = ConfigOption,
@@ -27,11 +28,13 @@ def bench(
     """Run the methods, write bench.json and a report, and print the comparison table."""
     if (world is None) == (data is None):
         fail("give exactly one of --world NAME (simulated A/B) or --data PATH (offline on logs)")
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     if world is not None:
         from blendrank.eval.bench import BenchConfig, run_world_bench
 
-        base = {"world": world, "preset": preset, "seed": seed, "methods": method_list}
+        base = {"world": world, "preset": preset, "seed": seed}
+        if method_list:
+            base["methods"] = method_list
         if eval_requests is not None:
             base["eval_requests"] = eval_requests
         cfg = load_config(BenchConfig, config, overrides, base=base)
@@ -41,7 +44,9 @@ def bench(
     else:
         from blendrank.eval.offline_bench import LogBenchConfig, run_log_bench
 
-        base = {"methods": method_list, "seed": seed or 0}
+        base = {"seed": seed or 0}
+        if method_list:
+            base["methods"] = method_list
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=lambda s: out.print(s, highlight=False))
     _finish(result, out_dir)

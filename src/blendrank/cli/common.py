@@ -14,6 +14,8 @@ from blendrank.errors import BlendrankError
 F = TypeVar("F", bound=Callable[..., Any])
 
 out = Console()
+if not out.is_terminal:  # piped output (make demo, CI logs): wide enough for the bench table
+    out = Console(width=130)
 err = Console(stderr=True)
 
 

@@ -45,7 +45,7 @@ class LogBenchConfig(BaseConfig):
     gain: str = Field("exp2", description="NDCG gain: exp2 or linear.")
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for validation when the log is one file.")
     test_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for test when the log is one file.")
-    objective_weights: dict[str, float] | None = Field(None, description="lambda_k of the composite NDCG; default equal over the fused objectives.")
+    objective_weights: dict[str, float] | None = Field(None, description="lambda_k of the composite NDCG; default the production weights.")
     production_weights: dict[str, float] | None = Field(None, description="Production fusion weights; default production.yaml beside the data, else equal.")
     fusion: Formula = Field("log_linear", description="Fusion formula.")
     fusion_floor: float = Field(1e-3, gt=0, description="Floor b_k inside log(p + b_k).")
@@ -71,21 +71,32 @@ def _load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[
     return out
 
 
-def _production_weights(data: Path, objectives: list[str], cfg: LogBenchConfig) -> np.ndarray:
-    w = cfg.production_weights
-    source = "config"
+def _production(data: Path, cfg: LogBenchConfig) -> tuple[dict[str, float] | None, list[str] | None, str]:
+    """Production weights (config, else ``production.yaml`` beside the data) and, from that file,
+    the objectives to fuse (e.g. KuaiRand leaves out the negative ``hate`` signal)."""
+    if cfg.production_weights is not None:
+        return cfg.production_weights, None, "config production_weights"
     prod_file = (data if data.is_dir() else data.parent) / "production.yaml"
-    if w is None and prod_file.exists():
-        w = (yaml.safe_load(prod_file.read_text()) or {}).get("weights")
-        source = str(prod_file)
+    if not prod_file.exists():
+        return None, None, "equal weights"
+    try:
+        content = yaml.safe_load(prod_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{prod_file}: not valid YAML ({exc})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("weights"), dict):
+        raise ConfigError(f"{prod_file}: expected a mapping with a 'weights: {{objective: weight}}' section")
+    return content["weights"], content.get("objectives"), str(prod_file)
+
+
+def _weight_vector(w: dict[str, float] | None, objectives: list[str], source: str) -> np.ndarray:
     if w is None:
         return np.full(len(objectives), 1.0 / len(objectives))
     unknown = set(w) - set(objectives)
     if unknown:
-        raise ConfigError(f"{source}: production weights name unknown objectives {sorted(unknown)}; known: {objectives}")
+        raise ConfigError(f"{source}: weights name unknown objectives {sorted(unknown)}; known: {objectives}")
     vec = np.array([float(w.get(o, 0.0)) for o in objectives])
     if vec.sum() <= 0 or (vec < 0).any():
-        raise ConfigError(f"{source}: production weights must be non-negative with a positive sum")
+        raise ConfigError(f"{source}: weights must be non-negative with a positive sum")
     return vec / vec.sum()
 
 
@@ -137,17 +148,21 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     timings: dict[str, float] = {}
     t = time.perf_counter()
     splits, objectives = _ensure_predictions(_load_splits(Path(data), mapping, cfg), log)
-    lam_map = cfg.objective_weights or {o: 1.0 for o in objectives}
-    if set(lam_map) - set(objectives):
-        raise ConfigError(f"objective_weights name unknown objectives {sorted(set(lam_map) - set(objectives))}; known: {objectives}")
-    lam = np.array([lam_map.get(o, 0.0) for o in objectives])
-    lam = lam / lam.sum()
+    prod_map, prod_objectives, prod_source = _production(Path(data), cfg)
+    if prod_objectives:
+        missing = [o for o in prod_objectives if o not in objectives]
+        if missing:
+            raise ConfigError(f"{prod_source}: objectives {missing} have no label_/pred_ columns in {data}")
+        objectives = list(prod_objectives)
+    prod = _weight_vector(prod_map, objectives, prod_source)
+    # Composite NDCG weights: the business's priorities, i.e. the production weights by default.
+    lam = (_weight_vector(cfg.objective_weights, objectives, "objective_weights")
+           if cfg.objective_weights is not None else prod)
     valid, test = _slates(splits["valid"], objectives), _slates(splits["test"], objectives)
     featurise = lambda sl: fusion_features(  # noqa: E731
         torch.stack([sl.columns[f"pred_{o}"] for o in objectives], -1), cfg.fusion, cfg.fusion_floor)
     f_valid, f_test = featurise(valid), featurise(test)
     timings["data"] = time.perf_counter() - t
-    prod = _production_weights(Path(data), objectives, cfg)
     weights = {"production": prod}
     if "static_search" in methods:
         t = time.perf_counter()

@@ -1,0 +1,126 @@
+"""Simulated A/B, world bench and offline bench on logs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from blendrank.cli.main import app
+from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, realised_page
+from blendrank.eval.bench import BenchConfig, run_world_bench
+from blendrank.worlds.logging_policy import write_logs
+from blendrank.worlds.marketplace import MarketplaceWorld
+from blendrank.worlds.presets import world_config
+
+SMALL_WORLD = ["n_items=400", "n_users=300", "candidates=20", "page_size=5"]
+
+
+def small_bench(tmp_path, **kw) -> dict:
+    cfg = BenchConfig(preset="quick", world_overrides=SMALL_WORLD, eval_requests=600, valid_requests=400, n_boot=200,
+                      oracle_grid_points=60, oracle_refine=8, static_search={"budget": 80}, **kw)
+    return run_world_bench(cfg, tmp_path, log=lambda s: None)
+
+
+def test_world_bench_orders_the_reference_arms_and_writes_the_spec_layout(tmp_path):
+    b = small_bench(tmp_path)
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["arms"] == b["arms"]
+    for key in ("world", "config", "seed", "n_eval_requests", "baseline_arm", "value_metric", "arms", "lifts",
+                "lifts_vs_static", "oracle_share", "timings_s", "arms_realised"):
+        assert key in b
+    v = {a: m["value"] for a, m in b["arms"].items()}
+    assert v["true_score"] >= v["oracle"] >= v["segment_oracle"] >= v["static_search"]
+    lo = b["lifts"]["static_search"]["value"]["ci95"][1]
+    assert lo >= 0 or v["static_search"] >= v["production"], "static search not below production beyond noise"
+    assert 0 <= b["oracle_share"]["static_search"] <= 1
+    for arm, per_metric in b["lifts"].items():
+        for m in ("ctr", "cvr", "opm", "gpm", "value"):
+            rel, (ci_lo, ci_hi) = per_metric[m]["rel"], per_metric[m]["ci95"]
+            assert ci_lo <= rel <= ci_hi, (arm, m)
+
+
+def test_a_a_test_interval_covers_zero_about_95_percent():
+    """Same arm, same requests, independent realised outcomes: the 95% CI must cover 0 ~95% of the time."""
+    world = MarketplaceWorld(world_config("quick", overrides=SMALL_WORLD))
+    defs = metric_defs([])
+    covered, n_rep = 0, 200
+    for rep in range(n_rep):
+        rng = np.random.default_rng(rep)
+        req = world.sample_requests(300, rng)
+        truth = world.truth(req)
+        page = world.true_score_page(truth)
+        a = realised_page(world, truth, page, CommonRandomNumbers.draw(req, 0, rng))
+        b = realised_page(world, truth, page, CommonRandomNumbers.draw(req, 0, rng))
+        lo, hi = compare_arms({"a": a, "b": b}, defs, n_boot=300, seed=rep).lift("a", "b", "value")["ci95"]
+        covered += lo <= 0 <= hi
+    # Binomial(200, 0.95) is within [0.90, 0.99] with probability > 0.99.
+    assert 0.90 <= covered / n_rep <= 0.99, covered / n_rep
+
+
+def test_common_random_numbers_make_identical_arms_identical():
+    world = MarketplaceWorld(world_config("quick", overrides=SMALL_WORLD))
+    req = world.sample_requests(100, np.random.default_rng(0))
+    truth = world.truth(req)
+    crn = CommonRandomNumbers.draw(req, 0, np.random.default_rng(1))
+    page = world.true_score_page(truth)
+    a, b = realised_page(world, truth, page, crn), realised_page(world, truth, page, crn)
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.fixture(scope="module")
+def world_log(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wl")
+    write_logs(MarketplaceWorld(world_config("quick", overrides=SMALL_WORLD)), 900, out, shard_requests=450)
+    return out / "logs"
+
+
+def test_log_bench_runs_on_any_contract_log_through_a_mapping(tmp_path, world_log):
+    # Rename columns to a foreign schema, write CSV, and map it back.
+    t = pq.read_table(world_log).select(["request_id", "user_id", "ts", "item_id", "position", "label_click",
+                                         "label_order", "pred_click", "pred_order", "price"])
+    foreign = t.rename_columns(["sess", "uid", "time", "sku", "rank", "clicked", "bought", "p_ctr", "p_cvr", "cost"])
+    import pyarrow.csv as pcsv
+    pcsv.write_csv(foreign, tmp_path / "log.csv")
+    (tmp_path / "map.yaml").write_text(
+        "columns: {request_id: sess, user_id: uid, ts: time, item_id: sku, position: rank}\n"
+        "labels: {click: clicked, order: bought}\npreds: {click: p_ctr, order: p_cvr}\nprice: cost\n")
+    r = CliRunner().invoke(app, ["bench", "--data", str(tmp_path / "log.csv"), "--mapping", str(tmp_path / "map.yaml"),
+                                 "--methods", "production,static_search", "--out", str(tmp_path / "b"),
+                                 "--set", "n_boot=200", "--set", "static_search.budget=40"])
+    assert r.exit_code == 0, r.output
+    b = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(b["arms"]) == {"production", "static_search"}
+    assert b["value_metric"] == "composite_ndcg@10"
+    assert "ndcg@10_click" in b["offline"]["static_search"]
+    assert (tmp_path / "b" / "report.html").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--world", "marketplace", "--data", "x"], "exactly one"),
+    ([], "exactly one"),
+    (["--world", "marketplace", "--methods", "production,magic"], "magic"),
+    (["--world", "mars"], "mars"),
+    (["--world", "marketplace", "--set", "eval_requests=-5"], "eval_requests"),
+    (["--data", "/nonexistent/log.parquet"], "nonexistent"),
+])
+def test_bench_bad_input_is_a_clear_error(tmp_path, args, message):
+    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
+    assert r.exit_code == 1, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_log_bench_on_the_kuairand_split(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", "kuairand", "--out", str(tmp_path / "kr")]).exit_code == 0
+    r = runner.invoke(app, ["bench", "--data", str(tmp_path / "kr"), "--out", str(tmp_path / "b"),
+                            "--set", "n_boot=200", "--set", "static_search.budget=60"])
+    assert r.exit_code == 0, r.output
+    b = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert "hate" not in b["objectives"] and "click" in b["objectives"]
+    assert all(np.isfinite(b["offline"][m]["composite_ndcg@10"]["mean"]) for m in ("production", "static_search"))
+    assert b["split_requests"]["test"] > 500
