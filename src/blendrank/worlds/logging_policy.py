@@ -95,19 +95,11 @@ def page_table(world: MarketplaceWorld, page: LoggedPage, request_id: np.ndarray
     for name in world.objectives:
         cols[f"pred_{name}"] = pa.array(page.preds[name].ravel().astype(np.float32))
     cols["price"] = pa.array(world.item_price[req.cand].ravel().astype(np.float32))
-    feats = {
-        "f_user_age_bucket": world.user_age_bucket[user],
-        "f_user_device": world.user_device[user],
-        "f_user_clicks_30d": world.user_clicks_30d[user].astype(np.float32),
-        "f_user_orders_30d": world.user_orders_30d[user].astype(np.float32),
-        "f_user_avg_price": world.user_avg_price[user].astype(np.float32),
-        "f_ctx_query_cat": req.query,
-        "f_ctx_hour": (ts // 3_600_000) % 24,
-    }
-    for name, a in feats.items():
+    per_request, per_candidate = world.features(req, ts)
+    for name, a in per_request.items():
         cols[name] = pa.array(rep(a))
-    cols["f_item_cat"] = pa.array(world.item_cat[req.cand].ravel())
-    cols["f_item_rating"] = pa.array(world.item_rating[req.cand].ravel().astype(np.float32))
+    for name, a in per_candidate.items():
+        cols[name] = pa.array(a.ravel())
     cols["propensity"] = pa.array(rep(page.propensity), pa.float64())
     for k, name in enumerate(world.config.fusion_inputs):
         cols[f"logging_w_{name}"] = pa.array(rep(page.weights[:, k].astype(np.float32)))

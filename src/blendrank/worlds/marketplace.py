@@ -277,6 +277,25 @@ class MarketplaceWorld:
         cols = [preds[name] for name in self.objectives] + [self.item_price[req.cand] / self.price_scale]
         return torch.from_numpy(np.stack(cols, axis=-1)).float()
 
+    def features(self, req: Requests, ts: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Observable ``f_*`` features: per request (user and context, ``[B]``) and per candidate
+        (item, ``[B, L]``). The latent segment and propensities are never exposed."""
+        user = req.user
+        per_request = {
+            "f_user_age_bucket": self.user_age_bucket[user],
+            "f_user_device": self.user_device[user],
+            "f_user_clicks_30d": self.user_clicks_30d[user].astype(np.float32),
+            "f_user_orders_30d": self.user_orders_30d[user].astype(np.float32),
+            "f_user_avg_price": self.user_avg_price[user].astype(np.float32),
+            "f_ctx_query_cat": req.query,
+            "f_ctx_hour": (np.asarray(ts) // 3_600_000) % 24,
+        }
+        per_candidate = {
+            "f_item_cat": self.item_cat[req.cand],
+            "f_item_rating": self.item_rating[req.cand].astype(np.float32),
+        }
+        return per_request, per_candidate
+
     def examination(self) -> np.ndarray:
         """``[P]`` examination probability of each shown position."""
         pos = np.arange(1, self.config.page_size + 1, dtype=float)
