@@ -1,0 +1,185 @@
+"""GRADE composite reward ``R = a_post * R_post + a_prior * R_prior - a_rule * R_rule``.
+
+Shapes as in :mod:`blendrank.rewards.components`: ``N`` requests, ``G`` weight vectors per
+request, ``L`` candidate slots, ``P`` page positions, ``K`` fusion inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from blendrank.config import BaseConfig
+from blendrank.fusion.formulas import position_discount
+from blendrank.rewards.components import (
+    examination_ips_weights,
+    posterior_reward,
+    prior_reward,
+    rule_penalty,
+)
+
+Gain = Literal["exp2", "linear"]
+
+__all__ = ["CompositeRewardConfig", "RewardOutput", "composite_reward"]
+
+
+class CompositeRewardConfig(BaseConfig):
+    """Weights and settings of the GRADE composite reward (SPEC section 4)."""
+
+    a_post: float = Field(1.0, ge=0, description="Weight of R_post (NDCG@k of logged feedback); 0 switches it off.")
+    a_prior: float = Field(1.0, ge=0, description="Weight of R_prior (discounted expected value under MTL predictions); 0 switches it off.")
+    a_rule: float = Field(1.0, ge=0, description="Weight of the rule penalty R_rule (subtracted); 0 switches it off.")
+    k: int = Field(10, ge=1, description="Page size: NDCG cut-off of R_post and number of positions valued by R_prior.")
+    post_objective_weights: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "order": 1.0},
+        description="Objective -> weight of its NDCG@k in R_post (labels of that name must be given).",
+    )
+    post_gain: Gain | dict[str, Gain] = Field(
+        "exp2",
+        description="NDCG gain: 'exp2' (2^y - 1) or 'linear' (y, for GMV-valued labels); one for all or objective -> gain.",
+    )
+    ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (SPEC section 4, position bias).")
+    ips_clip: float = Field(10.0, gt=0, description="Upper bound on an IPS weight 1/exam(pos).")
+    prior_coefs: dict[str, float] = Field(
+        default_factory=lambda: {"click": 1.0, "order": 1.0, "order*price": 1.0},
+        description="Term -> coefficient in R_prior; a term is a prediction name or a product such as 'order*price' (GMV, price divided by price_scale).",
+    )
+    prior_discount: Literal["log2", "none"] = Field("log2", description="Position discount of R_prior: 1/log2(pos+1) or none.")
+    price_scale: float = Field(1.0, gt=0, description="Divisor of price in R_prior terms (e.g. the median price) so GMV is O(1).")
+    min_weights: list[float] | None = Field(None, description="Per-input minimum weight [K]; hinge penalty below it. None = no rule.")
+    max_ratio: list[tuple[int, int, float]] | None = Field(
+        None, description="Ratio limits [(i, j, r)]: penalise w_i - r*w_j > 0 (i.e. w_i/w_j > r). Input indices. None = no rule."
+    )
+    anchor: list[float] | None = Field(None, description="Production weights [K], centre of the trust region (can also be passed per call).")
+    trust_radius: float | None = Field(None, ge=0, description="L1 radius around the anchor; penalise the excess. None = no rule.")
+    normalize: Literal["none", "per_component_batch_std"] = Field(
+        "none",
+        description="'none': sum raw components; 'per_component_batch_std': divide each component by its std over the batch (N*G) before the weighted sum (normalize_then_sum).",
+    )
+    normalize_eps: float = Field(1e-6, gt=0, description="Added to each component's batch std when normalising.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CompositeRewardConfig:
+        if self.a_post > 0 and not any(v != 0 for v in self.post_objective_weights.values()):
+            raise ValueError("a_post > 0 needs a non-zero post_objective_weights entry")
+        return self
+
+
+@dataclass(frozen=True)
+class RewardOutput:
+    """Composite reward and its raw components, all ``[N, G]``.
+
+    Attributes:
+        total: ``a_post * post' + a_prior * prior' - a_rule * rule'`` where ``x'`` is ``x`` or
+            ``x / (batch std + eps)`` per ``normalize``.
+        post: raw ``R_post`` (zeros when off).
+        prior: raw ``R_prior`` (zeros when off).
+        rule: raw ``R_rule`` penalty, >= 0 (zeros when off).
+    """
+
+    total: Tensor
+    post: Tensor
+    prior: Tensor
+    rule: Tensor
+
+    def metrics(self) -> dict[str, float]:
+        """Batch means for logging: ``reward``, ``reward_std``, ``rewards/<part>/mean``."""
+        return {
+            "reward": float(self.total.mean()),
+            "reward_std": float(self.total.std()) if self.total.numel() > 1 else 0.0,
+            "rewards/post/mean": float(self.post.mean()),
+            "rewards/prior/mean": float(self.prior.mean()),
+            "rewards/rule/mean": float(self.rule.mean()),
+        }
+
+
+def composite_reward(
+    config: CompositeRewardConfig,
+    order: Tensor,
+    *,
+    weights: Tensor | None = None,
+    labels: Mapping[str, Tensor] | None = None,
+    mask: Tensor | None = None,
+    preds: Mapping[str, Tensor] | None = None,
+    price: Tensor | None = None,
+    propensity_weights: Tensor | None = None,
+    position: Tensor | None = None,
+    exam: Tensor | None = None,
+    anchor: Tensor | None = None,
+) -> RewardOutput:
+    """Composite GRADE reward of ``G`` re-ranked pages per request.
+
+    Inputs of a switched-off component may be None.
+
+    Args:
+        config: :class:`CompositeRewardConfig`.
+        order: ``[N, G, P]`` page indices per weight vector, best first (``fusion.top_k``).
+        weights: ``[N, G, K]`` the sampled fusion weights (for ``R_rule``).
+        labels: objective -> ``[N, L]`` logged feedback (for ``R_post``).
+        mask: ``[N, L]`` bool, True for real candidates.
+        preds: name -> ``[N, L]`` MTL predictions (for ``R_prior``).
+        price: ``[N, L]`` prices (for price terms of ``R_prior``).
+        propensity_weights: ``[N, L]`` IPS weights, used when ``config.ips``; else computed from
+            ``position`` and ``exam`` with ``config.ips_clip``.
+        position: ``[N, L]`` 1-based logged positions (0/NaN = not shown), for IPS.
+        exam: ``[P]`` examination propensities by position, for IPS.
+        anchor: ``[K]`` or ``[N, K]`` production weights; overrides ``config.anchor``.
+
+    Returns:
+        :class:`RewardOutput`.
+    """
+    n, g, _ = order.shape
+    dtype = torch.float32
+    zeros = torch.zeros(n, g, dtype=dtype, device=order.device)
+    post = prior = rule = zeros
+    if config.a_post > 0:
+        if labels is None:
+            raise ValueError("a_post > 0 needs labels")
+        ipw = None
+        if config.ips:
+            if propensity_weights is not None:
+                ipw = propensity_weights
+            elif position is not None and exam is not None:
+                ipw = examination_ips_weights(position, exam, clip=config.ips_clip)
+            else:
+                raise ValueError("ips=True needs propensity_weights, or position and exam")
+        post = posterior_reward(
+            order, labels, mask, config.post_objective_weights, k=config.k, gain=config.post_gain,
+            propensity_weights=ipw,
+        ).to(dtype)
+    if config.a_prior > 0:
+        if preds is None:
+            raise ValueError("a_prior > 0 needs preds")
+        disc = position_discount(config.k, config.prior_discount).to(order.device)
+        prior = prior_reward(
+            order, preds, price, config.prior_coefs, disc, price_scale=config.price_scale, mask=mask
+        ).to(dtype)
+    if config.a_rule > 0:
+        has_rule = config.min_weights is not None or bool(config.max_ratio) or config.trust_radius is not None
+        if has_rule:
+            if weights is None:
+                raise ValueError("a_rule > 0 with rules configured needs weights")
+            centre = anchor if anchor is not None else config.anchor
+            rule = rule_penalty(
+                weights, min_weights=config.min_weights, max_ratio=config.max_ratio,
+                anchor=centre, trust_radius=config.trust_radius,
+            ).to(dtype)
+
+    def scaled(x: Tensor) -> Tensor:
+        if config.normalize == "none" or x.numel() < 2:
+            return x
+        return x / (x.std() + config.normalize_eps)
+
+    total = zeros
+    if config.a_post > 0:
+        total = total + config.a_post * scaled(post)
+    if config.a_prior > 0:
+        total = total + config.a_prior * scaled(prior)
+    if config.a_rule > 0:
+        total = total - config.a_rule * scaled(rule)
+    return RewardOutput(total=total, post=post, prior=prior, rule=rule)
