@@ -13,20 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from pydantic import Field
 
+from blendrank.algos.grade.config import VARIANTS, GRADEConfig
+from blendrank.algos.grade.data import FusionSpec
+from blendrank.algos.grade.trainer import fit_grade
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
-from blendrank.config import BaseConfig
+from blendrank.config import BaseConfig, apply_overrides
 from blendrank.errors import ConfigError
 from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
+from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
 from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_values
 from blendrank.worlds.presets import world_config
 
 STREAM_VALID, STREAM_EVAL, STREAM_CRN = 3, 4, 5
 WORLD_METHODS = ("production", "static_search", "segment_oracle", "oracle", "true_score")
+LEARNED_METHODS = ("ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
 
 
 class BenchConfig(BaseConfig):
@@ -43,6 +49,8 @@ class BenchConfig(BaseConfig):
     oracle_grid_points: int = Field(300, ge=10, description="Simplex grid size of the oracle searches.")
     oracle_refine: int = Field(32, ge=0, description="Local refinement samples per request for the per-request oracle.")
     static_search: StaticSearchConfig = Field(default_factory=StaticSearchConfig, description="static_search settings.")
+    log_requests: int = Field(20000, ge=10, description="Logged requests (production policy + exploration) that learned methods train on.")
+    grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
 
 
 class WorldBatch:
@@ -61,11 +69,30 @@ class WorldBatch:
 
 
 def _parse_methods(methods: list[str]) -> list[str]:
-    unknown = [m for m in methods if m not in WORLD_METHODS]
+    unknown = [m for m in methods if m not in WORLD_METHODS + LEARNED_METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown or not yet available in worlds: {', '.join(unknown)}; "
-                          f"available: {', '.join(WORLD_METHODS)}")
+                          f"available: {', '.join(WORLD_METHODS + LEARNED_METHODS)}")
     return ["production"] + [m for m in dict.fromkeys(methods) if m != "production"]
+
+
+def _training_logs(world: MarketplaceWorld, n: int) -> pa.Table:
+    """Logged traffic of the production policy with exploration (the logs' first shards)."""
+    per_shard = 10_000
+    return pa.concat_tables([generate_shard(world, i, min(per_shard, n - s)) for i, s in enumerate(range(0, n, per_shard))])
+
+
+def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRADEConfig:
+    """The bench's GRADE config for ``method`` (ltr, grade or grade:<variant>), with the prior
+    reward set to the world's business value (the business states its own goal)."""
+    v = world.config.value
+    data = cfg.grade.model_dump(mode="json")
+    data["reward"]["prior_coefs"] = {"click": v.click, "order": v.order, "order*price": v.gmv,
+                                     **{o.name: o.value_weight for o in world.config.extra_objectives}}
+    overrides = VARIANTS[method.split(":", 1)[1]] if ":" in method else []
+    if method == "ltr":
+        overrides = ["stage2.steps=0"]
+    return GRADEConfig.model_validate(apply_overrides(data, overrides))
 
 
 def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -80,6 +107,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     K = ev.inputs.shape[-1]
     prod = world.production_weights()
     weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    logs = eval_table = None
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
 
     for m in methods:
@@ -105,6 +134,17 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             weights[m] = w
         elif m == "true_score":
             pages[m] = world.true_score_page(ev.truth)
+        elif m in LEARNED_METHODS:
+            if logs is None:
+                logs = _training_logs(world, cfg.log_requests)
+                eval_table = request_table(world, ev.req, world.predictions(ev.req), np.arange(len(ev.req)),
+                                           np.arange(len(ev.req)), wcfg.start_ts + np.arange(len(ev.req)) * 1000)
+            gcfg = _grade_config(cfg, world, m)
+            # Fuse exactly the world's inputs (its price scale), as a deployment would configure.
+            spec = FusionSpec(objectives=wcfg.objectives, use_price=True, price_scale=world.price_scale)
+            pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec)
+            weights[m] = pol.weights(pol.batch(eval_table)).numpy()
+            curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
         timings[m] = time.perf_counter() - t
         if m in weights:
             pages[m] = world.rank(ev.inputs, torch.from_numpy(np.ascontiguousarray(weights[m], dtype=np.float32)))
@@ -133,6 +173,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             "per_segment": {a: {seg_names[s]: w[ev.segment == s].mean(0).round(4).tolist() for s in np.unique(ev.segment)}
                             for a, w in weights.items()},
         },
+        "learning_curves": {a: [{k: v for k, v in r.items() if k != "mean_weights"} for r in c] for a, c in curves.items()},
         "ci_method": "paired percentile bootstrap over requests (common random numbers across arms)",
         "bench_config": cfg.model_dump(mode="json"),
     }

@@ -111,6 +111,8 @@ def composite_reward(
     position: Tensor | None = None,
     exam: Tensor | None = None,
     anchor: Tensor | None = None,
+    post_order: Tensor | None = None,
+    post_mask: Tensor | None = None,
 ) -> RewardOutput:
     """Composite GRADE reward of ``G`` re-ranked pages per request.
 
@@ -129,6 +131,9 @@ def composite_reward(
         position: ``[N, L]`` 1-based logged positions (0/NaN = not shown), for IPS.
         exam: ``[P]`` examination propensities by position, for IPS.
         anchor: ``[K]`` or ``[N, K]`` production weights; overrides ``config.anchor``.
+        post_order: ``[N, G, P]`` page used by ``R_post`` instead of ``order`` — e.g. the
+            re-ranking of the logged-shown candidates only, whose feedback is known.
+        post_mask: ``[N, L]`` candidates ``R_post`` ranks (default ``mask``).
 
     Returns:
         :class:`RewardOutput`.
@@ -149,7 +154,8 @@ def composite_reward(
             else:
                 raise ValueError("ips=True needs propensity_weights, or position and exam")
         post = posterior_reward(
-            order, labels, mask, config.post_objective_weights, k=config.k, gain=config.post_gain,
+            order if post_order is None else post_order, labels, mask if post_mask is None else post_mask,
+            config.post_objective_weights, k=config.k, gain=config.post_gain,
             propensity_weights=ipw,
         ).to(dtype)
     if config.a_prior > 0:

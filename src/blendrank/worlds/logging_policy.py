@@ -76,34 +76,43 @@ def continue_probability(world: MarketplaceWorld, page: LoggedPage) -> np.ndarra
     return 1.0 / (1.0 + np.exp(-(s.continue_base + s.continue_slope * clicks)))
 
 
-def page_table(world: MarketplaceWorld, page: LoggedPage, request_id: np.ndarray, session_id: np.ndarray,
-               ts: np.ndarray) -> pa.Table:
-    """Contract rows (one per candidate) for a batch of logged pages."""
-    req, B, L = page.req, *page.req.cand.shape
+def request_table(world: MarketplaceWorld, req: Requests, preds: dict[str, np.ndarray], request_id: np.ndarray,
+                  session_id: np.ndarray, ts: np.ndarray, page: LoggedPage | None = None) -> pa.Table:
+    """Contract rows (one per candidate, in candidate order) for a batch of requests: ids,
+    predictions, price and features, plus positions, labels and logging weights when ``page``
+    is given (logged traffic). Without a page this is what a policy sees at serving time."""
+    B, L = req.cand.shape
     rep = lambda a: np.repeat(np.asarray(a), L)  # noqa: E731
-    user = req.user
     cols: dict[str, pa.Array] = {
         "request_id": pa.array(rep(request_id), pa.int64()),
         "session_id": pa.array(rep(session_id), pa.int64()),
-        "user_id": pa.array(rep(user), pa.int64()),
+        "user_id": pa.array(rep(req.user), pa.int64()),
         "ts": pa.array(rep(ts), pa.int64()),
         "item_id": pa.array(req.cand.ravel(), pa.int64()),
-        "position": pa.array(page.position.ravel(), pa.int32(), mask=page.position.ravel() == 0),
     }
+    if page is not None:
+        cols["position"] = pa.array(page.position.ravel(), pa.int32(), mask=page.position.ravel() == 0)
+        for name in world.objectives:
+            cols[f"label_{name}"] = pa.array(page.labels[name].ravel(), pa.int8())
     for name in world.objectives:
-        cols[f"label_{name}"] = pa.array(page.labels[name].ravel(), pa.int8())
-    for name in world.objectives:
-        cols[f"pred_{name}"] = pa.array(page.preds[name].ravel().astype(np.float32))
+        cols[f"pred_{name}"] = pa.array(preds[name].ravel().astype(np.float32))
     cols["price"] = pa.array(world.item_price[req.cand].ravel().astype(np.float32))
     per_request, per_candidate = world.features(req, ts)
     for name, a in per_request.items():
         cols[name] = pa.array(rep(a))
     for name, a in per_candidate.items():
         cols[name] = pa.array(a.ravel())
-    cols["propensity"] = pa.array(rep(page.propensity), pa.float64())
-    for k, name in enumerate(world.config.fusion_inputs):
-        cols[f"logging_w_{name}"] = pa.array(rep(page.weights[:, k].astype(np.float32)))
+    if page is not None:
+        cols["propensity"] = pa.array(rep(page.propensity), pa.float64())
+        for k, name in enumerate(world.config.fusion_inputs):
+            cols[f"logging_w_{name}"] = pa.array(rep(page.weights[:, k].astype(np.float32)))
     return pa.table(cols)
+
+
+def page_table(world: MarketplaceWorld, page: LoggedPage, request_id: np.ndarray, session_id: np.ndarray,
+               ts: np.ndarray) -> pa.Table:
+    """Contract rows (one per candidate) for a batch of logged pages."""
+    return request_table(world, page.req, page.preds, request_id, session_id, ts, page)
 
 
 def generate_shard(world: MarketplaceWorld, shard: int, n_requests: int) -> pa.Table:

@@ -1,0 +1,231 @@
+"""GRADE trainer: Stage 1 (multi-objective LambdaLoss initialisation) then Stage 2 (GRPO with
+Dirichlet exploration and the composite reward), on logged requests. Reads top to bottom.
+
+Shapes: ``N`` requests in a step, ``G`` = ``num_generations``, ``L`` candidates, ``P`` page size,
+``K`` fusion inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from blendrank.algos.grade.config import GRADEConfig
+from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
+from blendrank.errors import BlendrankError, DataError
+from blendrank.features.center import FeatureCenter
+from blendrank.fusion.formulas import fuse, top_k
+from blendrank.fusion.policy import DirichletPolicy
+from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
+from blendrank.losses.lambdaloss import multi_objective_lambda_loss
+from blendrank.rewards.components import fit_position_bias
+from blendrank.rewards.composite import composite_reward
+
+
+class NonFiniteError(BlendrankError):
+    """A loss or gradient became NaN/inf; nothing was saved from that step."""
+
+
+@dataclass
+class GradePolicy:
+    """A trained fusion policy with everything needed to apply it to new requests."""
+
+    policy: DirichletPolicy
+    spec: FusionSpec
+    center: FeatureCenter
+    config: GRADEConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def batch(self, table: pa.Table) -> RequestBatch:
+        return build_batch(table, self.spec, self.center)
+
+    @torch.no_grad()
+    def weights(self, batch: RequestBatch) -> torch.Tensor:
+        """Deterministic serving weights ``[B, K]`` (the Dirichlet mean)."""
+        self.policy.eval()
+        return self.policy.mean_weights(batch.cat, batch.num, batch.stats)
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "policy.pt.tmp"
+        torch.save({"state_dict": self.policy.state_dict(), "cardinalities": list(self.center.cardinalities.values()),
+                    "n_numeric": len(self.center.numeric_names()), "n_stats": int(self.policy.stats_mean.numel()),
+                    "k": self.policy.k}, tmp)
+        tmp.replace(out / "policy.pt")
+        self.center.save(out / "feature_center.json")
+        (out / "fusion.json").write_text(self.spec.model_dump_json(indent=2))
+        (out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        with (out / "history.jsonl").open("w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> GradePolicy:
+        path = Path(path)
+        needed = ["policy.pt", "feature_center.json", "fusion.json", "config.json"]
+        missing = [n for n in needed if not (path / n).exists()]
+        if missing:
+            raise DataError(f"{path}: not a trained policy directory (missing {', '.join(missing)}); "
+                            "train one with `blendrank train --method grade`")
+        cfg = GRADEConfig.model_validate_json((path / "config.json").read_text())
+        spec = FusionSpec.model_validate_json((path / "fusion.json").read_text())
+        center = FeatureCenter.load(path / "feature_center.json")
+        blob = torch.load(path / "policy.pt", weights_only=True)
+        policy = make_policy(cfg, blob["cardinalities"], blob["n_numeric"], blob["n_stats"], blob["k"])
+        policy.load_state_dict(blob["state_dict"])
+        return cls(policy, spec, center, cfg)
+
+
+def make_policy(cfg: GRADEConfig, cardinalities: list[int], n_numeric: int, n_stats: int, k: int) -> DirichletPolicy:
+    p = cfg.policy
+    return DirichletPolicy(cardinalities, n_numeric, n_stats, k, hidden=tuple(p.hidden), emb_dim=p.emb_dim,
+                           kappa_min=p.kappa_min, kappa_init=p.kappa_init, exploration=p.exploration,
+                           fixed_kappa=p.fixed_kappa, gaussian_std_init=p.gaussian_std_init)
+
+
+def _check_finite(loss: torch.Tensor, policy: torch.nn.Module, stage: str, step: int) -> None:
+    bad = not torch.isfinite(loss)
+    bad = bad or any(p.grad is not None and not torch.isfinite(p.grad).all() for p in policy.parameters())
+    if bad:
+        raise NonFiniteError(f"{stage} step {step}: non-finite loss or gradient (loss={loss.item()}); "
+                             "lower the learning rate or raise policy.kappa_min; nothing from this step was kept")
+
+
+# ---------------------------------------------------------------------------------- Stage 1
+def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
+                 log: Callable[[dict[str, Any]], None]) -> None:
+    """Fit the policy's mean weights so the fused ranking of logged candidates orders the
+    observed feedback well (multi-objective LambdaLoss)."""
+    s1 = cfg.stage1
+    lam = s1.objective_weights or cfg.reward.post_objective_weights
+    lam = {o: w for o, w in lam.items() if o in data.labels and w > 0}
+    if not lam:
+        raise DataError(f"Stage 1 needs labels for {list(s1.objective_weights or cfg.reward.post_objective_weights)}; "
+                        f"the data has {list(data.labels)}")
+    opt = torch.optim.Adam(policy.parameters(), lr=s1.lr)
+    mask = data.shown if s1.shown_only and data.shown.any() else data.mask
+    step = 0
+    for epoch in range(s1.epochs):
+        perm = torch.randperm(len(data))
+        total = 0.0
+        for start in range(0, len(data), s1.batch_size):
+            idx = perm[start : start + s1.batch_size]
+            b = data.index(idx)
+            z, _ = policy.heads(b.cat, b.num, b.stats)
+            scores = fuse(b.features, torch.softmax(z, -1))
+            loss = multi_objective_lambda_loss(scores, b.labels, lam, mask[idx], weighting=s1.weighting, k=s1.k)
+            opt.zero_grad()
+            loss.backward()
+            _check_finite(loss, policy, "stage1", step)
+            opt.step()
+            total += loss.item() * len(idx)
+            step += 1
+        log({"stage": 1, "epoch": epoch, "lambda_loss": total / len(data)})
+
+
+# ---------------------------------------------------------------------------------- Stage 2
+def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
+                 anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None]) -> None:
+    """GRPO: sample G weight vectors per request, re-rank, score, normalise in the group, and
+    take ``num_iterations`` clipped steps with a KL penalty to the frozen Stage-1 policy."""
+    s2, rc = cfg.stage2, cfg.reward
+    ref = copy.deepcopy(policy).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(policy.parameters(), lr=s2.lr)
+    # R_prior reads the MTL predictions; its price terms use price relative to the training median.
+    preds_all = {o: data.inputs[..., j] for j, o in enumerate(spec.objectives)}
+    rel_price = data.price / spec.price_scale
+    exam = fit_position_bias(data.position, data.labels.get("click", next(iter(data.labels.values()))), data.shown,
+                             rc.k) if rc.ips and rc.a_post > 0 else None
+    for step in range(s2.steps):
+        idx = torch.randint(len(data), (min(s2.batch_size, len(data)),))
+        b = data.index(idx)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            z_old, k_old = policy.heads(b.cat, b.num, b.stats)
+            actions = policy.sample(z_old, k_old, s2.num_generations)  # [N, G, K]
+            logp_old = policy.log_prob(z_old, k_old, actions)
+            z_ref, k_ref = ref.heads(b.cat, b.num, b.stats)
+            w = policy.to_weights(actions)
+            scores = fuse(b.features, w)  # [N, G, L]
+            page, _ = top_k(scores, b.mask, rc.k)
+            page_shown, _ = top_k(scores, b.shown, rc.k)
+            reward = composite_reward(
+                rc, page, weights=w, labels=b.labels, mask=b.mask, preds={o: p[idx] for o, p in preds_all.items()},
+                price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown)
+            adv, zero_std = group_advantages(reward.total, s2.scale_rewards)
+        for _ in range(s2.num_iterations):
+            z, kappa = policy.heads(b.cat, b.num, b.stats)
+            logp = policy.log_prob(z, kappa, actions)
+            if s2.beta > 0:
+                kl = (policy.kl(z, kappa, z_ref, k_ref) if s2.kl_estimator == "exact"
+                      else k3_kl(logp, ref.log_prob(z_ref, k_ref, actions)))
+            else:
+                kl = None
+            ent = policy.entropy(z, kappa) if s2.entropy_coef > 0 else None
+            out = grpo_loss(logp, logp_old, adv, epsilon=s2.epsilon, epsilon_high=s2.epsilon_high, beta=s2.beta,
+                            kl=kl, entropy=ent, entropy_coef=s2.entropy_coef)
+            opt.zero_grad()
+            out.loss.backward()
+            _check_finite(out.loss, policy, "stage2", step)
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), s2.max_grad_norm)
+            opt.step()
+        if step % cfg.log_every == 0 or step == s2.steps - 1:
+            z, kappa = z.detach(), kappa.detach()
+            mean_w = torch.softmax(z, -1).mean(0)
+            log({"stage": 2, "step": step, "reward": reward.total.mean().item(), "reward_post": reward.post.mean().item(),
+                 "reward_prior": reward.prior.mean().item(), "reward_rule": reward.rule.mean().item(),
+                 "kl": float(out.kl), "clip_frac_low": float(out.clip_frac_low), "clip_frac_high": float(out.clip_frac_high),
+                 "entropy": policy.entropy(z, kappa).mean().item(), "kappa_mean": kappa.mean().item(),
+                 "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
+                 "frac_reward_zero_std": zero_std.float().mean().item(), "loss": out.loss.item(),
+                 "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0)})
+
+
+def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,
+              log: Callable[[dict[str, Any]], None] | None = None, spec: FusionSpec | None = None) -> GradePolicy:
+    """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns)."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        history.append(row)
+        if log:
+            log(row)
+
+    spec = spec or FusionSpec.fit(train)
+    center = fit_policy_features(train)
+    data = build_batch(train, spec, center)
+    if len(data) < 2:
+        raise DataError("GRADE needs at least 2 training requests")
+    policy = make_policy(cfg, list(center.cardinalities.values()), len(center.numeric_names()), data.stats.shape[-1],
+                         data.inputs.shape[-1])
+    policy.set_stats_normalizer(data.stats)
+    anchor_t = None
+    if anchor is not None:
+        anchor_t = torch.tensor(anchor, dtype=torch.float32)
+        anchor_t = anchor_t / anchor_t.sum()
+        with torch.no_grad():  # start from production weights (matters when Stage 1 is off)
+            policy.mean_head.bias.copy_(torch.log(anchor_t.clamp_min(1e-3)))
+    t = time.perf_counter()
+    train_stage1(policy, data, cfg, record)
+    record({"stage": 1, "seconds": time.perf_counter() - t})
+    t = time.perf_counter()
+    train_stage2(policy, data, cfg, spec, anchor_t, record)
+    secs = time.perf_counter() - t
+    record({"stage": 2, "seconds": secs, "requests_per_s": cfg.stage2.steps * min(cfg.stage2.batch_size, len(data)) / max(secs, 1e-9)})
+    return GradePolicy(policy, spec, center, cfg, history)
+
