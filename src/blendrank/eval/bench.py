@@ -87,8 +87,12 @@ def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRA
     reward set to the world's business value (the business states its own goal)."""
     v = world.config.value
     data = cfg.grade.model_dump(mode="json")
-    data["reward"]["prior_coefs"] = {"click": v.click, "order": v.order, "order*price": v.gmv,
-                                     **{o.name: o.value_weight for o in world.config.extra_objectives}}
+    extras = {o.name: o.value_weight for o in world.config.extra_objectives}
+    data["reward"]["prior_coefs"] = {"click": v.click, "order": v.order, "order*price": v.gmv, **extras}
+    # R_post and Stage 1 grade the logged feedback by the same business weights (GMV linear).
+    post = {k: w for k, w in {"click": v.click, "order": v.order, "gmv": v.gmv, **extras}.items() if w > 0}
+    data["reward"]["post_objective_weights"] = post
+    data["reward"]["post_gain"] = "linear"
     overrides = VARIANTS[method.split(":", 1)[1]] if ":" in method else []
     if method == "ltr":
         overrides = ["stage2.steps=0"]

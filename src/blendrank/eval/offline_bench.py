@@ -21,10 +21,13 @@ import torch
 import yaml
 from pydantic import Field
 
+from blendrank.algos.grade.config import VARIANTS, GRADEConfig
+from blendrank.algos.grade.data import FusionSpec
+from blendrank.algos.grade.trainer import fit_grade
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.objectives import offline_ndcg_objective
 from blendrank.algos.static_search.search import search_weights
-from blendrank.config import BaseConfig
+from blendrank.config import BaseConfig, apply_overrides
 from blendrank.data.contract import objectives_of
 from blendrank.data.io import load_log
 from blendrank.data.slates import Slates, to_slates
@@ -32,7 +35,7 @@ from blendrank.errors import ConfigError, DataError
 from blendrank.eval.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
 from blendrank.fusion.formulas import Formula, fuse, fusion_features
 
-LOG_METHODS = ("production", "static_search")
+LOG_METHODS = ("production", "static_search", "ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
 SPLITS = ("train", "valid", "test")
 
 
@@ -51,9 +54,10 @@ class LogBenchConfig(BaseConfig):
     fusion_floor: float = Field(1e-3, gt=0, description="Floor b_k inside log(p + b_k).")
     n_boot: int = Field(1000, ge=100, description="Bootstrap resamples.")
     static_search: StaticSearchConfig = Field(default_factory=StaticSearchConfig, description="static_search settings.")
+    grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
 
 
-def _load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
+def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
     if data.is_dir() and all((data / f"{s}.parquet").exists() for s in SPLITS):
         return {s: load_log(data / f"{s}.parquet", mapping)[0] for s in SPLITS}
     table, _ = load_log(data, mapping)
@@ -138,6 +142,18 @@ def _evaluate(sl: Slates, feats: torch.Tensor, w: np.ndarray, objectives: list[s
     return metrics, composite.numpy()
 
 
+def _grade_config(cfg: LogBenchConfig, method: str, objectives: list[str], lam: np.ndarray) -> GRADEConfig:
+    """GRADE on logs: R_post and Stage 1 weight each objective's NDCG by the composite's λ, and
+    R_prior values the page by the same λ on the predictions."""
+    data = cfg.grade.model_dump(mode="json")
+    weights = {o: float(w) for o, w in zip(objectives, lam) if w > 0}
+    data["reward"]["post_objective_weights"] = weights
+    data["reward"]["prior_coefs"] = weights
+    data["seed"] = cfg.seed
+    overrides = ["stage2.steps=0"] if method == "ltr" else VARIANTS[method.split(":", 1)[1]] if ":" in method else []
+    return GRADEConfig.model_validate(apply_overrides(data, overrides))
+
+
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Tune on valid, report on test, write ``bench.json``; returns its content."""
@@ -147,7 +163,7 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     methods = ["production"] + [m for m in dict.fromkeys(cfg.methods) if m != "production"]
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    splits, objectives = _ensure_predictions(_load_splits(Path(data), mapping, cfg), log)
+    splits, objectives = _ensure_predictions(load_splits(Path(data), mapping, cfg), log)
     prod_map, prod_objectives, prod_source = _production(Path(data), cfg)
     if prod_objectives:
         missing = [o for o in prod_objectives if o not in objectives]
@@ -173,6 +189,14 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         weights["static_search"] = res.best_weights
         timings["static_search"] = time.perf_counter() - t
         log(f"static_search ({ss.method}, {res.n_evals} vectors): {dict(zip(objectives, np.round(res.best_weights, 3).tolist()))}")
+    curves = {}
+    for m in [m for m in methods if m == "ltr" or m.startswith("grade")]:
+        t = time.perf_counter()
+        pol = fit_grade(splits["train"], _grade_config(cfg, m, objectives, lam), anchor=prod.tolist(),
+                        spec=FusionSpec(objectives=objectives, formula=cfg.fusion, floor=cfg.fusion_floor))
+        weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
+        curves[m] = [{k: v for k, v in r.items() if k != "mean_weights"} for r in pol.history if "step" in r]
+        timings[m] = time.perf_counter() - t
     offline, composite = {}, {}
     for m in methods:
         offline[m], composite[m] = _evaluate(test, f_test, weights[m], objectives, lam, cfg)
@@ -187,7 +211,9 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         "objectives": objectives, "objective_weights": dict(zip(objectives, lam.round(4).tolist())),
         "arms": {m: {k: v["mean"] for k, v in offline[m].items()} for m in methods},
         "offline": offline, "lifts": lifts,
-        "weights": {"fusion_inputs": objectives, "global": {m: np.round(w, 4).tolist() for m, w in weights.items()}},
+        "weights": {"fusion_inputs": objectives,
+                    "global": {m: np.round(np.atleast_2d(w).mean(0), 4).tolist() for m, w in weights.items()}},
+        "learning_curves": curves,
         "split_requests": {s: int(pc.count_distinct(t_["request_id"]).as_py()) for s, t_ in splits.items()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "ci_method": "percentile bootstrap over test requests (paired for lifts)",

@@ -37,6 +37,7 @@ class LTRConfig(BaseConfig):
         "ndcgLoss2PP", description="LambdaLoss weighting scheme (Wang et al. 2018).")
     k: int | None = Field(10, ge=1, description="Truncation of the loss at the top-k of the predicted ranking.")
     objective_weights: dict[str, float] | None = Field(None, description="λ_k per objective label; default the composite reward's posterior weights.")
+    gain: Literal["linear", "exp2"] = Field("linear", description="LambdaLoss gain; linear keeps GMV-graded labels on their scale (binary labels: same as exp2).")
     shown_only: bool = Field(True, description="Rank only logged-shown candidates (unshown ones have no feedback).")
 
 

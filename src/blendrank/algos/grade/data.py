@@ -108,10 +108,14 @@ def build_batch(table: pa.Table, spec: FusionSpec, center: FeatureCenter) -> Req
             raise DataError("this policy fuses price but the data has no price column")
         parts.append(price / spec.price_scale)
     inputs = torch.stack(parts, -1)
+    label_map = {o: sl.columns[f"label_{o}"] for o in labels}
+    if "order" in label_map and "gmv" not in label_map and "price" in sl.columns:
+        # GMV-graded label for R_post / Stage 1 (linear gain): relative price of ordered items.
+        label_map["gmv"] = label_map["order"] * price / spec.price_scale
     feats = fusion_features(inputs, spec.formula, spec.floor).masked_fill(~sl.mask.unsqueeze(-1), 0.0)
     return RequestBatch(
         cat=torch.from_numpy(fb.categorical), num=torch.from_numpy(fb.numeric), inputs=inputs, features=feats,
         stats=list_stats(feats, sl.mask, spec.stats_top), mask=sl.mask,
-        shown=(pos > 0) & sl.mask, position=pos, labels={o: sl.columns[f"label_{o}"] for o in labels},
+        shown=(pos > 0) & sl.mask, position=pos, labels=label_map,
         price=price, request_id=sl.request_id,
     )

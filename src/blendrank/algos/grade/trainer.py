@@ -124,7 +124,7 @@ def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
             b = data.index(idx)
             z, _ = policy.heads(b.cat, b.num, b.stats)
             scores = fuse(b.features, torch.softmax(z, -1))
-            loss = multi_objective_lambda_loss(scores, b.labels, lam, mask[idx], weighting=s1.weighting, k=s1.k)
+            loss = multi_objective_lambda_loss(scores, b.labels, lam, mask[idx], weighting=s1.weighting, k=s1.k, gain=s1.gain)
             opt.zero_grad()
             loss.backward()
             _check_finite(loss, policy, "stage1", step)
