@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -108,3 +109,24 @@ def test_every_variant_is_a_valid_config_and_every_field_is_documented():
 def test_make_policy_matches_config():
     p = make_policy(GRADEConfig(), [4], 2, 8, 3)
     assert p.k == 3 and p.exploration == "dirichlet"
+
+
+def test_train_cli_trains_and_saves_grade_and_static_search(tmp_path):
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    log = tmp_path / "log.parquet"
+    pq.write_table(two_type_log(400), log)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--method", "grade", "--data", str(log), "--out", str(tmp_path / "g"),
+                            "--set", "stage2.steps=3", "--set", "stage1.epochs=1"])
+    assert r.exit_code == 0, r.output
+    assert GradePolicy.load(tmp_path / "g").policy.k == 2
+    r = runner.invoke(app, ["train", "--method", "static_search", "--data", str(log), "--out", str(tmp_path / "s"),
+                            "--set", "budget=20"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s" / "static_weights.json").exists()
+    r = runner.invoke(app, ["train", "--method", "grade", "--data", str(log), "--out", str(tmp_path / "x"),
+                            "--set", "stage2.stepz=3"])
+    assert r.exit_code == 1 and "stepz" in r.output

@@ -13,6 +13,7 @@ from blendrank.cli import world as world_cli
 from blendrank.cli.bench import bench
 from blendrank.cli.demo import demo
 from blendrank.cli.report import report
+from blendrank.cli.train import train
 
 app = typer.Typer(
     name="blendrank",
@@ -27,6 +28,7 @@ app.add_typer(world_cli.app, name="world")
 app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)
+app.command("train")(train)
 
 
 def _version(value: bool) -> None:

@@ -42,7 +42,7 @@ SPLITS = ("train", "valid", "test")
 class LogBenchConfig(BaseConfig):
     """Offline bench on logs."""
 
-    methods: list[str] = Field(default_factory=lambda: list(LOG_METHODS), description="Arms to run; production is always the baseline.")
+    methods: list[str] = Field(default_factory=lambda: ["production", "static_search"], description=f"Arms to run (any of {', '.join(LOG_METHODS)}); production is always the baseline.")
     seed: int = Field(0, description="Seed of the search and the bootstrap.")
     k: int = Field(10, ge=1, description="NDCG cut-off.")
     gain: str = Field("exp2", description="NDCG gain: exp2 or linear.")
@@ -142,16 +142,53 @@ def _evaluate(sl: Slates, feats: torch.Tensor, w: np.ndarray, objectives: list[s
     return metrics, composite.numpy()
 
 
-def _grade_config(cfg: LogBenchConfig, method: str, objectives: list[str], lam: np.ndarray) -> GRADEConfig:
+def grade_defaults(grade: GRADEConfig, objectives: list[str], lam: np.ndarray) -> dict[str, Any]:
     """GRADE on logs: R_post and Stage 1 weight each objective's NDCG by the composite's λ, and
     R_prior values the page by the same λ on the predictions."""
-    data = cfg.grade.model_dump(mode="json")
+    data = grade.model_dump(mode="json")
     weights = {o: float(w) for o, w in zip(objectives, lam) if w > 0}
     data["reward"]["post_objective_weights"] = weights
     data["reward"]["prior_coefs"] = weights
+    return data
+
+
+def _grade_config(cfg: LogBenchConfig, method: str, objectives: list[str], lam: np.ndarray) -> GRADEConfig:
+    data = grade_defaults(cfg.grade, objectives, lam)
     data["seed"] = cfg.seed
     overrides = ["stage2.steps=0"] if method == "ltr" else VARIANTS[method.split(":", 1)[1]] if ":" in method else []
     return GRADEConfig.model_validate(apply_overrides(data, overrides))
+
+
+def production_setup(data: Path, splits: dict[str, pa.Table], cfg: LogBenchConfig,
+                     log: Callable[[str], None]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Fused objectives, production weights and composite-NDCG weights λ for a log."""
+    splits_, objectives = _ensure_predictions(splits, log)
+    splits.update(splits_)
+    prod_map, prod_objectives, prod_source = _production(Path(data), cfg)
+    if prod_objectives:
+        missing = [o for o in prod_objectives if o not in objectives]
+        if missing:
+            raise ConfigError(f"{prod_source}: objectives {missing} have no label_/pred_ columns in {data}")
+        objectives = list(prod_objectives)
+    prod = _weight_vector(prod_map, objectives, prod_source)
+    # Composite NDCG weights: the business's priorities, i.e. the production weights by default.
+    lam = (_weight_vector(cfg.objective_weights, objectives, "objective_weights")
+           if cfg.objective_weights is not None else prod)
+    return objectives, prod, lam
+
+
+def _featurise(sl: Slates, objectives: list[str], cfg: LogBenchConfig) -> torch.Tensor:
+    return fusion_features(torch.stack([sl.columns[f"pred_{o}"] for o in objectives], -1), cfg.fusion, cfg.fusion_floor)
+
+
+def tune_static(valid_table: pa.Table, objectives: list[str], prod: np.ndarray, lam: np.ndarray, cfg: LogBenchConfig):
+    """Static search on the validation split's composite NDCG; returns a ``SearchResult``."""
+    valid = _slates(valid_table, objectives)
+    labels = {o: valid.columns[f"label_{o}"] for o in objectives}
+    objective = offline_ndcg_objective(_featurise(valid, objectives, cfg), labels, valid.mask,
+                                       dict(zip(objectives, lam)), k=cfg.k, gain=cfg.gain)
+    ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include], "seed": cfg.seed})
+    return search_weights(objective, len(objectives), ss)
 
 
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
@@ -163,32 +200,19 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     methods = ["production"] + [m for m in dict.fromkeys(cfg.methods) if m != "production"]
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    splits, objectives = _ensure_predictions(load_splits(Path(data), mapping, cfg), log)
-    prod_map, prod_objectives, prod_source = _production(Path(data), cfg)
-    if prod_objectives:
-        missing = [o for o in prod_objectives if o not in objectives]
-        if missing:
-            raise ConfigError(f"{prod_source}: objectives {missing} have no label_/pred_ columns in {data}")
-        objectives = list(prod_objectives)
-    prod = _weight_vector(prod_map, objectives, prod_source)
-    # Composite NDCG weights: the business's priorities, i.e. the production weights by default.
-    lam = (_weight_vector(cfg.objective_weights, objectives, "objective_weights")
-           if cfg.objective_weights is not None else prod)
-    valid, test = _slates(splits["valid"], objectives), _slates(splits["test"], objectives)
-    featurise = lambda sl: fusion_features(  # noqa: E731
-        torch.stack([sl.columns[f"pred_{o}"] for o in objectives], -1), cfg.fusion, cfg.fusion_floor)
-    f_valid, f_test = featurise(valid), featurise(test)
+    splits = load_splits(Path(data), mapping, cfg)
+    objectives, prod, lam = production_setup(Path(data), splits, cfg, log)
+    test = _slates(splits["test"], objectives)
+    f_test = _featurise(test, objectives, cfg)
     timings["data"] = time.perf_counter() - t
     weights = {"production": prod}
     if "static_search" in methods:
         t = time.perf_counter()
-        labels = {o: valid.columns[f"label_{o}"] for o in objectives}
-        objective = offline_ndcg_objective(f_valid, labels, valid.mask, dict(zip(objectives, lam)), k=cfg.k, gain=cfg.gain)
-        ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include], "seed": cfg.seed})
-        res = search_weights(objective, len(objectives), ss)
+        res = tune_static(splits["valid"], objectives, prod, lam, cfg)
         weights["static_search"] = res.best_weights
         timings["static_search"] = time.perf_counter() - t
-        log(f"static_search ({ss.method}, {res.n_evals} vectors): {dict(zip(objectives, np.round(res.best_weights, 3).tolist()))}")
+        log(f"static_search ({cfg.static_search.method}, {res.n_evals} vectors): "
+            f"{dict(zip(objectives, np.round(res.best_weights, 3).tolist()))}")
     curves = {}
     for m in [m for m in methods if m == "ltr" or m.startswith("grade")]:
         t = time.perf_counter()
