@@ -9,7 +9,7 @@ import typer
 
 from blendrank.cli.common import fail, out, user_errors
 
-DEMO_METHODS = ["production", "static_search", "segment_oracle", "oracle", "true_score"]
+DEMO_METHODS = ["production", "static_search", "ltr", "grade", "segment_oracle", "oracle", "true_score"]
 
 
 @user_errors
