@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 
 from blendrank.algos.grade.config import VARIANTS, GRADEConfig
-from blendrank.algos.grade.data import FusionSpec
+from blendrank.algos.grade.data import FusionSpec, build_batch
 from blendrank.algos.grade.trainer import fit_grade
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
@@ -51,6 +51,7 @@ class BenchConfig(BaseConfig):
     static_search: StaticSearchConfig = Field(default_factory=StaticSearchConfig, description="static_search settings.")
     log_requests: int = Field(20000, ge=10, description="Logged requests (production policy + exploration) that learned methods train on.")
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
+    probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
 
 
 class WorldBatch:
@@ -80,6 +81,25 @@ def _training_logs(world: MarketplaceWorld, n: int) -> pa.Table:
     """Logged traffic of the production policy with exploration (the logs' first shards)."""
     per_shard = 10_000
     return pa.concat_tables([generate_shard(world, i, min(per_shard, n - s)) for i, s in enumerate(range(0, n, per_shard))])
+
+
+def _truth_probe(world: MarketplaceWorld, n: int):
+    """``probe(policy, spec, center)`` → the policy's true mean page value on ``n`` validation
+    requests (mean weights), logged along training next to the rewards it optimises."""
+    if n <= 0:
+        return None
+    probe_set = WorldBatch(world, STREAM_VALID, n)
+    table = request_table(world, probe_set.req, world.predictions(probe_set.req), np.arange(n), np.arange(n),
+                          world.config.start_ts + np.arange(n) * 1000)
+    cache: dict[int, Any] = {}
+
+    def probe(policy, spec, center) -> dict[str, float]:
+        batch = cache.setdefault(id(center), build_batch(table, spec, center))
+        with torch.no_grad():
+            w = policy.mean_weights(batch.cat, batch.num, batch.stats).numpy()
+        return {"true_value": float(probe_set.values(w[:, None, :]).mean())}
+
+    return probe
 
 
 def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRADEConfig:
@@ -112,7 +132,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     prod = world.production_weights()
     weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
     curves: dict[str, list[dict[str, Any]]] = {}
-    logs = eval_table = None
+    logs = eval_table = probe = None
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
 
     for m in methods:
@@ -143,10 +163,11 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                 logs = _training_logs(world, cfg.log_requests)
                 eval_table = request_table(world, ev.req, world.predictions(ev.req), np.arange(len(ev.req)),
                                            np.arange(len(ev.req)), wcfg.start_ts + np.arange(len(ev.req)) * 1000)
+                probe = _truth_probe(world, cfg.probe_requests)
             gcfg = _grade_config(cfg, world, m)
             # Fuse exactly the world's inputs (its price scale), as a deployment would configure.
             spec = FusionSpec(objectives=wcfg.objectives, use_price=True, price_scale=world.price_scale)
-            pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec)
+            pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec, probe=probe)
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
             curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
         timings[m] = time.perf_counter() - t

@@ -136,7 +136,8 @@ def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
 
 # ---------------------------------------------------------------------------------- Stage 2
 def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
-                 anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None]) -> None:
+                 anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
+                 probe: Callable[[DirichletPolicy], dict[str, float]] | None = None) -> None:
     """GRPO: sample G weight vectors per request, re-rank, score, normalise in the group, and
     take ``num_iterations`` clipped steps with a KL penalty to the frozen Stage-1 policy."""
     s2, rc = cfg.stage2, cfg.reward
@@ -191,12 +192,18 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                  "entropy": policy.entropy(z, kappa).mean().item(), "kappa_mean": kappa.mean().item(),
                  "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
                  "frac_reward_zero_std": zero_std.float().mean().item(), "loss": out.loss.item(),
-                 "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0)})
+                 "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
+                 **(probe(policy) if probe else {})})
 
 
 def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,
-              log: Callable[[dict[str, Any]], None] | None = None, spec: FusionSpec | None = None) -> GradePolicy:
-    """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns)."""
+              log: Callable[[dict[str, Any]], None] | None = None, spec: FusionSpec | None = None,
+              probe: Callable[[DirichletPolicy, FusionSpec, FeatureCenter], dict[str, float]] | None = None) -> GradePolicy:
+    """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns).
+
+    ``probe(policy, spec, center)``, if given, is called at every Stage-2 log step and its
+    values are logged: worlds use it to record the *true* value of the current policy next to
+    the rewards it is trained on (a reward-hacking check)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     history: list[dict[str, Any]] = []
@@ -224,7 +231,8 @@ def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = No
     train_stage1(policy, data, cfg, record)
     record({"stage": 1, "seconds": time.perf_counter() - t})
     t = time.perf_counter()
-    train_stage2(policy, data, cfg, spec, anchor_t, record)
+    train_stage2(policy, data, cfg, spec, anchor_t, record,
+                 probe=(lambda p: probe(p, spec, center)) if probe else None)
     secs = time.perf_counter() - t
     record({"stage": 2, "seconds": secs, "requests_per_s": cfg.stage2.steps * min(cfg.stage2.batch_size, len(data)) / max(secs, 1e-9)})
     return GradePolicy(policy, spec, center, cfg, history)
