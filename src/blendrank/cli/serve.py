@@ -1,0 +1,39 @@
+"""``blendrank serve``: the HTTP fusion service over an export directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from blendrank.cli.common import fail, out, user_errors
+
+
+@user_errors
+def serve(
+    model: Path = typer.Option(..., "--model", help="Export directory (`blendrank export`)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    reload_token_env: str = typer.Option(
+        "BLENDRANK_RELOAD_TOKEN", "--reload-token-env",
+        help="Environment variable holding the bearer token for POST /admin/reload (reload is disabled when unset)."),
+    backend: str = typer.Option("onnx", "--backend", help="Policy backend: onnx or torch."),
+    max_candidates: int = typer.Option(1000, "--max-candidates", min=1, help="Most candidates in one request."),
+    max_body_bytes: int = typer.Option(2_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Threads onnxruntime uses per request."),
+) -> None:
+    """Serve POST /v1/rank, POST /v1/weights, GET /healthz, GET /metrics and POST /admin/reload."""
+    try:
+        import uvicorn
+
+        from blendrank.serve.app import create_app
+    except ImportError as exc:
+        fail(f"serving needs the serve extra: pip install 'blendrank[serve]' ({exc})")
+    token = os.environ.get(reload_token_env) or None
+    app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
+                     max_candidates=max_candidates, threads=workers)
+    r = app.state.blendrank["ranker"]
+    out.print(f"serving {model} ({'model ok' if r.model_ok else 'FALLBACK weights: ' + str(r.fallback_reason)}; "
+              f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,279 @@
+"""The HTTP service (SPEC §7): FastAPI over a :class:`~blendrank.serve.ranker.Ranker`.
+
+Endpoints: ``POST /v1/rank``, ``POST /v1/weights``, ``GET /healthz``, ``GET /metrics``
+(Prometheus text format, written by hand) and ``POST /admin/reload`` (bearer token; the new
+directory is loaded with a sha256 and parity check before it is swapped in atomically).
+
+Bad input gets a 4xx with a message, never a 5xx: the body size is bounded (413), the candidate
+count is bounded, and unknown or missing features, wrong types and out-of-range values give 422.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from blendrank.errors import BlendrankError
+from blendrank.serve.ranker import Ranker
+
+FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
+ItemId = StrictInt | StrictStr
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+KNOWN_PATHS = ("/v1/rank", "/v1/weights", "/healthz", "/metrics", "/admin/reload")
+
+
+class Candidate(BaseModel):
+    """A candidate: ``item_id`` plus ``pred_<objective>`` for every fused objective (and
+    ``price`` when the policy fuses price). Other fields are rejected."""
+
+    model_config = ConfigDict(extra="allow")
+    item_id: ItemId
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: dict[str, FeatureValue] = Field(description="Every user/context feature of the model (null = missing).")
+    candidates: list[Candidate] = Field(description="Candidates with their MTL predictions.")
+    k: StrictInt = Field(10, ge=1, description="Page size.")
+
+
+class RankResponse(BaseModel):
+    item_ids: list[ItemId]
+    scores: list[float]
+    weights: dict[str, float]
+    fallback: bool
+
+
+class WeightsResponse(BaseModel):
+    weights: dict[str, float]
+    fallback: bool
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: StrictStr = Field(description="Export directory to load (written by `blendrank export`).")
+
+
+class Metrics:
+    """Counters, a latency histogram and running weight means, rendered as Prometheus text."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = defaultdict(int)
+        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+        self.lat_sum: dict[str, float] = defaultdict(float)
+        self.weight_sum: dict[str, float] = defaultdict(float)
+        self.weight_n = 0
+        self.fallback_n = 0
+        self.reloads: dict[str, int] = defaultdict(int)
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[(endpoint, status)] += 1
+            b = self.buckets[endpoint]
+            for i, le in enumerate(LATENCY_BUCKETS):
+                if seconds <= le:
+                    b[i] += 1
+                    break
+            else:
+                b[-1] += 1
+            self.lat_sum[endpoint] += seconds
+
+    def weights(self, w: dict[str, float], fallback: bool) -> None:
+        with self.lock:
+            for name, v in w.items():
+                self.weight_sum[name] += v
+            self.weight_n += 1
+            self.fallback_n += int(fallback)
+
+    def render(self, ranker: Ranker) -> str:
+        lines = ["# HELP blendrank_requests_total HTTP requests by endpoint and status.",
+                 "# TYPE blendrank_requests_total counter"]
+        with self.lock:
+            for (ep, st), n in sorted(self.requests.items()):
+                lines.append(f'blendrank_requests_total{{endpoint="{ep}",status="{st}"}} {n}')
+            lines += ["# HELP blendrank_request_seconds Request latency.", "# TYPE blendrank_request_seconds histogram"]
+            for ep, b in sorted(self.buckets.items()):
+                cum = 0
+                for le, n in zip(LATENCY_BUCKETS, b):
+                    cum += n
+                    lines.append(f'blendrank_request_seconds_bucket{{endpoint="{ep}",le="{le}"}} {cum}')
+                cum += b[-1]
+                lines.append(f'blendrank_request_seconds_bucket{{endpoint="{ep}",le="+Inf"}} {cum}')
+                lines.append(f'blendrank_request_seconds_sum{{endpoint="{ep}"}} {self.lat_sum[ep]:.6f}')
+                lines.append(f'blendrank_request_seconds_count{{endpoint="{ep}"}} {cum}')
+            lines += ["# HELP blendrank_weight_mean Mean fusion weight per input over served requests.",
+                      "# TYPE blendrank_weight_mean gauge"]
+            for name in ranker.inputs:
+                mean = self.weight_sum.get(name, 0.0) / self.weight_n if self.weight_n else 0.0
+                lines.append(f'blendrank_weight_mean{{input="{name}"}} {mean:.6f}')
+            lines += ["# HELP blendrank_weighted_requests_total Requests whose weights were computed.",
+                      "# TYPE blendrank_weighted_requests_total counter",
+                      f"blendrank_weighted_requests_total {self.weight_n}",
+                      "# HELP blendrank_fallback_requests_total Requests served with the static fallback weights.",
+                      "# TYPE blendrank_fallback_requests_total counter",
+                      f"blendrank_fallback_requests_total {self.fallback_n}",
+                      "# HELP blendrank_reloads_total Model reload attempts by result.",
+                      "# TYPE blendrank_reloads_total counter"]
+            for res, n in sorted(self.reloads.items()):
+                lines.append(f'blendrank_reloads_total{{result="{res}"}} {n}')
+        lines += ["# HELP blendrank_model_ok 1 when the policy model is loaded, 0 when serving the fallback.",
+                  "# TYPE blendrank_model_ok gauge", f"blendrank_model_ok {int(ranker.model_ok)}"]
+        return "\n".join(lines) + "\n"
+
+
+class _Guard:
+    """ASGI middleware: bounds the request body (413) and records per-endpoint status/latency."""
+
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int):
+        self.app, self.metrics, self.max = app, metrics, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path = scope.get("path", "")
+        endpoint = path if path in KNOWN_PATHS else "other"
+        status = {"code": 500}
+
+        async def send_wrapped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max):
+                await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
+                return
+            # Buffer the (bounded) body, then replay it to the app.
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body = message.get("body", b"")
+                size += len(body)
+                if size > self.max:
+                    await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
+                    return
+                chunks.append(body)
+                more = message.get("more_body", False)
+            replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            sent = {"done": False}
+
+            async def receive_replay() -> dict:
+                if not sent["done"]:
+                    sent["done"] = True
+                    return replay
+                return await receive()
+
+            await self.app(scope, receive_replay, send_wrapped)
+        finally:
+            self.metrics.observe(endpoint, status["code"], time.perf_counter() - t0)
+
+
+async def _send_json(send: Any, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None, *, backend: str = "onnx",
+               max_body_bytes: int = 2_000_000, max_candidates: int = 1000, threads: int = 1) -> Any:
+    """Build the service for an export directory (or an already loaded :class:`Ranker`).
+
+    ``reload_token``: bearer token for ``POST /admin/reload``; reload is disabled (403) without
+    one. ``max_body_bytes`` bounds the request body (413), ``max_candidates`` a request's
+    candidate list (422).
+    """
+    ranker = export_dir if isinstance(export_dir, Ranker) else Ranker.load(export_dir, backend=backend, threads=threads)
+    metrics = Metrics()
+    state = {"ranker": ranker}
+    reload_lock = threading.Lock()
+    app = FastAPI(title="blendrank", version=str(ranker.manifest.get("blendrank_version", "")),
+                  description="Personalized multi-task fusion: per-request fusion weights and blended ranking.")
+    app.state.blendrank = state
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                for e in exc.errors()[:20]]
+        return JSONResponse(status_code=422, content={"detail": errs})
+
+    @app.exception_handler(BlendrankError)
+    async def _user_error(_: Request, exc: BlendrankError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    def _as_dict(req: RankRequest) -> dict[str, Any]:
+        if len(req.candidates) > max_candidates:
+            raise BlendrankError(f"{len(req.candidates)} candidates, more than the limit {max_candidates}")
+        return {"user": req.user, "k": req.k, "candidates": [c.model_dump() for c in req.candidates]}
+
+    @app.post("/v1/rank", response_model=RankResponse)
+    def rank(req: RankRequest) -> RankResponse:
+        """Rank candidates: the page (best first), fused scores and the weights used."""
+        r = state["ranker"]
+        res = r.rank([_as_dict(req)], max_candidates=max_candidates)[0]
+        metrics.weights(res.weights, res.fallback)
+        return RankResponse(item_ids=res.item_ids, scores=res.scores, weights=res.weights, fallback=res.fallback)
+
+    @app.post("/v1/weights", response_model=WeightsResponse)
+    def weights(req: RankRequest) -> WeightsResponse:
+        """The fusion weights for a request (candidates are needed: the state reads list statistics)."""
+        r = state["ranker"]
+        w, fb = r.weights([_as_dict(req)], max_candidates=max_candidates)
+        out = dict(zip(r.inputs, w[0].tolist()))
+        metrics.weights(out, fb)
+        return WeightsResponse(weights=out, fallback=fb)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        r = state["ranker"]
+        return {"status": "ok" if r.model_ok else "degraded", **r.status()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(state["ranker"]), media_type="text/plain; version=0.0.4")
+
+    @app.post("/admin/reload")
+    def reload(body: ReloadRequest, request: Request) -> JSONResponse:
+        """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export."""
+        auth = request.headers.get("authorization", "")
+        if reload_token is None:
+            return JSONResponse(status_code=403, content={"detail": "reload is disabled (no reload token configured)"})
+        if not auth.lower().startswith("bearer "):
+            return JSONResponse(status_code=401, content={"detail": "missing bearer token"},
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(auth[7:].strip().encode(), reload_token.encode()):
+            return JSONResponse(status_code=403, content={"detail": "invalid reload token"})
+        with reload_lock:
+            old = state["ranker"]
+            try:
+                new = Ranker.load(body.path, backend=old.backend, strict=True, threads=threads)
+            except BlendrankError as exc:
+                metrics.reloads["rejected"] += 1
+                return JSONResponse(status_code=422, content={"detail": f"reload rejected, still serving {old.path}: {exc}"})
+            except Exception as exc:  # noqa: BLE001 - a broken directory never takes the service down
+                metrics.reloads["rejected"] += 1
+                return JSONResponse(status_code=422, content={
+                    "detail": f"reload rejected, still serving {old.path}: {type(exc).__name__}: {exc}"})
+            state["ranker"] = new
+            metrics.reloads["ok"] += 1
+        return JSONResponse(content={"status": "reloaded", **new.status()})
+
+    app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes)
+    return app

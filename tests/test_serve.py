@@ -1,0 +1,242 @@
+"""Serving: ONNX export parity, the in-process Ranker, and the HTTP service (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("fastapi")
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_grade import cfg, two_type_log
+
+from blendrank.algos.grade.trainer import GradePolicy, fit_grade
+from blendrank.errors import DataError
+from blendrank.serve.export import export_policy
+from blendrank.serve.ranker import Ranker
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from blendrank.serve.app import create_app
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def table():
+    return two_type_log(200, L=6)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, table):
+    root = tmp_path_factory.mktemp("serve")
+    pol = fit_grade(table, cfg("stage1.epochs=1", "stage2.steps=2"))
+    pol.save(root / "policy")
+    manifest = export_policy(root / "policy", root / "export", fallback_weights=[3.0, 1.0])
+    return root, manifest
+
+
+@pytest.fixture()
+def client(dirs):
+    root, _ = dirs
+    return TestClient(create_app(root / "export", reload_token=TOKEN, max_body_bytes=200_000, max_candidates=50))
+
+
+def requests_of(table, n=None, k=3):
+    rows = table.to_pylist()
+    reqs: dict = {}
+    for row in rows:
+        r = reqs.setdefault(row["request_id"], {"user": {"f_user_type": row["f_user_type"]}, "candidates": [], "k": k})
+        r["candidates"].append({"item_id": row["item_id"], "pred_click": row["pred_click"], "pred_order": row["pred_order"]})
+    return list(reqs.values())[:n]
+
+
+def body(n=5, **user):
+    return {"user": {"f_user_type": 1, **user}, "k": 3,
+            "candidates": [{"item_id": i, "pred_click": 0.1 * i, "pred_order": 0.5} for i in range(n)]}
+
+
+# ------------------------------------------------------------------------------------ export
+def test_export_writes_manifest_and_matches_pytorch(dirs):
+    root, m = dirs
+    exp = root / "export"
+    for name in ("model.onnx", "manifest.json", "feature_center.json", "fusion.json"):
+        assert (exp / name).is_file()
+    assert m["fusion_inputs"] == ["click", "order"] and m["objectives"] == ["click", "order"]
+    assert m["parity_max_abs_error"] <= 1e-5
+    assert [f["name"] for f in m["feature_schema"]] == ["f_user_type"]
+    assert m["fallback_weights"] == pytest.approx([0.75, 0.25])
+    import hashlib
+
+    assert hashlib.sha256((exp / "model.onnx").read_bytes()).hexdigest() == m["model_sha256"]
+    assert json.loads((exp / "manifest.json").read_text())["blendrank_version"]
+
+
+def test_export_rejects_bad_fallback_and_missing_policy(dirs, tmp_path):
+    root, _ = dirs
+    with pytest.raises(DataError, match="fallback weights"):
+        export_policy(root / "policy", tmp_path / "x", fallback_weights=[1.0])
+    with pytest.raises(DataError, match="not a trained policy"):
+        export_policy(tmp_path / "nope", tmp_path / "y")
+
+
+# ------------------------------------------------------------------------------------ ranker
+def test_ranker_onnx_and_torch_match_the_training_path(dirs, table):
+    root, _ = dirs
+    gp = GradePolicy.load(root / "policy")
+    ref = gp.weights(gp.batch(table))
+    reqs = requests_of(table)
+    outs = {}
+    for backend in ("onnx", "torch"):
+        rk = Ranker.load(root / "export", backend=backend, strict=True)
+        assert rk.model_ok and not rk.fallback
+        res = rk.rank(reqs)
+        w = torch.tensor([[r.weights[n] for n in rk.inputs] for r in res])
+        torch.testing.assert_close(w, ref, atol=1e-5, rtol=0)
+        outs[backend] = res
+    # Same pages and scores from both backends; the page is the fused top-k of the candidates.
+    assert [r.item_ids for r in outs["onnx"]] == [r.item_ids for r in outs["torch"]]
+    r0, req0 = outs["onnx"][0], reqs[0]
+    wv = np.array([r0.weights["click"], r0.weights["order"]])
+    feats = np.log(np.array([[c["pred_click"], c["pred_order"]] for c in req0["candidates"]]) + gp.spec.floor)
+    s = feats @ wv
+    assert r0.item_ids == [req0["candidates"][j]["item_id"] for j in np.argsort(-s, kind="stable")[:3]]
+    np.testing.assert_allclose(r0.scores, np.sort(s)[::-1][:3], atol=1e-5)
+
+
+def test_rank_batch_tensor_path(dirs, table):
+    root, _ = dirs
+    rk = Ranker.load(root / "export")
+    cat, num, inputs, mask, _ids, _ = rk.encode(requests_of(table, 8))
+    mask[0, 3:] = False  # request 0 has 3 real candidates
+    w, idx, scores = rk.rank_batch(cat, num, inputs, mask, k=4)
+    assert w.shape == (8, 2) and idx.shape == (8, 4) and scores.shape == (8, 4)
+    torch.testing.assert_close(w.sum(-1), torch.ones(8))
+    assert torch.isinf(scores[0, 3]) and torch.isfinite(scores[1:]).all()
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    with pytest.raises(DataError):
+        rk.rank_batch(cat + 100, num, inputs, mask, 4)
+
+
+def test_ranker_falls_back_when_the_model_is_broken(dirs, tmp_path):
+    root, _ = dirs
+    bad = tmp_path / "bad"
+    shutil.copytree(root / "export", bad)
+    (bad / "model.onnx").write_bytes(b"not an onnx model")
+    rk = Ranker.load(bad)
+    assert not rk.model_ok and rk.fallback and rk.fallback_reason
+    res = rk.rank([body()])[0]
+    assert res.fallback and res.weights == pytest.approx({"click": 0.75, "order": 0.25})
+    with pytest.raises(DataError, match="cannot be used"):
+        Ranker.load(bad, strict=True)
+
+
+def test_ranker_rejects_bad_requests(dirs):
+    rk = Ranker.load(dirs[0] / "export")
+    with pytest.raises(DataError, match="missing feature"):
+        rk.rank([{"user": {}, "candidates": []}])
+    with pytest.raises(DataError, match="unknown feature"):
+        rk.rank([body(f_user_zzz=1)])
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        rk.rank([{**body(), "candidates": [{"item_id": 1, "pred_click": 1.5, "pred_order": 0.1}]}])
+    assert rk.rank([{**body(), "candidates": []}])[0].item_ids == []
+
+
+# ------------------------------------------------------------------------------------ HTTP
+@pytest.mark.serve
+def test_rank_weights_health_metrics(client, dirs):
+    r = client.post("/v1/rank", json=body(6))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out["item_ids"]) == 3 and set(out["weights"]) == {"click", "order"} and out["fallback"] is False
+    assert out["scores"] == sorted(out["scores"], reverse=True)
+    expect = Ranker.load(dirs[0] / "export").rank([body(6)])[0]
+    assert out["item_ids"] == expect.item_ids
+    w = client.post("/v1/weights", json=body(6)).json()
+    assert w["weights"] == pytest.approx(out["weights"])
+    h = client.get("/healthz").json()
+    assert h["status"] == "ok" and h["model_ok"] is True
+    text = client.get("/metrics").text
+    assert 'blendrank_requests_total{endpoint="/v1/rank",status="200"} 1' in text
+    assert 'blendrank_request_seconds_bucket{endpoint="/v1/rank",le="+Inf"} 1' in text
+    assert 'blendrank_weight_mean{input="click"}' in text and "blendrank_model_ok 1" in text
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("payload,status,match", [
+    (b"x" * 300_000, 413, "larger than"),
+    (body(51), 422, "limit 50"),
+    ({**body(), "k": "ten"}, 422, "k"),
+    ({"user": {}, "candidates": [], "k": 3}, 422, "missing feature"),
+    (body(f_user_nope=3), 422, "unknown feature"),
+    ({**body(), "candidates": [{"item_id": 1, "pred_click": "high", "pred_order": 0.1}]}, 422, "finite number"),
+    ({**body(), "candidates": [{"item_id": [1], "pred_click": 0.1, "pred_order": 0.1}]}, 422, "item_id"),
+    ({**body(), "user": {"f_user_type": "a"}}, 422, "f_user_type"),
+    (b"{not json", 422, ""),
+])
+def test_bad_input_is_a_4xx_with_a_message(client, payload, status, match):
+    r = client.post("/v1/rank", content=payload) if isinstance(payload, bytes) else client.post("/v1/rank", json=payload)
+    assert r.status_code == status, r.text
+    assert match in r.text
+
+
+@pytest.mark.serve
+def test_reload_requires_the_token_and_validates_before_swapping(client, dirs, tmp_path):
+    root, _ = dirs
+    new = tmp_path / "new"
+    shutil.copytree(root / "export", new)
+    assert client.post("/admin/reload", json={"path": str(new)}).status_code == 401
+    assert client.post("/admin/reload", json={"path": str(new)}, headers={"Authorization": "Bearer nope"}).status_code == 403
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(root / "export", corrupt)
+    (corrupt / "model.onnx").write_bytes(b"garbage")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for bad in (corrupt, tmp_path / "missing"):
+        r = client.post("/admin/reload", json={"path": str(bad)}, headers=auth)
+        assert r.status_code == 422 and "still serving" in r.json()["detail"]
+        assert client.get("/healthz").json()["path"] == str(root / "export")
+        assert client.post("/v1/rank", json=body()).status_code == 200
+    r = client.post("/admin/reload", json={"path": str(new)}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert client.get("/healthz").json()["path"] == str(new)
+    assert client.post("/v1/rank", json=body()).status_code == 200
+    # No token configured: reload is disabled.
+    off = TestClient(create_app(root / "export"))
+    assert off.post("/admin/reload", json={"path": str(new)}, headers=auth).status_code == 403
+
+
+json_leaf = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=5)
+json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3), max_leaves=8)
+candidate = st.fixed_dictionaries({"item_id": json_value, "pred_click": json_value, "pred_order": json_value},
+                                  optional={"price": json_value, "extra": json_value})
+good_candidate = st.fixed_dictionaries({
+    "item_id": st.integers(0, 10**6) | st.text(max_size=4),
+    "pred_click": st.floats(0, 1), "pred_order": st.floats(0, 1)})
+payloads = st.one_of(
+    json_value,
+    st.fixed_dictionaries({"user": st.dictionaries(st.sampled_from(["f_user_type", "f_user_x"]), json_value, max_size=2)
+                           | json_value,
+                           "candidates": st.lists(candidate | good_candidate, max_size=4) | json_value},
+                          optional={"k": json_value}),
+    st.fixed_dictionaries({"user": st.fixed_dictionaries({"f_user_type": json_leaf}),
+                           "candidates": st.lists(good_candidate, max_size=6), "k": st.integers(-2, 10**12)}),
+)
+
+
+@pytest.mark.serve
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=payloads, endpoint=st.sampled_from(["/v1/rank", "/v1/weights"]))
+def test_fuzzed_payloads_never_give_a_5xx(client, payload, endpoint):
+    r = client.post(endpoint, content=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    assert r.status_code < 500, (payload, r.text)
+    if r.status_code == 200:
+        assert all(np.isfinite(v) for v in r.json()["weights"].values())
