@@ -240,3 +240,21 @@ def test_fuzzed_payloads_never_give_a_5xx(client, payload, endpoint):
     assert r.status_code < 500, (payload, r.text)
     if r.status_code == 200:
         assert all(np.isfinite(v) for v in r.json()["weights"].values())
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_cli_export_and_serve_errors(dirs, tmp_path):
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    root, _ = dirs
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "--policy", str(root / "policy"), "--out", str(tmp_path / "e"),
+                            "--fallback-weights", "1,1"])
+    assert r.exit_code == 0, r.output
+    assert Ranker.load(tmp_path / "e", strict=True).model_ok
+    r = runner.invoke(app, ["export", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "f")])
+    assert r.exit_code == 1 and "not a trained policy" in r.output
+    r = runner.invoke(app, ["serve", "--model", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "not an export directory" in r.output

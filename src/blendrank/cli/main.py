@@ -12,7 +12,9 @@ from blendrank.cli import data as data_cli
 from blendrank.cli import world as world_cli
 from blendrank.cli.bench import bench
 from blendrank.cli.demo import demo
+from blendrank.cli.export import export
 from blendrank.cli.report import report
+from blendrank.cli.serve import serve
 from blendrank.cli.train import train
 
 app = typer.Typer(
@@ -29,6 +31,8 @@ app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)
 app.command("train")(train)
+app.command("export")(export)
+app.command("serve")(serve)
 
 
 def _version(value: bool) -> None:

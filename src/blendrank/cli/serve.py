@@ -21,7 +21,7 @@ def serve(
     backend: str = typer.Option("onnx", "--backend", help="Policy backend: onnx or torch."),
     max_candidates: int = typer.Option(1000, "--max-candidates", min=1, help="Most candidates in one request."),
     max_body_bytes: int = typer.Option(2_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Threads onnxruntime uses per request."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads of onnxruntime per request."),
 ) -> None:
     """Serve POST /v1/rank, POST /v1/weights, GET /healthz, GET /metrics and POST /admin/reload."""
     try:
@@ -32,7 +32,7 @@ def serve(
         fail(f"serving needs the serve extra: pip install 'blendrank[serve]' ({exc})")
     token = os.environ.get(reload_token_env) or None
     app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
-                     max_candidates=max_candidates, threads=workers)
+                     max_candidates=max_candidates, threads=threads)
     r = app.state.blendrank["ranker"]
     out.print(f"serving {model} ({'model ok' if r.model_ok else 'FALLBACK weights: ' + str(r.fallback_reason)}; "
               f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}")
