@@ -221,7 +221,7 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
     def _as_dict(req: RankRequest) -> dict[str, Any]:
         if len(req.candidates) > max_candidates:
             raise BlendrankError(f"{len(req.candidates)} candidates, more than the limit {max_candidates}")
-        return {"user": req.user, "k": req.k, "candidates": [c.model_dump() for c in req.candidates]}
+        return {"user": req.user, "k": req.k, "candidates": [{"item_id": c.item_id, **(c.model_extra or {})} for c in req.candidates]}
 
     @app.post("/v1/rank", response_model=RankResponse)
     def rank(req: RankRequest) -> RankResponse:
