@@ -258,3 +258,18 @@ def test_cli_export_and_serve_errors(dirs, tmp_path):
     assert r.exit_code == 1 and "not a trained policy" in r.output
     r = runner.invoke(app, ["serve", "--model", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "not an export directory" in r.output
+
+
+@pytest.mark.serve
+def test_runtime_model_failure_serves_the_fallback(dirs):
+    rk = Ranker.load(dirs[0] / "export")
+
+    def boom(*_):
+        raise RuntimeError("device lost")
+
+    rk.model.run = boom
+    res = rk.rank([body()])[0]
+    assert res.fallback and res.weights == pytest.approx({"click": 0.75, "order": 0.25}) and rk.runtime_failures == 1
+    c = TestClient(create_app(rk))
+    assert c.post("/v1/rank", json=body()).json()["fallback"] is True
+    assert "blendrank_fallback_requests_total 1" in c.get("/metrics").text
