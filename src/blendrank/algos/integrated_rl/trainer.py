@@ -1,0 +1,185 @@
+"""Progressive training of IntegratedRL-MTF in a world: R rounds of (explore with bounded uniform
+noise around the current policy → offline actor-critic on all data so far), with the per-round
+A/B value of the deterministic policy on a fixed held-out request set."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from blendrank.algos.integrated_rl.config import IntegratedRLConfig
+from blendrank.algos.integrated_rl.losses import (
+    bootstrap_weight,
+    bound_penalty,
+    critic_targets,
+    ensemble_stats,
+)
+from blendrank.algos.integrated_rl.networks import Actor, EnsembleCritic, polyak
+from blendrank.algos.integrated_rl.rollout import (
+    Transitions,
+    action_box,
+    product_pages,
+    request_state,
+    session_context,
+    simulate_sessions,
+)
+from blendrank.worlds.marketplace import MarketplaceWorld, Requests
+
+STREAM_ROLLOUT, STREAM_AB = 30, 31  # world generator streams (the bench uses 1..5)
+
+
+class IntegratedRLPolicy:
+    """The trained deterministic policy: state → (powers, log10 biases) → product fusion."""
+
+    def __init__(self, actor: Actor, mean: np.ndarray, std: np.ndarray):
+        self.actor, self.mean, self.std = actor, mean.astype(np.float32), std.astype(np.float32)
+        self.history: list[dict[str, Any]] = []
+
+    def _norm(self, state: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((state - self.mean) / self.std)
+
+    def act(self, state: np.ndarray) -> np.ndarray:
+        """``[B, 2K]`` deterministic actions for raw states ``[B, S]``."""
+        with torch.no_grad():
+            return self.actor(self._norm(state)).double().numpy()
+
+    def actions(self, world: MarketplaceWorld, req: Requests) -> np.ndarray:
+        """Actions at session step 0 for a batch of requests."""
+        return self.act(request_state(world, req, session_context(len(req))))
+
+    def pages(self, world: MarketplaceWorld, req: Requests) -> np.ndarray:
+        """Shown pages ``[B, P]``: the step-0 action per request, product fusion, top ``page_size``."""
+        return product_pages(world, world.fusion_inputs(req), self.actions(world, req))
+
+
+def production_action(world: MarketplaceWorld, cfg: IntegratedRLConfig) -> np.ndarray:
+    """The production log-linear fusion as a product-fusion action: powers = production weights,
+    biases = the world's fusion floor (clipped into the action box)."""
+    w = world.production_weights()
+    a = np.concatenate([w, np.full(len(w), np.log10(world.config.fusion_floor))])
+    low, high = action_box(len(w), (cfg.power_min, cfg.power_max), (cfg.log10_bias_min, cfg.log10_bias_max))
+    return np.clip(a, low, high)
+
+
+def _to_torch(data: Transitions, idx: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, torch.Tensor]:
+    out = {f: torch.from_numpy(getattr(data, f)[idx]) for f in Transitions.__dataclass_fields__}
+    out["state"] = (out["state"] - torch.from_numpy(mean)) / torch.from_numpy(std)
+    out["next_state"] = (out["next_state"] - torch.from_numpy(mean)) / torch.from_numpy(std)
+    return out
+
+
+class Learner:
+    """Offline actor-critic with relaxed constraints (one object per run; networks persist across rounds)."""
+
+    def __init__(self, cfg: IntegratedRLConfig, state_dim: int, low: np.ndarray, high: np.ndarray, init_action: np.ndarray):
+        self.cfg = cfg
+        A = len(low)
+        self.low, self.high = torch.from_numpy(low).float(), torch.from_numpy(high).float()
+        self.actor = Actor(state_dim, self.low, self.high, cfg.hidden, torch.from_numpy(init_action))
+        self.critic = EnsembleCritic(state_dim, A, cfg.hidden, cfg.critic_groups, cfg.ensemble_size)
+        self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
+        for p in [*self.actor_t.parameters(), *self.critic_t.parameters()]:
+            p.requires_grad_(False)
+        self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        w = cfg.group_weights or [1.0] * cfg.critic_groups
+        if len(w) != cfg.critic_groups:
+            raise ValueError(f"group_weights has {len(w)} entries; critic_groups = {cfg.critic_groups}")
+        self.group_w = torch.tensor(w, dtype=torch.float32)
+        self.n_steps = 0
+
+    def _scaled(self, a: torch.Tensor) -> torch.Tensor:
+        """Actions mapped to [-1, 1] per dimension as critic inputs."""
+        return (a - self.low) / (self.high - self.low) * 2 - 1
+
+    def step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One critic step (and an actor + target step every ``actor_every``)."""
+        cfg = self.cfg
+        with torch.no_grad():
+            a_next = self.actor_t(b["next_state"])
+            phi = bootstrap_weight(a_next, b["next_lo"], b["next_hi"], cfg.bootstrap_rate)
+            q_next = self.critic_t(b["next_state"], self._scaled(a_next))
+            y = critic_targets(b["reward"].T, b["done"], q_next, phi, cfg.gamma, cfg.target_reduce, cfg.target_std_coef)
+        q = self.critic(b["state"], self._scaled(b["action"]))
+        critic_loss = ((q - y[:, None, :]) ** 2).mean()
+        self.opt_critic.zero_grad()
+        critic_loss.backward()
+        self.opt_critic.step()
+        out = {"critic_loss": float(critic_loss.detach()), "q_mean": float(q.detach().mean(1).sum(0).mean())}
+        self.n_steps += 1
+        if self.n_steps % cfg.actor_every == 0:
+            a = self.actor(b["state"])
+            q_pi = self.critic(b["state"], self._scaled(a))
+            mean, std = ensemble_stats(q_pi)
+            obj = (self.group_w[:, None] * mean).sum(0)
+            scale = obj.abs().mean().detach().clamp(min=1e-6)  # Q-scale normalisation of the penalties (our choice)
+            unc = (self.group_w[:, None] * std).sum(0)
+            d = bound_penalty(a, b["lo"], b["hi"], cfg.bound_rate)
+            actor_loss = (-obj / scale + cfg.actor_std_coef * unc / scale + cfg.bound_coef * d).mean()
+            self.opt_actor.zero_grad()
+            actor_loss.backward()
+            self.opt_actor.step()
+            polyak(self.actor_t, self.actor, cfg.tau)
+            polyak(self.critic_t, self.critic, cfg.tau)
+            out.update(actor_loss=float(actor_loss.detach()), bound_penalty=float(d.detach().mean()))
+        return out
+
+
+def fit_integrated_rl(world: MarketplaceWorld, cfg: IntegratedRLConfig | None = None,
+                      log: Callable[[str], None] | None = None) -> IntegratedRLPolicy:
+    """Progressive training in ``world``; returns the deterministic policy with ``.history``."""
+    cfg = cfg or IntegratedRLConfig()
+    log = log or (lambda s: None)
+    torch.manual_seed(cfg.seed)
+    K = len(world.config.fusion_inputs)
+    low, high = action_box(K, (cfg.power_min, cfg.power_max), (cfg.log10_bias_min, cfg.log10_bias_max))
+    init = production_action(world, cfg)
+    ab_req = world.sample_requests(cfg.eval_requests, np.random.default_rng([world.config.seed, STREAM_AB, cfg.seed]))
+    ab_truth = world.truth(ab_req)
+    ab_value = lambda pages: float(world.page_metrics(ab_truth, pages)["value"].mean())
+    prod_value = ab_value(world.rank(world.fusion_inputs(ab_req), torch.from_numpy(world.production_weights()).float()))
+
+    learner: Learner | None = None
+    policy: IntegratedRLPolicy | None = None
+    parts: list[Transitions] = []
+    for rnd in range(cfg.rounds):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([world.config.seed, STREAM_ROLLOUT, cfg.seed, rnd])
+        centre = (lambda s: np.broadcast_to(init, (len(s), len(init))).copy()) if policy is None else policy.act
+        parts.append(simulate_sessions(world, centre, cfg.sessions_per_round, rng, cfg.explore_delta, low, high, cfg.critic_groups))
+        data = Transitions.concat(parts)
+        if policy is None:  # state normalisation fixed from the first round's data
+            mean = data.state.mean(0)
+            std = data.state.std(0) + 1e-3
+            learner = Learner(cfg, data.state.shape[1], low, high, init)
+            policy = IntegratedRLPolicy(learner.actor, mean, std)
+        assert learner is not None
+        batch_rng = np.random.default_rng([cfg.seed, 7, rnd])
+        stats: list[dict[str, float]] = []
+        for _ in range(cfg.steps_per_round):
+            idx = batch_rng.integers(len(data), size=min(cfg.batch_size, len(data)))
+            stats.append(learner.step(_to_torch(data, idx, policy.mean, policy.std)))
+        tail = stats[-max(1, len(stats) // 5):]  # average over the last fifth of the round
+        def agg(k: str, tail: list[dict[str, float]] = tail) -> float:
+            vals = [s[k] for s in tail if k in s]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        value = ab_value(policy.pages(world, ab_req))
+        act = policy.actions(world, ab_req)
+        rec = {"round": rnd, "transitions": len(data), "sessions": cfg.sessions_per_round * (rnd + 1),
+               "mean_session_length": float(len(parts[-1]) / cfg.sessions_per_round),
+               "explore_value_per_request": float(parts[-1].value.mean()),
+               "critic_loss": agg("critic_loss"), "q_mean": agg("q_mean"), "actor_loss": agg("actor_loss"),
+               "bound_penalty": agg("bound_penalty"), "ab_value": value, "ab_production_value": prod_value,
+               "ab_lift": value / prod_value - 1, "mean_action": act.mean(0).round(4).tolist(),
+               "seconds": time.perf_counter() - t0}
+        policy.history.append(rec)
+        log(f"integrated_rl round {rnd}: {len(data)} transitions, critic {rec['critic_loss']:.4f}, Q {rec['q_mean']:.3f}, "
+            f"actor {rec['actor_loss']:.3f}, A/B value {value:.4f} ({rec['ab_lift']:+.2%} vs production)")
+    assert policy is not None
+    return policy
