@@ -1,0 +1,157 @@
+"""``blendrank mtl …``: train the multi-task model (MMoE / PLE / shared-bottom) and add its
+predictions to contract Parquet."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from blendrank.cli.common import ConfigOption, SetOption, out, user_errors
+from blendrank.errors import ConfigError
+
+app = typer.Typer(
+    help="Multi-task models (MMoE, PLE, shared-bottom): train on contract logs, add pred_* columns.",
+    no_args_is_help=True,
+)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _metrics_table(test: dict[str, dict[str, object]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "objective",
+        "kind",
+        "n",
+        "AUC",
+        "GAUC",
+        "GAUC requests",
+        "log-loss",
+        "rate",
+        "mean pred",
+    ):
+        table.add_column(col, justify="left" if col in ("objective", "kind") else "right")
+    for name, m in test.items():
+        if m.get("kind") == "regression":
+            table.add_row(
+                name,
+                "regression",
+                f"{m['n']:,}",
+                "-",
+                "-",
+                "-",
+                f"rmse(log1p) {_fmt(m['rmse_log1p'])}",
+                "-",
+                f"r={_fmt(m['pearson_log1p'])}",
+            )
+            continue
+        table.add_row(
+            name,
+            str(m.get("kind")),
+            f"{m['n']:,}",
+            _fmt(m.get("auc", math.nan)),
+            _fmt(m.get("gauc", math.nan)),
+            f"{m.get('gauc_requests', 0):,}",
+            _fmt(m.get("logloss", math.nan)),
+            _fmt(m.get("rate", math.nan)),
+            _fmt(m.get("mean_pred", math.nan)),
+        )
+    return table
+
+
+@app.command("train")
+@user_errors
+def train(
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Directory with train/valid/test.parquet, or a Parquet file / directory of shards "
+        "(split 70/15/15 by request time).",
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="Output directory (model, metrics.json)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Architecture: mmoe (default), ple or shared_bottom."
+    ),
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the config's seed)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines."),
+) -> None:
+    """Train an MTL model with early stopping on validation loss; write the best model and
+    test metrics (per-task AUC and GAUC) to --out."""
+    from blendrank.config import load_config
+    from blendrank.mtl.config import MODEL_NAMES, MTLConfig
+    from blendrank.mtl.train import METRICS_FILE, train_mtl
+
+    overrides: list[str] = []
+    if model is not None:
+        if model not in MODEL_NAMES:
+            raise ConfigError(f"--model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+        overrides.append(f"model={model}")
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    cfg = load_config(MTLConfig, config, overrides + list(set_ or []))
+    log = None if quiet else (lambda msg: out.print(msg, highlight=False))
+    _, metrics = train_mtl(data, out_dir, cfg, log=log)
+    tr = metrics["training"]
+    out.print(
+        f"{cfg.model}: {tr['epochs']} epoch(s), best {tr['best_epoch']} "
+        f"(valid loss {_fmt(tr['best_valid_loss'])}), {tr['train_rows_per_epoch']:,} training "
+        f"impressions per epoch, {tr['impressions_per_s']:,.0f} impressions/s",
+        highlight=False,
+    )
+    out.print(_metrics_table(metrics["test"], "test (predictions as served: position 1)"))
+    if metrics.get("test_as_shown"):
+        out.print(
+            _metrics_table(metrics["test_as_shown"], "test, as shown (with the position tower)")
+        )
+    out.print(f"wrote the model and {METRICS_FILE} to {out_dir}", highlight=False)
+
+
+@app.command("predict")
+@user_errors
+def predict(
+    model_dir: Path = typer.Option(..., "--model", help="Directory written by `mtl train`."),
+    data: Path = typer.Option(..., "--data", help="Contract Parquet file or directory of shards."),
+    out_path: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output directory (mirrors the input's shards), or a .parquet file for a file input.",
+    ),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows per record batch."),
+) -> None:
+    """Add pred_<objective> (probabilities) and est_<objective> (regression) columns to every
+    row, streaming batch by batch; each output shard is written atomically."""
+    import pyarrow.parquet as pq
+
+    from blendrank.data.io import parquet_files
+    from blendrank.mtl.train import MTLPredictor, predict_parquet
+    from blendrank.progress import progress_bar
+
+    predictor = MTLPredictor.load(model_dir)
+    total = 0
+    for f in parquet_files(data):
+        with contextlib.suppress(Exception):  # unreadable files are reported by predict_parquet
+            total += pq.ParquetFile(f).metadata.num_rows
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=total or None)
+        paths = predict_parquet(
+            predictor,
+            data,
+            out_path,
+            batch_rows=batch_rows,
+            on_batch=lambda n: bar.update(task, advance=n),
+        )
+    cols = [f"pred_{o}" for o in predictor.objectives] + [f"est_{o}" for o in predictor.regression]
+    out.print(
+        f"added {', '.join(cols)} to {total:,} rows in {len(paths)} file(s) -> {out_path}",
+        highlight=False,
+    )
