@@ -123,3 +123,14 @@ def test_short_progressive_run(world):
     assert pages.shape == (30, world.config.page_size)
     assert all(len(set(row)) == len(row) for row in pages.tolist())
     assert np.all((pages >= 0) & (pages < world.config.candidates))
+
+
+def test_bench_arm(tmp_path):
+    from blendrank.eval.bench import BenchConfig, run_world_bench
+
+    cfg = BenchConfig(preset="quick", world_overrides=TINY, methods=["production", "integrated_rl"], eval_requests=50,
+                      n_boot=100, integrated_rl=IntegratedRLConfig(rounds=1, sessions_per_round=40, steps_per_round=5,
+                                                                   eval_requests=20))
+    bench = run_world_bench(cfg, tmp_path, log=lambda s: None)
+    assert "integrated_rl" in bench["arms"] and "integrated_rl" in bench["lifts"]
+    assert len(bench["learning_curves"]["integrated_rl"]) == 1

@@ -20,6 +20,7 @@ from pydantic import Field
 from blendrank.algos.grade.config import VARIANTS, GRADEConfig
 from blendrank.algos.grade.data import FusionSpec, build_batch
 from blendrank.algos.grade.trainer import fit_grade
+from blendrank.algos.integrated_rl import IntegratedRLConfig, fit_integrated_rl
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
 from blendrank.config import BaseConfig, apply_overrides
@@ -31,7 +32,7 @@ from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vecto
 from blendrank.worlds.presets import world_config
 
 STREAM_VALID, STREAM_EVAL, STREAM_CRN = 3, 4, 5
-WORLD_METHODS = ("production", "static_search", "segment_oracle", "oracle", "true_score")
+WORLD_METHODS = ("production", "static_search", "integrated_rl", "segment_oracle", "oracle", "true_score")
 LEARNED_METHODS = ("ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
 
 
@@ -51,6 +52,7 @@ class BenchConfig(BaseConfig):
     static_search: StaticSearchConfig = Field(default_factory=StaticSearchConfig, description="static_search settings.")
     log_requests: int = Field(20000, ge=10, description="Logged requests (production policy + exploration) that learned methods train on.")
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
+    integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (progressive explore-then-train rounds in the world).")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
 
 
@@ -158,6 +160,10 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             weights[m] = w
         elif m == "true_score":
             pages[m] = world.true_score_page(ev.truth)
+        elif m == "integrated_rl":
+            irl = fit_integrated_rl(world, cfg.integrated_rl, log=log)
+            pages[m] = irl.pages(world, ev.req)
+            curves[m] = irl.history
         elif m in LEARNED_METHODS:
             if logs is None:
                 logs = _training_logs(world, cfg.log_requests)
