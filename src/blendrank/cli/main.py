@@ -9,6 +9,7 @@ import typer
 
 from blendrank import __version__
 from blendrank.cli import data as data_cli
+from blendrank.cli import mtl as mtl_cli
 from blendrank.cli import world as world_cli
 from blendrank.cli.bench import bench
 from blendrank.cli.demo import demo
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(data_cli.app, name="data")
 app.add_typer(world_cli.app, name="world")
+app.add_typer(mtl_cli.app, name="mtl")
 app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)

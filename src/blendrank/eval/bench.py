@@ -43,7 +43,8 @@ class BenchConfig(BaseConfig):
     preset: str = Field("default", description="World preset.")
     seed: int | None = Field(None, description="World seed (overrides the preset's).")
     world_overrides: list[str] = Field(default_factory=list, description="KEY=VALUE overrides of the world config.")
-    methods: list[str] = Field(default_factory=lambda: list(WORLD_METHODS), description="Arms to run; production is always added as the baseline.")
+    methods: list[str] = Field(default_factory=lambda: ["production", "static_search", "segment_oracle", "oracle", "true_score"],
+                               description="Arms to run; production is always added as the baseline.")
     eval_requests: int = Field(5000, ge=10, description="Held-out requests of the simulated A/B.")
     valid_requests: int = Field(2000, ge=10, description="Requests used to tune static_search.")
     n_boot: int = Field(1000, ge=100, description="Paired bootstrap resamples for the CIs.")
