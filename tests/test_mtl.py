@@ -167,7 +167,7 @@ def test_every_parameter_changes_after_a_step(model: str) -> None:
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
     cat, num = _inputs(64)
     pos = torch.randint(1, 6, (64,))
-    raw, penalty = net.forward_with_embeddings(cat, num, pos)
+    raw, _, penalty = net.forward_full(cat, num, pos)
     labels = torch.randint(0, 2, (64, 3)).float()
     sums, counts = task_losses(raw, labels, torch.ones(64, 3, dtype=torch.bool), net.layout)
     loss = (sums / counts).sum() + 1e-3 * penalty
@@ -429,3 +429,25 @@ def test_cli_bad_input_is_a_clear_error(args: list[str], message: str, tmp_path:
     assert res.exit_code == 1, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_examination_mode_multiplies_the_probability() -> None:
+    torch.manual_seed(0)
+    net = MTLNetwork(_spec(position_mode="examination"))
+    cat, num = _inputs(40)
+    pos = torch.tensor([1, 2, 3, 0] * 10)
+    raw, off, _ = net.forward_full(cat, num, pos)
+    assert off is not None and torch.equal(raw, net(cat, num))  # raw ignores the position
+    assert torch.all(off[pos <= 1] == 0) and torch.all(off[pos >= 2][:, 0] < 0)
+    assert torch.all(off[:, 1:] == 0)
+    labels = torch.randint(0, 2, (40, 3)).float()
+    mask = torch.ones(40, 3, dtype=torch.bool)
+    sums, _ = task_losses(raw, labels, mask, net.layout, off)
+    exam = torch.exp(off[:, 0])
+    p_click = exam * torch.sigmoid(raw[:, 0])
+    p_order = p_click * torch.sigmoid(raw[:, 1])
+    bce = torch.nn.functional.binary_cross_entropy
+    assert torch.allclose(sums[0], bce(p_click, labels[:, 0], reduction="sum"), rtol=1e-4)
+    assert torch.allclose(sums[1], bce(p_order, labels[:, 1], reduction="sum"), rtol=1e-4)
+    out = net.outputs(raw, off)
+    assert torch.allclose(out[:, 0], p_click) and torch.allclose(out[:, 1], p_order)

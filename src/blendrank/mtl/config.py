@@ -65,15 +65,21 @@ class MTLConfig(BaseConfig):
     # ---- position tower
     position_bias_tower: bool = Field(
         default=True,
-        description="Training-only position tower: a learned per-position logit bias added to "
-        "the logit of each `position_bias_objectives` task (position 1 fixed at 0). Omitted at "
-        "inference, so predictions are 'as if shown at position 1'. Needs a `position` column; "
-        "ignored when the data has none.",
+        description="Training-only position tower: learned per-position effects on each "
+        "`position_bias_objectives` task (see position_mode; position 1 is the reference). "
+        "Omitted at inference, so predictions are 'as if shown at position 1'. Needs a "
+        "`position` column; ignored when the data has none.",
+    )
+    position_mode: Literal["logit", "examination"] = Field(
+        default="logit",
+        description="How the position tower enters: `logit` adds a per-position bias to the "
+        "logit (shallow tower); `examination` multiplies the probability by a learned "
+        "examination factor in (0, 1] (PAL), which matches a click = examined x relevant log.",
     )
     position_bias_objectives: list[str] = Field(
         default_factory=lambda: ["click"],
-        description="Objectives whose logit gets the position bias (those absent from the data "
-        "are ignored). Through ESMM the bias also reaches their children (pCTCVR).",
+        description="Objectives that get the position effect (those absent from the data are "
+        "ignored). Through ESMM it also reaches their children (pCTCVR).",
     )
     max_position: int = Field(
         default=20,
@@ -144,8 +150,9 @@ class MTLConfig(BaseConfig):
     embedding_l2: float = Field(
         default=1e-5,
         ge=0.0,
-        description="L2 penalty on the embedding rows used in a batch (mean over rows of "
-        "||e||^2 summed over features), added to the loss; keeps rare values near zero.",
+        description="L2 penalty, added to the loss, on the embedding rows and wide weights used "
+        "in a batch (mean over rows of their squared norms) and on the wide numeric weights; "
+        "keeps rare values near zero.",
     )
     seed: int = Field(default=0, description="Seed of initialisation, dropout and shuffling.")
 
@@ -178,14 +185,14 @@ class MTLConfig(BaseConfig):
     max_vocab: int | None = Field(
         default=100_000,
         ge=1,
-        description="Inferred schema: keep at most this many values per categorical feature "
-        "(most frequent in training); null keeps all.",
+        description="Inferred schema and id_features: keep at most this many values per "
+        "categorical feature (most frequent in training); null keeps all.",
     )
     min_count: int = Field(
         default=1,
         ge=1,
-        description="Categorical values seen fewer times in training map to OOV (applies to "
-        "inferred features and to id_features).",
+        description="Categorical values seen fewer times in training map to OOV; a floor on "
+        "every categorical feature's own min_count (declared, inferred and id_features).",
     )
     device: Literal["cpu", "cuda", "auto"] = Field(
         default="cpu", description="Torch device; `auto` picks CUDA when available."

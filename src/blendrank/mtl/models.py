@@ -27,9 +27,16 @@ The product is formed in float32 exactly as written, so ``pred_child == pred_par
 holds bit-for-bit. Its log-loss is computed in log space (``log p = logsigmoid(a) +
 logsigmoid(b)``), so tiny products do not underflow.
 
-Position tower. A learned bias ``b[pos]`` (``b[1] = 0``, positions above ``max_position`` share
-the last bucket, null/unknown positions get 0) is added to the logit of the position tasks during
-training only; at inference it is omitted, i.e. every prediction is "as if shown at position 1".
+Position tower. Learned per-position parameters (position 1 fixed as the reference, positions
+above ``max_position`` share the last bucket, null/unknown positions have no effect) enter the
+position tasks during training only; at inference they are omitted, i.e. every prediction is "as
+if shown at position 1". Two forms (``position_mode``):
+
+* ``logit`` (default): a bias ``b[pos]`` (``b[1] = 0``) added to the task's logit
+  (YouTube's shallow tower);
+* ``examination``: a factor ``e[pos] = exp(-softplus(theta[pos]))`` in (0, 1] (``e[1] = 1``)
+  multiplying the task's probability, ``P(click | pos) = e[pos] * sigmoid(logit)`` (PAL's
+  examination hypothesis); through ESMM the children get the same factor.
 """
 
 from __future__ import annotations
@@ -307,6 +314,7 @@ class NetworkSpec:
     position_tasks: tuple[int, ...] = ()
     max_position: int = 20
     wide: bool = True
+    position_mode: str = "logit"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -334,9 +342,12 @@ class MTLNetwork(nn.Module):
     """
 
     offsets: Tensor
+    position_index: Tensor
 
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
+        if spec.position_mode not in ("logit", "examination"):
+            raise ValueError(f"unknown position_mode {spec.position_mode!r}")
         if spec.model not in ("mmoe", "ple", "shared_bottom"):
             raise ValueError(f"unknown model {spec.model!r}; expected mmoe, ple or shared_bottom")
         if any(c < 1 for c in spec.cardinalities):
@@ -384,8 +395,9 @@ class MTLNetwork(nn.Module):
                 nn.init.zeros_(self.wide_numeric.weight)
         self.position_bias: nn.Parameter | None = None
         if spec.position_tasks:
+            init = 0.0 if spec.position_mode == "logit" else -4.0  # examination starts near 1
             self.position_bias = nn.Parameter(
-                torch.zeros(spec.max_position + 1, len(spec.position_tasks))
+                torch.full((spec.max_position + 1, len(spec.position_tasks)), init)
             )
         self.register_buffer(
             "position_index", torch.as_tensor(list(spec.position_tasks), dtype=torch.int64)
@@ -423,35 +435,52 @@ class MTLNetwork(nn.Module):
     def forward(
         self, categorical: Tensor, numeric: Tensor, position: Tensor | None = None
     ) -> Tensor:
-        raw, _ = self.forward_with_embeddings(categorical, numeric, position)
+        """Raw outputs ``[N, T]``; in ``logit`` mode they include the position bias when
+        ``position`` is given (use :meth:`forward_full` for the ``examination`` factor)."""
+        raw, _, _ = self.forward_full(categorical, numeric, position)
         return raw
 
-    def forward_with_embeddings(
+    def forward_full(
         self, categorical: Tensor, numeric: Tensor, position: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Raw outputs and the L2 penalty of the embedding rows and wide weights used."""
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Raw outputs ``[N, T]``, the log-probability offsets ``[N, T]`` of the examination
+        factor (``examination`` mode with ``position``; else None) and the L2 penalty of the
+        embedding rows and wide weights used."""
         x, emb = self.embed(categorical, numeric)
         rep = self.backbone(x)  # [N, T, h]
         raw = self.head(self.towers(rep)).squeeze(-1)  # [N, T]
         wide, wide_rows = self.wide_logits(categorical, numeric)
         if wide is not None:
             raw = raw + wide
+        offset = None
         if position is not None and self.position_bias is not None:
-            raw = raw.index_add(1, self.position_index, self.position_logit(position))
-        return raw, self._penalty(emb, wide_rows)
+            effect = self.position_effect(position)
+            if self.spec.position_mode == "logit":
+                raw = raw.index_add(1, self.position_index, effect)
+            else:
+                offset = torch.zeros_like(raw).index_add(1, self.position_index, effect)
+        return raw, offset, self._penalty(emb, wide_rows)
 
-    def position_logit(self, position: Tensor) -> Tensor:
-        """Position bias ``[N, n_position_tasks]``: 0 at position 1 and for unknown (<= 0)."""
+    def position_effect(self, position: Tensor) -> Tensor:
+        """``[N, n_position_tasks]``: the logit bias (``logit`` mode) or the log examination
+        factor ``-softplus(theta)`` (``examination`` mode); 0 at position 1 and for unknown
+        positions (<= 0)."""
         assert self.position_bias is not None
         idx = position.clamp(0, self.spec.max_position)
-        bias = self.position_bias[idx]
-        return bias * (idx >= 2).unsqueeze(-1).to(bias.dtype)
+        value = self.position_bias[idx]
+        if self.spec.position_mode == "examination":
+            value = -nn.functional.softplus(value)
+        return value * (idx >= 2).unsqueeze(-1).to(value.dtype)
 
-    def outputs(self, raw: Tensor) -> Tensor:
+    def outputs(self, raw: Tensor, log_offset: Tensor | None = None) -> Tensor:
         """Predictions ``[N, T]`` from raw outputs: probabilities for binary tasks, the ESMM
-        product ``p_parent * pCVR`` for children, raw standardised values for regression."""
+        product ``p_parent * pCVR`` for children, raw standardised values for regression.
+        ``log_offset`` (examination mode, 'as shown') multiplies the probabilities by the
+        examination factor of their position task."""
         out = raw.clone()
         probs = torch.sigmoid(raw)
+        if log_offset is not None:
+            probs = probs * torch.exp(log_offset)
         for k, kind in enumerate(self.layout.kinds):
             if kind == "binary":
                 out[:, k] = probs[:, k]
@@ -483,27 +512,45 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+def _log_loss(logp: Tensor, y: Tensor) -> Tensor:
+    logp = logp.clamp(max=_LOGP_MAX)
+    return -(y * logp + (1.0 - y) * _log1mexp(logp))
+
+
 def task_losses(
-    raw: Tensor, labels: Tensor, mask: Tensor, layout: TaskLayout
+    raw: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    layout: TaskLayout,
+    log_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-task summed losses ``[T]`` and labelled-row counts ``[T]`` (divide for the mean).
 
     Binary: log-loss on the logit. ESMM child: log-loss of ``p_parent * pCVR`` against the child
     label on every labelled row. Regression: squared error on the standardised target.
+    ``log_offset`` ``[N, T]`` (examination mode) adds ``log e[pos]`` to the log-probability of
+    the binary tasks it is non-zero for, and of their ESMM children.
     """
     w = mask.to(raw.dtype)
     out = torch.empty(raw.shape[1], dtype=raw.dtype, device=raw.device)
     bce = nn.functional.binary_cross_entropy_with_logits(raw, labels, reduction="none")
+    shifted = set()
+    if log_offset is not None:
+        shifted = {k for k in range(raw.shape[1]) if bool((log_offset[:, k] != 0).any())}
     for k, kind in enumerate(layout.kinds):
         if kind == "binary":
-            loss = bce[:, k]
+            if k in shifted:
+                assert log_offset is not None
+                logp = nn.functional.logsigmoid(raw[:, k]) + log_offset[:, k]
+                loss = _log_loss(logp, labels[:, k])
+            else:
+                loss = bce[:, k]
         elif kind == "esmm":
-            logp = nn.functional.logsigmoid(raw[:, layout.parent[k]]) + nn.functional.logsigmoid(
-                raw[:, k]
-            )
-            logp = logp.clamp(max=_LOGP_MAX)
-            y = labels[:, k]
-            loss = -(y * logp + (1.0 - y) * _log1mexp(logp))
+            parent = layout.parent[k]
+            logp = nn.functional.logsigmoid(raw[:, parent]) + nn.functional.logsigmoid(raw[:, k])
+            if log_offset is not None:
+                logp = logp + log_offset[:, parent]
+            loss = _log_loss(logp, labels[:, k])
         else:
             loss = (raw[:, k] - labels[:, k]).square()
         out[k] = (loss * w[:, k]).sum()

@@ -116,23 +116,36 @@ class MTLPredictor:
         return Encoder(self.center, self.layout, self.target_moments, use_position=True)
 
     @torch.no_grad()
-    def raw(self, table: pa.Table | pa.RecordBatch, *, position: bool = False) -> Tensor:
-        """Raw network outputs ``[N, T]`` (float32, CPU); ``position=True`` adds the position
-        tower's bias for rows that have a position (the 'as shown' training view)."""
+    def _forward(
+        self, table: pa.Table | pa.RecordBatch, position: bool
+    ) -> tuple[Tensor, Tensor | None]:
         enc = self._encoder()
         cat, num = enc.features(table)
         pos = enc.position(table) if position else None
         self.model.eval()
         dev = self.device
-        out = torch.empty((cat.shape[0], self.model.n_tasks), dtype=torch.float32)
-        for start in range(0, cat.shape[0], _PREDICT_BATCH):
+        n, t = cat.shape[0], self.model.n_tasks
+        out = torch.empty((n, t), dtype=torch.float32)
+        off: Tensor | None = None
+        for start in range(0, n, _PREDICT_BATCH):
             sl = slice(start, start + _PREDICT_BATCH)
             p = None if pos is None else pos[sl].to(dev)
-            out[sl] = self.model(cat[sl].to(dev), num[sl].to(dev), p).float().cpu()
-        return out
+            raw, o, _ = self.model.forward_full(cat[sl].to(dev), num[sl].to(dev), p)
+            out[sl] = raw.float().cpu()
+            if o is not None:
+                if off is None:
+                    off = torch.zeros((n, t), dtype=torch.float32)
+                off[sl] = o.float().cpu()
+        return out, off
+
+    def raw(self, table: pa.Table | pa.RecordBatch, *, position: bool = False) -> Tensor:
+        """Raw network outputs ``[N, T]`` (float32, CPU); ``position=True`` adds the position
+        tower's logit bias (``logit`` mode) for rows that have a position."""
+        return self._forward(table, position)[0]
 
     def _outputs(self, table: pa.Table | pa.RecordBatch, position: bool) -> Tensor:
-        return self.model.outputs(self.raw(table, position=position))
+        raw, off = self._forward(table, position)
+        return self.model.outputs(raw, off)
 
     def predict(
         self, table: pa.Table | pa.RecordBatch, *, position: bool = False
@@ -392,8 +405,8 @@ def validation_loss(
         for start in range(0, len(b), _PREDICT_BATCH):
             sl = slice(start, start + _PREDICT_BATCH)
             pos = None if b.position is None else b.position[sl]
-            raw = model(b.categorical[sl], b.numeric[sl], pos)
-            s, c = task_losses(raw, b.labels[sl], b.mask[sl], model.layout)
+            raw, off, _ = model.forward_full(b.categorical[sl], b.numeric[sl], pos)
+            s, c = task_losses(raw, b.labels[sl], b.mask[sl], model.layout, off)
             sums += s.double()
             counts += c.double()
         rows += len(b)
@@ -508,6 +521,7 @@ def fit_mtl(
             position_tasks=position_tasks,
             max_position=config.max_position,
             wide=config.wide,
+            position_mode=config.position_mode,
         )
         model = MTLNetwork(spec)
         _init_output_bias(model, layout, scan)
@@ -568,10 +582,8 @@ def fit_mtl(
                         )
                         b.categorical = b.categorical * keep.to(b.categorical.device)
                     optimizer.zero_grad(set_to_none=True)
-                    raw, penalty = model.forward_with_embeddings(
-                        b.categorical, b.numeric, b.position
-                    )
-                    sums, counts = task_losses(raw, b.labels, b.mask, layout)
+                    raw, offset, penalty = model.forward_full(b.categorical, b.numeric, b.position)
+                    sums, counts = task_losses(raw, b.labels, b.mask, layout, offset)
                     loss = _combine(sums, counts, weights)
                     objective = loss
                     if config.embedding_l2:
@@ -690,7 +702,7 @@ def evaluate_mtl(
     labels: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     for rb in source.batches(cols, batch_size):
-        out_np = predictor.model.outputs(predictor.raw(rb, position=position)).numpy()
+        out_np = predictor._outputs(rb, position).numpy()
         y_t, m_t = enc.labels(rb)
         req.append(rb.column(REQUEST_ID))
         if POSITION in rb.schema.names:
