@@ -124,3 +124,11 @@ def test_log_bench_on_the_kuairand_split(tmp_path):
     assert "hate" not in b["objectives"] and "click" in b["objectives"]
     assert all(np.isfinite(b["offline"][m]["composite_ndcg@10"]["mean"]) for m in ("production", "static_search"))
     assert b["split_requests"]["test"] > 500
+
+
+def test_world_bench_with_mtl_predictions(tmp_path):
+    b = small_bench(tmp_path, methods=["production", "static_search", "grade"], predictor="mtl", log_requests=400,
+                    mtl={"epochs": 1}, grade={"stage1": {"epochs": 1}, "stage2": {"steps": 3}}, probe_requests=50)
+    assert b["predictor"] == "mtl" and "mtl" in b["timings_s"]
+    assert all(np.isfinite(b["arms"][a]["value"]) for a in ("production", "static_search", "grade"))
+    assert "true_value" in b["learning_curves"]["grade"][0]

@@ -10,10 +10,11 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pydantic import Field
 
@@ -25,6 +26,8 @@ from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
 from blendrank.config import BaseConfig, apply_overrides
 from blendrank.errors import ConfigError
+from blendrank.mtl.config import MTLConfig
+from blendrank.mtl.train import fit_mtl
 from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
@@ -54,17 +57,47 @@ class BenchConfig(BaseConfig):
     log_requests: int = Field(20000, ge=10, description="Logged requests (production policy + exploration) that learned methods train on.")
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (progressive explore-then-train rounds in the world).")
+    predictor: Literal["world", "mtl"] = Field(
+        "world", description="Predictions every arm fuses (but true_score): the world's simulated deployed predictor, "
+        "or an MTL model trained on the logs (integrated_rl always uses the world's).")
+    mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
+
+
+Predict = Callable[[Requests], dict[str, np.ndarray]]
+
+
+def _request_table(world: MarketplaceWorld, req: Requests, preds: dict[str, np.ndarray]) -> pa.Table:
+    n = len(req)
+    return request_table(world, req, preds, np.arange(n), np.arange(n), world.config.start_ts + np.arange(n) * 1000)
+
+
+def _mtl_predictor(world: MarketplaceWorld, logs: pa.Table, cfg: MTLConfig, log: Callable[[str], None]) -> tuple[Predict, pa.Table]:
+    """Train the MTL model on the logs (last 15% of requests for early stopping) and return a
+    request → predictions function, plus the logs with their pred_* columns replaced."""
+    ids = np.unique(logs["request_id"].to_numpy())
+    cut = ids[int(0.85 * len(ids))]
+    train = logs.filter(pc.less(logs["request_id"], cut))
+    valid = logs.filter(pc.greater_equal(logs["request_id"], cut))
+    model = fit_mtl(train, valid, cfg, progress=False)
+    log(f"mtl ({cfg.model}) trained on {train.num_rows:,} rows")
+
+    def predict(req: Requests) -> dict[str, np.ndarray]:
+        p = model.predict(_request_table(world, req, world.predictions(req)))
+        return {o: p[o].reshape(req.cand.shape) for o in world.objectives}
+
+    return predict, model.add_predictions(logs)
 
 
 class WorldBatch:
     """One request set of a world with its truth and fusion inputs, computed once for every arm."""
 
-    def __init__(self, world: MarketplaceWorld, stream: int, n: int):
+    def __init__(self, world: MarketplaceWorld, stream: int, n: int, predict: Predict | None = None):
         self.world = world
         self.req: Requests = world.sample_requests(n, np.random.default_rng([world.config.seed, stream]))
         self.truth: TruthBatch = world.truth(self.req)
-        self.inputs = world.fusion_inputs(self.req)
+        self.preds = (predict or world.predictions)(self.req)
+        self.inputs = world.fusion_inputs(self.req, self.preds)
         self.segment = world.user_segment[self.req.user]
 
     def values(self, weights: np.ndarray) -> np.ndarray:
@@ -86,14 +119,13 @@ def _training_logs(world: MarketplaceWorld, n: int) -> pa.Table:
     return pa.concat_tables([generate_shard(world, i, min(per_shard, n - s)) for i, s in enumerate(range(0, n, per_shard))])
 
 
-def _truth_probe(world: MarketplaceWorld, n: int):
+def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
     """``probe(policy, spec, center)`` → the policy's true mean page value on ``n`` validation
     requests (mean weights), logged along training next to the rewards it optimises."""
     if n <= 0:
         return None
-    probe_set = WorldBatch(world, STREAM_VALID, n)
-    table = request_table(world, probe_set.req, world.predictions(probe_set.req), np.arange(n), np.arange(n),
-                          world.config.start_ts + np.arange(n) * 1000)
+    probe_set = WorldBatch(world, STREAM_VALID, n, predict)
+    table = _request_table(world, probe_set.req, probe_set.preds)
     cache: dict[int, Any] = {}
 
     def probe(policy, spec, center) -> dict[str, float]:
@@ -129,13 +161,18 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     timings: dict[str, float] = {}
     t = time.perf_counter()
     world = MarketplaceWorld(wcfg)
-    ev = WorldBatch(world, STREAM_EVAL, cfg.eval_requests)
     timings["world"] = time.perf_counter() - t
+    logs = eval_table = probe = predict = None
+    if cfg.predictor == "mtl":
+        t = time.perf_counter()
+        logs = _training_logs(world, cfg.log_requests)
+        predict, logs = _mtl_predictor(world, logs, cfg.mtl, log)
+        timings["mtl"] = time.perf_counter() - t
+    ev = WorldBatch(world, STREAM_EVAL, cfg.eval_requests, predict)
     K = ev.inputs.shape[-1]
     prod = world.production_weights()
     weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
     curves: dict[str, list[dict[str, Any]]] = {}
-    logs = eval_table = probe = None
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
 
     for m in methods:
@@ -143,7 +180,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         if m == "production":
             weights[m] = np.broadcast_to(prod, (len(ev.req), K))
         elif m == "static_search":
-            valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests)
+            valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
             res = search_weights(lambda W: valid.values(W).mean(0), K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
@@ -168,9 +205,9 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         elif m in LEARNED_METHODS:
             if logs is None:
                 logs = _training_logs(world, cfg.log_requests)
-                eval_table = request_table(world, ev.req, world.predictions(ev.req), np.arange(len(ev.req)),
-                                           np.arange(len(ev.req)), wcfg.start_ts + np.arange(len(ev.req)) * 1000)
-                probe = _truth_probe(world, cfg.probe_requests)
+            if eval_table is None:
+                eval_table = _request_table(world, ev.req, ev.preds)
+                probe = _truth_probe(world, cfg.probe_requests, predict)
             gcfg = _grade_config(cfg, world, m)
             # Fuse exactly the world's inputs (its price scale), as a deployment would configure.
             spec = FusionSpec(objectives=wcfg.objectives, use_price=True, price_scale=world.price_scale)
@@ -206,6 +243,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                             for a, w in weights.items()},
         },
         "learning_curves": {a: [{k: v for k, v in r.items() if k != "mean_weights"} for r in c] for a, c in curves.items()},
+        "predictor": cfg.predictor,
         "ci_method": "paired percentile bootstrap over requests (common random numbers across arms)",
         "bench_config": cfg.model_dump(mode="json"),
     }
