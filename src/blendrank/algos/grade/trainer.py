@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from blendrank import distributed as dist
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
 from blendrank.errors import BlendrankError, DataError
@@ -139,8 +140,22 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                  anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
                  probe: Callable[[DirichletPolicy], dict[str, float]] | None = None) -> None:
     """GRPO: sample G weight vectors per request, re-rank, score, normalise in the group, and
-    take ``num_iterations`` clipped steps with a KL penalty to the frozen Stage-1 policy."""
+    take ``num_iterations`` clipped steps with a KL penalty to the frozen Stage-1 policy.
+
+    Under ``torchrun`` (an initialised process group, see :mod:`blendrank.distributed`) every
+    rank draws the same global batch of requests and the same actions (same seed), keeps the
+    shard ``idx[rank::world_size]``, scores only that shard, and gradients are averaged across
+    ranks before each optimiser step, so N processes follow the 1-process trajectory."""
     s2, rc = cfg.stage2, cfg.reward
+    rank, world = dist.rank(), dist.world_size()
+    n_global = min(s2.batch_size, len(data))
+    if n_global % world:
+        raise DataError(f"stage2 global batch {n_global} must be divisible by the world size {world} "
+                        "(set stage2.batch_size to a multiple of it)")
+    if world > 1:  # same starting point on every rank (they are built identically; make sure)
+        for t in list(policy.parameters()) + list(policy.buffers()):
+            torch.distributed.broadcast(t.data, 0)
+    shard = slice(rank, None, world)
     ref = copy.deepcopy(policy).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -151,12 +166,20 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
     exam = fit_position_bias(data.position, data.labels.get("click", next(iter(data.labels.values()))), data.shown,
                              rc.k) if rc.ips and rc.a_post > 0 else None
     for step in range(s2.steps):
-        idx = torch.randint(len(data), (min(s2.batch_size, len(data)),))
-        b = data.index(idx)
+        idx_all = torch.randint(len(data), (n_global,))
+        idx = idx_all[shard]  # this rank's requests (all of them in a single process)
         t0 = time.perf_counter()
         with torch.no_grad():
-            z_old, k_old = policy.heads(b.cat, b.num, b.stats)
-            actions = policy.sample(z_old, k_old, s2.num_generations)  # [N, G, K]
+            if world > 1:  # sample the whole global batch (keeps RNG streams equal), keep the shard
+                ball = data.index(idx_all)
+                z_all, k_all = policy.heads(ball.cat, ball.num, ball.stats)
+                actions = policy.sample(z_all, k_all, s2.num_generations)[shard]
+                z_old, k_old = z_all[shard], k_all[shard]
+                b = data.index(idx)
+            else:
+                b = data.index(idx)
+                z_old, k_old = policy.heads(b.cat, b.num, b.stats)
+                actions = policy.sample(z_old, k_old, s2.num_generations)  # [N, G, K]
             logp_old = policy.log_prob(z_old, k_old, actions)
             z_ref, k_ref = ref.heads(b.cat, b.num, b.stats)
             w = policy.to_weights(actions)
@@ -166,7 +189,9 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             reward = composite_reward(
                 rc, page, weights=w, labels=b.labels, mask=b.mask, preds={o: p[idx] for o, p in preds_all.items()},
                 price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown)
-            adv, zero_std = group_advantages(reward.total, s2.scale_rewards)
+            # Advantages over the gathered global batch: exact also for scale_rewards="batch".
+            adv, zero_std = group_advantages(dist.all_gather_cat(reward.total), s2.scale_rewards)
+            adv = adv.chunk(world)[rank]
         for _ in range(s2.num_iterations):
             z, kappa = policy.heads(b.cat, b.num, b.stats)
             logp = policy.log_prob(z, kappa, actions)
@@ -180,20 +205,28 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                             kl=kl, entropy=ent, entropy_coef=s2.entropy_coef)
             opt.zero_grad()
             out.loss.backward()
+            dist.all_reduce_grads(policy)  # equal shards: mean of shard gradients = global gradient
             _check_finite(out.loss, policy, "stage2", step)
             torch.nn.utils.clip_grad_norm_(policy.parameters(), s2.max_grad_norm)
             opt.step()
         if step % cfg.log_every == 0 or step == s2.steps - 1:
             z, kappa = z.detach(), kappa.detach()
-            mean_w = torch.softmax(z, -1).mean(0)
-            log({"stage": 2, "step": step, "reward": reward.total.mean().item(), "reward_post": reward.post.mean().item(),
-                 "reward_prior": reward.prior.mean().item(), "reward_rule": reward.rule.mean().item(),
-                 "kl": float(out.kl), "clip_frac_low": float(out.clip_frac_low), "clip_frac_high": float(out.clip_frac_high),
-                 "entropy": policy.entropy(z, kappa).mean().item(), "kappa_mean": kappa.mean().item(),
-                 "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
-                 "frac_reward_zero_std": zero_std.float().mean().item(), "loss": out.loss.item(),
-                 "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
-                 **(probe(policy) if probe else {})})
+            # Means over the global batch (averaged over equal shards); kappa min/max are this rank's.
+            stats = dist.all_reduce_mean(torch.tensor([float(torch.as_tensor(v).detach()) for v in (
+                reward.total.mean(), reward.post.mean(), reward.prior.mean(), reward.rule.mean(), out.kl,
+                out.clip_frac_low, out.clip_frac_high, policy.entropy(z, kappa).mean(), kappa.mean(), out.loss)],
+                dtype=torch.float64))
+            mean_w = dist.all_reduce_mean(torch.softmax(z, -1).mean(0))
+            if rank == 0:
+                (r_tot, r_post, r_prior, r_rule, m_kl, cf_lo, cf_hi, m_ent, k_mean, m_loss) = stats.tolist()
+                log({"stage": 2, "step": step, "reward": r_tot, "reward_post": r_post,
+                     "reward_prior": r_prior, "reward_rule": r_rule,
+                     "kl": m_kl, "clip_frac_low": cf_lo, "clip_frac_high": cf_hi,
+                     "entropy": m_ent, "kappa_mean": k_mean,
+                     "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
+                     "frac_reward_zero_std": zero_std.float().mean().item(), "loss": m_loss,
+                     "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
+                     **(probe(policy) if probe else {})})
 
 
 def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,
@@ -210,7 +243,7 @@ def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = No
 
     def record(row: dict[str, Any]) -> None:
         history.append(row)
-        if log:
+        if log and dist.is_main():  # under torchrun only rank 0 reports
             log(row)
 
     spec = spec or FusionSpec.fit(train)
