@@ -1,7 +1,7 @@
 """Fusion policies: request state → fusion weights on the simplex.
 
 ``DirichletPolicy`` is GRADE's policy (SPEC §4): an MLP gives mean logits ``z(s)`` and a
-concentration head ``c(s)``; ``m = softmax(z)``, ``κ = κ_min + softplus(c)``, ``α = κ·m`` and
+concentration head ``c(s)``; ``m = (1 − ε)·softmax(z) + ε/K``, ``κ = κ_min + softplus(c)``, ``α = κ·m`` and
 ``π(w|s) = Dir(w; α)``. Serving uses the deterministic mean ``m(s)``. Ablations swap the
 exploration law (Gaussian on logits then softmax, Gaussian on weights then clip-and-renormalise)
 or fix ``κ``.
@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 Exploration = Literal["dirichlet", "gaussian_logits", "gaussian_weights"]
-ACTION_FLOOR = 1e-6  # stored actions are clamped away from the simplex boundary before log_prob
+ACTION_FLOOR = 1e-6
+MEAN_FLOOR = float(__import__("os").environ.get("BR_MEAN_FLOOR", "0.0"))  # stored actions are clamped away from the simplex boundary before log_prob
 
 
 class StateEncoder(nn.Module):
@@ -41,11 +42,13 @@ class DirichletPolicy(nn.Module):
 
     def __init__(self, cardinalities: list[int], n_numeric: int, n_stats: int, k: int, hidden: tuple[int, ...] = (64, 64),
                  emb_dim: int = 4, kappa_min: float = 0.05, kappa_init: float = 20.0,
-                 exploration: Exploration = "dirichlet", fixed_kappa: bool = False, gaussian_std_init: float = 0.3):
+                 exploration: Exploration = "dirichlet", fixed_kappa: bool = False, gaussian_std_init: float = 0.3,
+                 mean_floor: float = 0.05):
         super().__init__()
         if kappa_init <= kappa_min:
             raise ValueError("kappa_init must exceed kappa_min")
         self.k, self.kappa_min, self.exploration, self.fixed_kappa = k, kappa_min, exploration, fixed_kappa
+        self.mean_floor = mean_floor
         self.encoder = StateEncoder(cardinalities, n_numeric, emb_dim)
         # List statistics are standardised with training-set moments (set_stats_normalizer).
         self.register_buffer("stats_mean", torch.zeros(n_stats))
@@ -83,13 +86,18 @@ class DirichletPolicy(nn.Module):
             conc = self.conc_head.bias.expand_as(conc)
         return self.mean_head(h), self.kappa_min + F.softplus(conc)
 
+    def mean(self, z: Tensor) -> Tensor:
+        """``m = (1 − ε)·softmax(z) + ε/K``: the floor ε keeps every input explorable."""
+        m = torch.softmax(z, -1)
+        return m if self.mean_floor == 0 else (1 - self.mean_floor) * m + self.mean_floor / self.k
+
     def mean_weights(self, cat: Tensor, num: Tensor, stats: Tensor) -> Tensor:
         """Deterministic serving weights ``m(s) [B, K]``."""
-        return torch.softmax(self.heads(cat, num, stats)[0], -1)
+        return self.mean(self.heads(cat, num, stats)[0])
 
     # ------------------------------------------------------------------ distribution
     def alpha(self, z: Tensor, kappa: Tensor) -> Tensor:
-        return (kappa.unsqueeze(-1) * torch.softmax(z, -1)).clamp_min(1e-4)
+        return (kappa.unsqueeze(-1) * self.mean(z)).clamp_min(1e-4)
 
     @torch.no_grad()
     def sample(self, z: Tensor, kappa: Tensor, g: int) -> Tensor:
@@ -103,7 +111,7 @@ class DirichletPolicy(nn.Module):
         std = self.log_std.exp()
         if self.exploration == "gaussian_logits":
             return z.unsqueeze(1) + std * eps
-        w = (torch.softmax(z, -1).unsqueeze(1) + std * eps).clamp_min(0.0)
+        w = (self.mean(z).unsqueeze(1) + std * eps).clamp_min(0.0)
         return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def to_weights(self, action: Tensor) -> Tensor:
@@ -116,7 +124,7 @@ class DirichletPolicy(nn.Module):
             a = action.clamp_min(ACTION_FLOOR)
             a = a / a.sum(-1, keepdim=True)
             return torch.distributions.Dirichlet(self.alpha(z, kappa).unsqueeze(1)).log_prob(a)
-        mean = z if self.exploration == "gaussian_logits" else torch.softmax(z, -1)
+        mean = z if self.exploration == "gaussian_logits" else self.mean(z)
         # Gaussian on weights: the density of the pre-clip sample is used as the (approximate)
         # likelihood of the renormalised action; documented as an ablation, not a true density.
         return torch.distributions.Normal(mean.unsqueeze(1), self.log_std.exp()).log_prob(action).sum(-1)
@@ -132,7 +140,7 @@ class DirichletPolicy(nn.Module):
         if self.exploration == "dirichlet":
             return torch.distributions.kl_divergence(
                 torch.distributions.Dirichlet(self.alpha(z, kappa)), torch.distributions.Dirichlet(self.alpha(z_ref, kappa_ref)))
-        mean = z if self.exploration == "gaussian_logits" else torch.softmax(z, -1)
-        mean_ref = z_ref if self.exploration == "gaussian_logits" else torch.softmax(z_ref, -1)
+        mean = z if self.exploration == "gaussian_logits" else self.mean(z)
+        mean_ref = z_ref if self.exploration == "gaussian_logits" else self.mean(z_ref)
         var = self.log_std.exp() ** 2
         return ((mean - mean_ref) ** 2 / (2 * var)).sum(-1)

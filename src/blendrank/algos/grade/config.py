@@ -25,6 +25,9 @@ class PolicyConfig(BaseConfig):
     exploration: Exploration = Field("dirichlet", description="Exploration law: dirichlet (GRADE), gaussian_logits, gaussian_weights (ablations).")
     fixed_kappa: bool = Field(False, description="Use one learned κ for all states instead of the state-dependent head (ablation).")
     gaussian_std_init: float = Field(0.1, gt=0, description="Initial std of the Gaussian ablations.")
+    mean_floor: float = Field(0.05, ge=0, lt=1, description="ε in m = (1−ε)·softmax(z) + ε/K: keeps every fusion input "
+                              "explorable (without it Stage 1 can drive an input's weight, and so its Dirichlet α, to ~0 "
+                              "and Stage 2 never samples it again).")
 
 
 class LTRConfig(BaseConfig):
@@ -80,4 +83,5 @@ VARIANTS: dict[str, list[str]] = {
     "no_stage1": ["stage1.epochs=0"],
     "fixed_kappa": ["policy.fixed_kappa=true"],
     "no_ips": ["reward.ips=false"],
+    "no_mean_floor": ["policy.mean_floor=0"],
 }

@@ -92,7 +92,8 @@ def make_policy(cfg: GRADEConfig, cardinalities: list[int], n_numeric: int, n_st
     p = cfg.policy
     return DirichletPolicy(cardinalities, n_numeric, n_stats, k, hidden=tuple(p.hidden), emb_dim=p.emb_dim,
                            kappa_min=p.kappa_min, kappa_init=p.kappa_init, exploration=p.exploration,
-                           fixed_kappa=p.fixed_kappa, gaussian_std_init=p.gaussian_std_init)
+                           fixed_kappa=p.fixed_kappa, gaussian_std_init=p.gaussian_std_init,
+                           mean_floor=p.mean_floor)
 
 
 def _check_finite(loss: torch.Tensor, policy: torch.nn.Module, stage: str, step: int) -> None:
@@ -124,7 +125,7 @@ def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
             idx = perm[start : start + s1.batch_size]
             b = data.index(idx)
             z, _ = policy.heads(b.cat, b.num, b.stats)
-            scores = fuse(b.features, torch.softmax(z, -1))
+            scores = fuse(b.features, policy.mean(z))
             loss = multi_objective_lambda_loss(scores, b.labels, lam, mask[idx], weighting=s1.weighting, k=s1.k, gain=s1.gain)
             opt.zero_grad()
             loss.backward()
@@ -216,7 +217,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                 reward.total.mean(), reward.post.mean(), reward.prior.mean(), reward.rule.mean(), out.kl,
                 out.clip_frac_low, out.clip_frac_high, policy.entropy(z, kappa).mean(), kappa.mean(), out.loss)],
                 dtype=torch.float64))
-            mean_w = dist.all_reduce_mean(torch.softmax(z, -1).mean(0))
+            mean_w = dist.all_reduce_mean(policy.mean(z).mean(0))
             if rank == 0:
                 (r_tot, r_post, r_prior, r_rule, m_kl, cf_lo, cf_hi, m_ent, k_mean, m_loss) = stats.tolist()
                 log({"stage": 2, "step": step, "reward": r_tot, "reward_post": r_post,
