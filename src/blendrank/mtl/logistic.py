@@ -28,9 +28,7 @@ each bias at the logit of its task's training base rate (so the fit uses no glob
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from torch import Tensor, nn
 from blendrank.config import BaseConfig
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureBatch, FeatureCenter, FeatureSchema
+from blendrank.jsonio import read_json, write_json
 
 LABEL_PREFIX = "label_"
 PRED_PREFIX = "pred_"
@@ -386,7 +385,7 @@ class LogisticPredictor:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), directory / WEIGHTS_FILE)
         self.center.save(directory / CENTER_FILE)
-        _write_json(directory / CONFIG_FILE, self.config.model_dump(mode="json"))
+        write_json(directory / CONFIG_FILE, self.config.model_dump(mode="json"))
         meta = {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
@@ -395,7 +394,7 @@ class LogisticPredictor:
             "n_numeric": self.model.n_numeric,
             "history": self.history,
         }
-        _write_json(directory / META_FILE, meta)
+        write_json(directory / META_FILE, meta)
         return directory
 
     @classmethod
@@ -409,13 +408,13 @@ class LogisticPredictor:
         ]
         if missing:
             raise DataError(f"{directory}: not a saved logistic predictor (missing {missing})")
-        meta = _read_json(directory / META_FILE)
+        meta = read_json(directory / META_FILE)
         if meta.get("format") != FILE_FORMAT or meta.get("version") != FILE_VERSION:
             raise DataError(
                 f"{directory / META_FILE}: expected format {FILE_FORMAT!r} version "
                 f"{FILE_VERSION}, got {meta.get('format')!r} version {meta.get('version')!r}"
             )
-        config = LogisticConfig.model_validate(_read_json(directory / CONFIG_FILE))
+        config = LogisticConfig.model_validate(read_json(directory / CONFIG_FILE))
         center = FeatureCenter.load(directory / CENTER_FILE)
         objectives = tuple(meta["objectives"])
         if list(center.cardinalities.values()) != list(meta["cardinalities"]) or len(
@@ -430,22 +429,6 @@ class LogisticPredictor:
             raise DataError(f"{directory / WEIGHTS_FILE}: cannot load weights ({exc})") from None
         model.eval()
         return cls(model, center, objectives, config, list(meta.get("history", [])))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
 
 
 # ------------------------------------------------------------------------------------ training

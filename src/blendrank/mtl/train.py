@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import tempfile
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter
+from blendrank.jsonio import read_json, write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.data import (
     LABEL_PREFIX,
@@ -282,24 +282,6 @@ def _public(path: str | Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same directory + ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
 
 
 # ------------------------------------------------------------------------------------ fitting
