@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from blendrank.config import format_validation_error
+from blendrank.data.columns import label_values
 from blendrank.data.io import iter_record_batches, parquet_files
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter, FeatureSchema, FeatureSpec
@@ -330,18 +331,6 @@ def schema_for(
 # ---------------------------------------------------------------------------------- label scan
 
 
-def _label_values(batch: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
-    """float64 label values with NaN for nulls; DataError for non-numeric columns."""
-    col = batch.column(column)
-    t = col.type
-    if pa.types.is_null(t):
-        return np.full(batch.num_rows, np.nan)
-    if not (pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)):
-        raise DataError(f"column {column!r}: labels must be bool, integer or float, got {t}")
-    filled = pc.fill_null(col.cast(pa.float64()), math.nan)
-    return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
 @dataclass
 class _LabelAcc:
     n: int = 0
@@ -388,7 +377,7 @@ class LabelScan:
     def update(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
         for column in self.columns:
-            self.acc.setdefault(column, _LabelAcc()).update(_label_values(batch, column))
+            self.acc.setdefault(column, _LabelAcc()).update(label_values(batch, column))
         if POSITION in batch.schema.names:
             pos = batch.column(POSITION)
             if pos.null_count < len(pos):
@@ -501,7 +490,7 @@ class Encoder:
             column = LABEL_PREFIX + name
             if column not in table.schema.names:
                 raise DataError(f"column {column!r} (objective {name!r}) is missing")
-            values = _label_values(table, column)
+            values = label_values(table, column)
             m = ~np.isnan(values)
             if kind == "regression":
                 if (values[m] < 0).any():

@@ -42,6 +42,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from blendrank.config import BaseConfig
+from blendrank.data.columns import label_values, put_column
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureBatch, FeatureCenter, FeatureSchema
 from blendrank.jsonio import read_json, write_json
@@ -224,18 +225,6 @@ class _SumLookup(torch.autograd.Function):
 # ------------------------------------------------------------------------------------- labels
 
 
-def _label_values(table: pa.Table, column: str) -> np.ndarray:
-    """float64 label values with NaN for nulls; DataError for non-numeric columns."""
-    col = table.column(column)
-    t = col.type
-    if pa.types.is_null(t):
-        return np.full(table.num_rows, np.nan)
-    if not (pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)):
-        raise DataError(f"column {column!r}: labels must be bool, integer or float, got {t}")
-    filled = pc.fill_null(col.cast(pa.float64()), math.nan)
-    return np.asarray(filled.to_numpy(), dtype=np.float64)
-
-
 def _is_binary(values: np.ndarray) -> bool:
     seen = values[~np.isnan(values)]
     return bool(np.isin(seen, (0.0, 1.0)).all())
@@ -250,7 +239,7 @@ def binary_objectives(table: pa.Table) -> list[str]:
         t = table.column(name).type
         if not (pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)):
             continue
-        if _is_binary(_label_values(table, name)):
+        if _is_binary(label_values(table, name)):
             out.append(name[len(LABEL_PREFIX) :])
     return out
 
@@ -274,7 +263,7 @@ def _resolve_objectives(table: pa.Table, config: LogisticConfig) -> list[str]:
                 f"objective {name!r}: column {column!r} is not in the training table "
                 f"(label columns present: {labels or 'none'})"
             )
-        values = _label_values(table, column)
+        values = label_values(table, column)
         if not _is_binary(values):
             bad = values[~np.isnan(values) & ~np.isin(values, (0.0, 1.0))]
             raise DataError(
@@ -291,7 +280,7 @@ def _label_matrix(table: pa.Table, objectives: Sequence[str]) -> tuple[np.ndarra
         column = LABEL_PREFIX + name
         if column not in table.column_names:
             raise DataError(f"column {column!r} (objective {name!r}) is missing from the table")
-        values = _label_values(table, column)
+        values = label_values(table, column)
         if not _is_binary(values):
             raise DataError(f"column {column!r}: labels must be 0/1 for the logistic baseline")
         cols.append(values)
@@ -338,13 +327,7 @@ class LogisticPredictor:
         """``table`` with a float32 ``pred_<objective>`` column per objective (replaced in place
         if already present, appended otherwise)."""
         for name, values in self.predict(table).items():
-            column = PRED_PREFIX + name
-            array = pa.array(values, type=pa.float32())
-            index = table.schema.get_field_index(column)
-            if index >= 0:
-                table = table.set_column(index, column, array)
-            else:
-                table = table.append_column(column, array)
+            table = put_column(table, PRED_PREFIX + name, values)
         return table
 
     # ---- interpretation

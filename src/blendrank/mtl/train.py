@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
+from blendrank.data.columns import put_column
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.jsonio import read_json, write_json
@@ -193,12 +194,7 @@ class MTLPredictor:
             est = np.expm1(np.maximum(raw_np[:, k] * std + mean, 0.0)).astype(np.float32)
             columns.append((EST_PREFIX + name, est))
         for column, values in columns:
-            array = pa.array(np.ascontiguousarray(values), type=pa.float32())
-            index = table.schema.get_field_index(column)
-            if index >= 0:
-                table = table.set_column(index, column, array)
-            else:
-                table = table.append_column(column, array)
+            table = put_column(table, column, values)
         return table
 
     # ---- persistence
