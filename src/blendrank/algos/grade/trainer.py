@@ -28,7 +28,8 @@ from blendrank.fusion.formulas import fuse, top_k
 from blendrank.fusion.policy import DirichletPolicy
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
-from blendrank.rewards.components import fit_position_bias
+from blendrank.fusion.formulas import position_discount
+from blendrank.rewards.components import fit_position_bias, guardrail_margins
 from blendrank.rewards.composite import composite_reward
 
 
@@ -166,6 +167,10 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
     rel_price = data.price / spec.price_scale
     exam = fit_position_bias(data.position, data.labels.get("click", next(iter(data.labels.values()))), data.shown,
                              rc.k) if rc.ips and rc.a_post > 0 else None
+    if rc.guardrails and anchor is None:
+        raise DataError("reward.guardrails need the production (anchor) weights: pass --production-weights")
+    # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
+    multipliers = torch.zeros(len(rc.guardrails))
     for step in range(s2.steps):
         idx_all = torch.randint(len(data), (n_global,))
         idx = idx_all[shard]  # this rank's requests (all of them in a single process)
@@ -187,9 +192,19 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             scores = fuse(b.features, w)  # [N, G, L]
             page, _ = top_k(scores, b.mask, rc.k)
             page_shown, _ = top_k(scores, b.shown, rc.k)
+            preds = {o: p[idx] for o, p in preds_all.items()}
+            anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if rc.guardrails else None
             reward = composite_reward(
-                rc, page, weights=w, labels=b.labels, mask=b.mask, preds={o: p[idx] for o, p in preds_all.items()},
-                price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown)
+                rc, page, weights=w, labels=b.labels, mask=b.mask, preds=preds,
+                price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown,
+                anchor_order=anchor_page, guard_multipliers=multipliers)
+            if rc.guardrails:  # dual ascent on the margins of what would be served: the mean weights
+                mean_page = top_k(fuse(b.features, policy.mean(z_old).unsqueeze(1)), b.mask, rc.k)[0]
+                margin = guardrail_margins(mean_page, anchor_page, preds, rel_price[idx], rc.guardrails,
+                                           position_discount(rc.k, rc.prior_discount), price_scale=rc.price_scale,
+                                           mask=b.mask).mean((0, 1))
+                margin = dist.all_reduce_mean(margin)
+                multipliers = (multipliers - rc.guardrail_lr * margin).clamp(0.0, rc.guardrail_max)
             # Advantages over the gathered global batch: exact also for scale_rewards="batch".
             adv, zero_std = group_advantages(dist.all_gather_cat(reward.total), s2.scale_rewards)
             adv = adv.chunk(world)[rank]
@@ -227,6 +242,8 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                      "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
                      "frac_reward_zero_std": zero_std.float().mean().item(), "loss": m_loss,
                      "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
+                     **{f"guard/{name}/lambda": float(lam) for name, lam in zip(rc.guardrails, multipliers)},
+                     **({f"guard/{name}/margin": float(v) for name, v in zip(rc.guardrails, margin)} if rc.guardrails else {}),
                      **(probe(policy) if probe else {})})
 
 
