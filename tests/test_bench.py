@@ -20,6 +20,7 @@ SMALL_WORLD = ["n_items=400", "n_users=300", "candidates=20", "page_size=5"]
 
 
 def small_bench(tmp_path, **kw) -> dict:
+    kw = {"predictor": "world", "guardrails": {}, **kw}  # fast, unconstrained unless a test asks
     cfg = BenchConfig(preset="quick", world_overrides=SMALL_WORLD, eval_requests=600, valid_requests=400, n_boot=200,
                       oracle_grid_points=60, oracle_refine=8, static_search={"budget": 80}, **kw)
     return run_world_bench(cfg, tmp_path, log=lambda s: None)
@@ -132,3 +133,17 @@ def test_world_bench_with_mtl_predictions(tmp_path):
     assert b["predictor"] == "mtl" and "mtl" in b["timings_s"]
     assert all(np.isfinite(b["arms"][a]["value"]) for a in ("production", "static_search", "grade"))
     assert "true_value" in b["learning_curves"]["grade"][0]
+
+
+def test_guardrails_constrain_static_search_and_reach_grade(tmp_path):
+    free = small_bench(tmp_path / "free", methods=["production", "static_search"])
+    guarded = small_bench(tmp_path / "g", methods=["production", "static_search", "grade"], log_requests=400,
+                          guardrails={"ctr": 0.0, "opm": 0.0},
+                          grade={"stage1": {"epochs": 1}, "stage2": {"steps": 3}}, probe_requests=0)
+    assert guarded["bench_config"]["guardrails"] == {"ctr": 0.0, "opm": 0.0}
+    # Unconstrained, the value-maximising vector gives up clicks or orders; constrained, it must
+    # keep them (on the validation requests; the eval set is another sample, so allow noise).
+    lifts = guarded["lifts"]["static_search"]
+    assert lifts["ctr"]["rel"] > -0.01 and lifts["opm"]["rel"] > -0.01
+    assert free["arms"]["static_search"]["value"] >= guarded["arms"]["static_search"]["value"] - 1e-9
+    assert any("guard/click/lambda" in r for r in guarded["learning_curves"]["grade"])

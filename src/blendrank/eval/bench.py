@@ -31,12 +31,15 @@ from blendrank.mtl.train import fit_mtl
 from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
-from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_values
+from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_metrics, vector_values
 from blendrank.worlds.presets import world_config
 
 STREAM_VALID, STREAM_EVAL, STREAM_CRN = 3, 4, 5
 WORLD_METHODS = ("production", "static_search", "integrated_rl", "segment_oracle", "oracle", "true_score")
 LEARNED_METHODS = ("ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
+#: Guard-railed A/B metric -> (numerator, denominator) page totals, and the R_prior terms they map to.
+GUARDED = {"ctr": ("clicks", None), "cvr": ("orders", "clicks"), "opm": ("orders", None), "gpm": ("gmv", None)}
+PRIOR_TERM = {"clicks": "click", "orders": "order", "gmv": "order*price"}
 
 
 class BenchConfig(BaseConfig):
@@ -58,10 +61,16 @@ class BenchConfig(BaseConfig):
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (progressive explore-then-train rounds in the world).")
     predictor: Literal["world", "mtl"] = Field(
-        "world", description="Predictions every arm fuses (but true_score): the world's simulated deployed predictor, "
-        "or an MTL model trained on the logs (integrated_rl always uses the world's).")
+        "mtl", description="Predictions every arm fuses (but true_score): an MTL model trained on the logs (the "
+        "deployed model), or the world's simulated deployed predictor (true logits + noise; faster). integrated_rl "
+        "always uses the world's.")
     mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
+    guardrails: dict[Literal["ctr", "cvr", "opm", "gpm"], float] = Field(
+        default_factory=lambda: {"ctr": 0.005, "cvr": 0.005, "opm": 0.0},
+        description="Business guard rails: A/B metric -> largest allowed relative loss against production, e.g. "
+        "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
+        "GRADE enforces them on its predicted pages (reward.guardrails). The oracles stay unconstrained.")
 
 
 Predict = Callable[[Requests], dict[str, np.ndarray]]
@@ -137,6 +146,24 @@ def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
     return probe
 
 
+def _guarded_objective(valid: WorldBatch, prod: np.ndarray, guardrails: dict[str, float]) -> Callable[[np.ndarray], np.ndarray]:
+    """Mean value of ``[M, K]`` vectors on ``valid``, minus a steep penalty for every guard rail
+    they break relative to production (exact penalty method: feasible vectors keep their value)."""
+    base = {k: v.sum() for k, v in vector_metrics(valid.world, valid.inputs, valid.truth, prod[None]).items()}
+    scale = base["value"] / len(valid.req)
+
+    def ratio_of(totals: dict[str, np.ndarray], metric: str) -> np.ndarray:
+        num, den = GUARDED[metric]
+        return totals[num] / totals[den] if den else totals[num]
+
+    def objective(W: np.ndarray) -> np.ndarray:
+        totals = {k: v.sum(0) for k, v in vector_metrics(valid.world, valid.inputs, valid.truth, W).items()}
+        penalty = sum(np.maximum(0.0, (1 - tol) - ratio_of(totals, m) / ratio_of(base, m)) for m, tol in guardrails.items())
+        return totals["value"] / len(valid.req) - 100.0 * scale * penalty
+
+    return objective
+
+
 def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRADEConfig:
     """The bench's GRADE config for ``method`` (ltr, grade or grade:<variant>), with the prior
     reward set to the world's business value (the business states its own goal)."""
@@ -148,6 +175,9 @@ def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRA
     post = {k: w for k, w in {"click": v.click, "order": v.order, "gmv": v.gmv, **extras}.items() if w > 0}
     data["reward"]["post_objective_weights"] = post
     data["reward"]["post_gain"] = "linear"
+    for metric, tol in cfg.guardrails.items():
+        num, den = GUARDED[metric]
+        data["reward"]["guardrails"][PRIOR_TERM[num] + (f"/{PRIOR_TERM[den]}" if den else "")] = tol
     overrides = VARIANTS[method.split(":", 1)[1]] if ":" in method else []
     if method == "ltr":
         overrides = ["stage2.steps=0"]
@@ -182,7 +212,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         elif m == "static_search":
             valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
-            res = search_weights(lambda W: valid.values(W).mean(0), K, ss)
+            objective = _guarded_objective(valid, prod, cfg.guardrails) if cfg.guardrails else (lambda W: valid.values(W).mean(0))
+            res = search_weights(objective, K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
         elif m in ("segment_oracle", "oracle"):
