@@ -275,7 +275,7 @@ def test_guardrail_margins_hand_computed_and_aggregate_sign() -> None:
 
 def test_composite_adds_lagrangian_guard_term() -> None:
     click = torch.tensor([[0.4, 0.1, 0.2]])
-    cfg = CompositeRewardConfig(a_post=0, a_rule=0, k=1, prior_coefs={"click": 1.0}, guardrails={"click": 0.0})
+    cfg = CompositeRewardConfig(a_post=0, k=1, prior_coefs={"click": 1.0}, guardrails={"click": 0.0})
     pages = torch.tensor([[[0], [1]]])
     base = composite_reward(cfg, pages, preds={"click": click}, anchor_order=torch.tensor([[0]]))
     torch.testing.assert_close(base.guard, torch.zeros(1, 2))  # multipliers default to 0
@@ -285,3 +285,9 @@ def test_composite_adds_lagrangian_guard_term() -> None:
     torch.testing.assert_close(out.total, out.prior + out.guard)
     with pytest.raises(ValidationError, match="relative loss"):
         CompositeRewardConfig(guardrails={"click": 1.5})
+
+
+def test_guardrails_belong_to_the_rule_component() -> None:
+    cfg = CompositeRewardConfig(a_rule=0, guardrails={"click": 0.0})
+    assert cfg.active_guardrails == {}
+    assert CompositeRewardConfig(guardrails={"click": 0.0}).active_guardrails == {"click": 0.0}

@@ -61,7 +61,7 @@ class CompositeRewardConfig(BaseConfig):
     guardrails: dict[str, float] = Field(
         default_factory=dict,
         description="Business guard rails on predicted page metrics against the anchor (production) pages: metric -> "
-        "largest allowed relative loss of its batch total, e.g. {'click': 0.005, 'order/click': 0.005} (CTR and CVR). "
+        "largest allowed relative loss of its batch total (part of R_rule: a_rule=0 drops them), e.g. {'click': 0.005, 'order/click': 0.005} (CTR and CVR). "
         "A metric is a R_prior term ('click', 'order', 'order*price') or a ratio 'num/den' of two. Enforced as "
         "aggregate constraints with Lagrange multipliers (reward += lambda * margin), so single requests may trade.",
     )
@@ -73,6 +73,11 @@ class CompositeRewardConfig(BaseConfig):
         description="'none': sum raw components; 'per_component_batch_std': divide each component by its std over the batch (N*G) before the weighted sum (normalize_then_sum).",
     )
     normalize_eps: float = Field(1e-6, gt=0, description="Added to each component's batch std when normalising.")
+
+    @property
+    def active_guardrails(self) -> dict[str, float]:
+        """The guard rails in force: they are part of the rule component, so ``a_rule=0`` drops them."""
+        return dict(self.guardrails) if self.a_rule > 0 else {}
 
     @model_validator(mode="after")
     def _check(self) -> CompositeRewardConfig:
@@ -201,11 +206,11 @@ def composite_reward(
 
     margins = torch.zeros(n, g, 0, dtype=dtype, device=order.device)
     guard = zeros
-    if config.guardrails:
+    if config.active_guardrails:
         if anchor_order is None or preds is None:
             raise ValueError("guardrails need anchor_order and preds")
         disc = position_discount(config.k, config.prior_discount).to(order.device)
-        margins = guardrail_margins(order, anchor_order, preds, price, config.guardrails, disc,
+        margins = guardrail_margins(order, anchor_order, preds, price, config.active_guardrails, disc,
                                     price_scale=config.price_scale, mask=mask).to(dtype)
         if guard_multipliers is not None:
             guard = (margins * guard_multipliers.to(dtype)).sum(-1)

@@ -167,10 +167,11 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
     rel_price = data.price / spec.price_scale
     exam = fit_position_bias(data.position, data.labels.get("click", next(iter(data.labels.values()))), data.shown,
                              rc.k) if rc.ips and rc.a_post > 0 else None
-    if rc.guardrails and anchor is None:
+    guardrails = rc.active_guardrails
+    if guardrails and anchor is None:
         raise DataError("reward.guardrails need the production (anchor) weights: pass --production-weights")
     # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
-    multipliers = torch.zeros(len(rc.guardrails))
+    multipliers = torch.zeros(len(guardrails))
     for step in range(s2.steps):
         idx_all = torch.randint(len(data), (n_global,))
         idx = idx_all[shard]  # this rank's requests (all of them in a single process)
@@ -193,14 +194,14 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             page, _ = top_k(scores, b.mask, rc.k)
             page_shown, _ = top_k(scores, b.shown, rc.k)
             preds = {o: p[idx] for o, p in preds_all.items()}
-            anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if rc.guardrails else None
+            anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
                 rc, page, weights=w, labels=b.labels, mask=b.mask, preds=preds,
                 price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown,
                 anchor_order=anchor_page, guard_multipliers=multipliers)
-            if rc.guardrails:  # dual ascent on the margins of what would be served: the mean weights
+            if guardrails:  # dual ascent on the margins of what would be served: the mean weights
                 mean_page = top_k(fuse(b.features, policy.mean(z_old).unsqueeze(1)), b.mask, rc.k)[0]
-                margin = guardrail_margins(mean_page, anchor_page, preds, rel_price[idx], rc.guardrails,
+                margin = guardrail_margins(mean_page, anchor_page, preds, rel_price[idx], guardrails,
                                            position_discount(rc.k, rc.prior_discount), price_scale=rc.price_scale,
                                            mask=b.mask).mean((0, 1))
                 margin = dist.all_reduce_mean(margin)
@@ -242,8 +243,8 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                      "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
                      "frac_reward_zero_std": zero_std.float().mean().item(), "loss": m_loss,
                      "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
-                     **{f"guard/{name}/lambda": float(lam) for name, lam in zip(rc.guardrails, multipliers)},
-                     **({f"guard/{name}/margin": float(v) for name, v in zip(rc.guardrails, margin)} if rc.guardrails else {}),
+                     **{f"guard/{name}/lambda": float(lam) for name, lam in zip(guardrails, multipliers)},
+                     **({f"guard/{name}/margin": float(v) for name, v in zip(guardrails, margin)} if guardrails else {}),
                      **(probe(policy) if probe else {})})
 
 
