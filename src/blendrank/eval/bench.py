@@ -29,12 +29,13 @@ from blendrank.errors import ConfigError
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import fit_mtl
 from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
+from blendrank.eval.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
 from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_metrics, vector_values
 from blendrank.worlds.presets import world_config
 
-STREAM_VALID, STREAM_EVAL, STREAM_CRN = 3, 4, 5
+STREAM_VALID, STREAM_EVAL, STREAM_CRN, STREAM_SESSIONS = 3, 4, 5, 6
 WORLD_METHODS = ("production", "static_search", "integrated_rl", "segment_oracle", "oracle", "true_score")
 LEARNED_METHODS = ("ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
 #: Guard-railed A/B metric -> (numerator, denominator) page totals, and the R_prior terms they map to.
@@ -66,6 +67,9 @@ class BenchConfig(BaseConfig):
         "always uses the world's.")
     mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
+    session_requests: int = Field(0, ge=0, description="Sessions per arm of the session-level A/B (whole sessions of the "
+                                  "same users under each arm; needs world_overrides session.enabled=true; 0 = off). "
+                                  "The oracle has no session arm.")
     guardrails: dict[Literal["ctr", "cvr", "opm", "gpm"], float] = Field(
         default_factory=lambda: {"ctr": 0.005, "cvr": 0.005, "opm": 0.0},
         description="Business guard rails: A/B metric -> largest allowed relative loss against production, e.g. "
@@ -112,6 +116,27 @@ class WorldBatch:
     def values(self, weights: np.ndarray) -> np.ndarray:
         """``[B, M]`` page value for ``[M, K]`` shared or ``[B, M, K]`` per-request vectors."""
         return vector_values(self.world, self.inputs, self.truth, weights)
+
+
+def _weights_pages(world: MarketplaceWorld, predict: Predict | None, w: np.ndarray) -> PageFn:
+    """Session-A/B pages of one global weight vector."""
+    w_t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    return lambda req, ctx: world.rank(world.fusion_inputs(req, (predict or world.predictions)(req)), w_t)
+
+
+def _segment_pages(world: MarketplaceWorld, predict: Predict | None, best: np.ndarray) -> PageFn:
+    """Session-A/B pages of the segment oracle: its vector for each user's latent segment."""
+    return lambda req, ctx: world.rank(world.fusion_inputs(req, (predict or world.predictions)(req)),
+                                       torch.from_numpy(best[world.user_segment[req.user]].astype(np.float32)))
+
+
+def _policy_pages(world: MarketplaceWorld, predict: Predict | None, pol: Any) -> PageFn:
+    """Session-A/B pages of a learned per-request policy (GRADE, ltr) from what it sees at serving."""
+    def pages(req: Requests, ctx: np.ndarray) -> np.ndarray:
+        preds = (predict or world.predictions)(req)
+        w = pol.weights(pol.batch(_request_table(world, req, preds)))
+        return world.rank(world.fusion_inputs(req, preds), w)
+    return pages
 
 
 def _parse_methods(methods: list[str]) -> list[str]:
@@ -204,34 +229,40 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
     curves: dict[str, list[dict[str, Any]]] = {}
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
+    session_pages: dict[str, PageFn] = {}  # arm -> pages(req, session ctx) for the session A/B
 
     for m in methods:
         t = time.perf_counter()
         if m == "production":
             weights[m] = np.broadcast_to(prod, (len(ev.req), K))
+            session_pages[m] = _weights_pages(world, predict, prod)
         elif m == "static_search":
             valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
             objective = _guarded_objective(valid, prod, cfg.guardrails) if cfg.guardrails else (lambda W: valid.values(W).mean(0))
             res = search_weights(objective, K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
+            session_pages[m] = _weights_pages(world, predict, res.best_weights)
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
         elif m in ("segment_oracle", "oracle"):
             grid = candidate_vectors(K, extra=prod, max_points=cfg.oracle_grid_points, seed=wcfg.seed)
             values = ev.values(grid)
             if m == "segment_oracle":
-                w = np.empty((len(ev.req), K))
+                best = np.tile(prod, (len(wcfg.segments), 1))  # [S, K]; segments absent from eval keep production
                 for s in np.unique(ev.segment):
-                    rows = ev.segment == s
-                    w[rows] = grid[values[rows].mean(0).argmax()]
+                    best[s] = grid[values[ev.segment == s].mean(0).argmax()]
+                w = best[ev.segment]
+                session_pages[m] = _segment_pages(world, predict, best)
             else:
                 w, _ = per_request_oracle(world, ev.inputs, ev.truth, values, grid, refine=cfg.oracle_refine, seed=wcfg.seed)
             weights[m] = w
         elif m == "true_score":
             pages[m] = world.true_score_page(ev.truth)
+            session_pages[m] = lambda req, ctx: world.true_score_page(world.truth(req))
         elif m == "integrated_rl":
             irl = fit_integrated_rl(world, cfg.integrated_rl, log=log)
             pages[m] = irl.pages(world, ev.req)
+            session_pages[m] = irl.session_pages(world)
             curves[m] = irl.history
         elif m in LEARNED_METHODS:
             if logs is None:
@@ -244,6 +275,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             spec = FusionSpec(objectives=wcfg.objectives, use_price=True, price_scale=world.price_scale)
             pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec, probe=probe)
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
+            session_pages[m] = _policy_pages(world, predict, pol)
             curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
         timings[m] = time.perf_counter() - t
         if m in weights:
@@ -280,6 +312,19 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     }
     if "static_search" in ab.metrics:
         bench["lifts_vs_static"] = lifts(ab, "static_search")
+    if cfg.session_requests:
+        if not wcfg.session.enabled:
+            raise ConfigError("session_requests > 0 needs the world's session model: --set "
+                              "'world_overrides=[\"session.enabled=true\"]'")
+        t = time.perf_counter()
+        per_session = {a: simulate_arm_sessions(world, fn, cfg.session_requests, seed=wcfg.seed + STREAM_SESSIONS)
+                       for a, fn in session_pages.items()}
+        sab = compare_arms(per_session, SESSION_METRICS, cfg.n_boot, seed=wcfg.seed)
+        bench["sessions"] = {"n_sessions": cfg.session_requests, "arms": sab.metrics,
+                             "lifts": {a: {m: sab.lift(a, "production", m) for m in SESSION_METRICS}
+                                       for a in sab.metrics if a != "production"}}
+        timings["sessions"] = time.perf_counter() - t
+        bench["timings_s"]["sessions"] = round(timings["sessions"], 3)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(bench, indent=2))
