@@ -281,7 +281,7 @@ def test_composite_adds_lagrangian_guard_term() -> None:
     torch.testing.assert_close(base.guard, torch.zeros(1, 2))  # multipliers default to 0
     out = composite_reward(cfg, pages, preds={"click": click}, anchor_order=torch.tensor([[0]]),
                            guard_multipliers=torch.tensor([2.0]))
-    torch.testing.assert_close(out.guard, 2.0 * out.margins[..., 0])
+    torch.testing.assert_close(out.guard, 2.0 * out.prior.abs().mean() * out.margins[..., 0])
     torch.testing.assert_close(out.total, out.prior + out.guard)
     with pytest.raises(ValidationError, match="relative loss"):
         CompositeRewardConfig(guardrails={"click": 1.5})

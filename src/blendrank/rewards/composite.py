@@ -63,11 +63,11 @@ class CompositeRewardConfig(BaseConfig):
         description="Business guard rails on predicted page metrics against the anchor (production) pages: metric -> "
         "largest allowed relative loss of its batch total (part of R_rule: a_rule=0 drops them), e.g. {'click': 0.005, 'order/click': 0.005} (CTR and CVR). "
         "A metric is a R_prior term ('click', 'order', 'order*price') or a ratio 'num/den' of two. Enforced as "
-        "aggregate constraints with Lagrange multipliers (reward += lambda * margin), so single requests may trade.",
+        "aggregate constraints with Lagrange multipliers (reward += lambda * mean|reward| * margin), so single requests may trade.",
     )
-    guardrail_lr: float = Field(2.0, gt=0, description="Dual-ascent step of the guard-rail multipliers per Stage-2 step "
+    guardrail_lr: float = Field(5.0, gt=0, description="Dual-ascent step of the guard-rail multipliers per Stage-2 step "
                                 "(lambda <- max(0, lambda - lr * mean margin of the policy's mean weights)).")
-    guardrail_max: float = Field(50.0, gt=0, description="Cap on each guard-rail multiplier.")
+    guardrail_max: float = Field(100.0, gt=0, description="Cap on each (unit-free) guard-rail multiplier.")
     normalize: Literal["none", "per_component_batch_std"] = Field(
         "none",
         description="'none': sum raw components; 'per_component_batch_std': divide each component by its std over the batch (N*G) before the weighted sum (normalize_then_sum).",
@@ -99,7 +99,7 @@ class RewardOutput:
         post: raw ``R_post`` (zeros when off).
         prior: raw ``R_prior`` (zeros when off).
         rule: raw ``R_rule`` penalty, >= 0 (zeros when off).
-        guard: guard-rail Lagrangian term ``sum_m lambda_m * margin_m`` (zeros without guard rails).
+        guard: guard-rail Lagrangian term ``mean|R| * sum_m lambda_m * margin_m`` (zeros without guard rails).
         margins: ``[N, G, M]`` guard-rail margins (``M = 0`` without guard rails).
     """
 
@@ -212,8 +212,6 @@ def composite_reward(
         disc = position_discount(config.k, config.prior_discount).to(order.device)
         margins = guardrail_margins(order, anchor_order, preds, price, config.active_guardrails, disc,
                                     price_scale=config.price_scale, mask=mask).to(dtype)
-        if guard_multipliers is not None:
-            guard = (margins * guard_multipliers.to(dtype)).sum(-1)
 
     def scaled(x: Tensor) -> Tensor:
         if config.normalize == "none" or x.numel() < 2:
@@ -227,4 +225,9 @@ def composite_reward(
         total = total + config.a_prior * scaled(prior)
     if config.a_rule > 0:
         total = total - config.a_rule * scaled(rule)
+    if config.active_guardrails and guard_multipliers is not None:
+        # Multipliers are unit-free: lambda = 1 prices a 1% shortfall of a guarded metric at 1% of
+        # the batch's mean |reward|, whatever the reward's scale.
+        reward_scale = total.abs().mean().clamp_min(1e-6)
+        guard = reward_scale * (margins * guard_multipliers.to(dtype)).sum(-1)
     return RewardOutput(total=total + guard, post=post, prior=prior, rule=rule, guard=guard, margins=margins)
