@@ -63,13 +63,12 @@ def check_finite(loss: torch.Tensor | float, params: Iterable[torch.nn.Parameter
 
 
 def _non_finite_path(obj: Any, path: str = "") -> str | None:
-    """Dotted path of the first floating tensor / array / float holding a NaN or inf, else None."""
+    """Dotted path of the first floating tensor / array holding a NaN or inf, else None (plain
+    floats may legitimately be inf, e.g. "best loss so far" before the first epoch)."""
     if isinstance(obj, torch.Tensor):
         return path if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
     if isinstance(obj, np.ndarray):
         return path if obj.dtype.kind == "f" and not np.isfinite(obj).all() else None
-    if isinstance(obj, float):
-        return path if not np.isfinite(obj) else None
     if isinstance(obj, Mapping):
         items: Iterable[tuple[Any, Any]] = obj.items()
     elif isinstance(obj, (list, tuple)):
@@ -167,9 +166,7 @@ class Checkpointer:
         :class:`NonFiniteError` (writing nothing) when any tensor in it is NaN/inf."""
         if self.directory is None:
             return
-        bad = _non_finite_path(state.get("model"))  or _non_finite_path(state.get("optimizer"))
-        if bad is None:
-            bad = _non_finite_path({k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")})
+        bad = _non_finite_path({k: v for k, v in state.items() if k != "rng"})
         if bad is not None:
             raise NonFiniteError(f"{self.trainer}: refusing to write a checkpoint with a non-finite value at {bad}; "
                                  f"the previous checkpoint ({self.path}) is kept")
