@@ -453,7 +453,7 @@ def fit_mtl(
     valid_src = None if valid is None else _source("valid", valid)
     schema_file = config.features or (Path(features_file) if features_file else None)
     device = _device(config)
-    say = log or (lambda _msg: None)
+    say = (log if dist.is_main() else None) or (lambda _msg: None)  # rank 0 reports
 
     with torch.random.fork_rng(devices=[]), _threads(config.threads):
         torch.manual_seed(config.seed)
@@ -721,8 +721,7 @@ def fit_mtl(
                     msg += f", valid loss {record['valid_loss']:.4f}" + (
                         " *" if record["best"] else ""
                     )
-                if dist.is_main():
-                    say(msg + f" ({seen / max(seconds, 1e-9):,.0f} impressions/s)")
+                say(msg + f" ({seen / max(seconds, 1e-9):,.0f} impressions/s)")
                 if valid_src is not None and record["best"] and checkpoint_dir is not None and dist.is_main():
                     predictor.save(checkpoint_dir)
                 stop = valid_src is not None and bad_epochs >= config.patience
@@ -868,10 +867,15 @@ def train_mtl(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = True,
 ) -> tuple[MTLPredictor, dict[str, Any]]:
     """``blendrank mtl train``: resolve the splits of ``data``, fit with early stopping on the
     validation split (best model checkpointed into ``out_dir``), evaluate on the test split and
-    write ``out_dir/metrics.json``. Returns the predictor and the metrics."""
+    write ``out_dir/metrics.json``. Returns the predictor and the metrics.
+
+    Resumable (``out_dir/checkpoint.pt``, see :func:`fit_mtl`). Under ``torchrun`` every rank
+    trains; rank 0 alone evaluates and writes (other ranks return empty metrics)."""
     config = config or MTLConfig()
     splits: DataSplits = resolve_data(data, config.split)
     out_dir = Path(out_dir)
@@ -883,7 +887,11 @@ def train_mtl(
         checkpoint_dir=out_dir,
         progress=progress,
         log=log,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
+    if not dist.is_main():
+        return predictor, {}
     t0 = time.perf_counter()
     test = evaluate_mtl(predictor, splits.test)
     as_shown = (
