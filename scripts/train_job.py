@@ -46,6 +46,21 @@ def _hang_after(k: int) -> None:
     Checkpointer.save = hanging  # type: ignore[method-assign]
 
 
+RESUMED: list[bool] = []
+
+
+def _record_resume() -> None:
+    """Note whether the trainer found a checkpoint to continue from (reported in result.json)."""
+    load = Checkpointer.load
+
+    def recording(self: Checkpointer) -> dict[str, Any] | None:
+        state = load(self)
+        RESUMED.append(state is not None)
+        return state
+
+    Checkpointer.load = recording  # type: ignore[method-assign]
+
+
 def _params(module: torch.nn.Module) -> dict[str, list]:
     return {k: v.detach().float().reshape(-1).tolist() for k, v in module.state_dict().items()
             if v.is_floating_point()}
@@ -114,9 +129,10 @@ def main() -> None:
     _rank, world = dist.init_from_env()
     if args.hang_after_checkpoint:
         _hang_after(args.hang_after_checkpoint)
+    _record_resume()
     t = time.perf_counter()
     result = run(args)
-    result.update(world_size=world, seconds=time.perf_counter() - t)
+    result.update(world_size=world, seconds=time.perf_counter() - t, resumed=any(RESUMED))
     if dist.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "result.json").write_text(json.dumps(result))
