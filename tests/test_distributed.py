@@ -65,3 +65,16 @@ def test_two_processes_match_one(tmp_path: Path, world_log: Path, trainer: str):
     _compare(a, b, atol=1e-4)
     if trainer == "mtl":
         assert a["rows"] == b["rows"] > 0 and a["valid"] == pytest.approx(b["valid"], abs=1e-5)
+
+
+def test_parallel_world_generation_writes_the_serial_files(tmp_path: Path):
+    from blendrank.worlds.generate import generate_world
+    from blendrank.worlds.presets import world_config
+
+    cfg = world_config("quick", overrides=["n_items=200", "n_users=100", "candidates=10", "page_size=4"])
+    generate_world(cfg, 500, tmp_path / "serial", shard_requests=100, eval_requests=0)
+    generate_world(cfg, 500, tmp_path / "parallel", shard_requests=100, eval_requests=0, workers=2)
+    serial = sorted((tmp_path / "serial" / "logs").iterdir())
+    parallel = sorted((tmp_path / "parallel" / "logs").iterdir())
+    assert [p.name for p in serial] == [p.name for p in parallel] and len(serial) == 5
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(serial, parallel))
