@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         splits = resolve_data(args.data, cfg.split)
         pred = fit_mtl(splits.train, splits.valid, cfg, progress=False, lanes=args.lanes, **ckpt)
         return {"losses": [h["train_loss"] for h in pred.history], "valid": [h["valid_loss"] for h in pred.history],
-                "rows": pred.training["rows"], "params": _params(pred.model)}
+                "rows": pred.training["rows"], "params": _params(pred.model),
+                "throughput": pred.training["impressions_per_s"], "throughput_unit": "training impressions/s"}
     if args.trainer in ("grade", "ltr"):
         from blendrank.algos.grade.config import GRADEConfig
         from blendrank.algos.grade.trainer import fit_grade
@@ -91,11 +92,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "stage2": {"steps": 0 if args.trainer == "ltr" else args.steps, "batch_size": args.batch,
                         "num_generations": 8, "num_iterations": 2},
              "reward": {"a_prior": 0.0, "k": 4, "post_objective_weights": {"click": 1.0, "order": 1.0}}}, args.set))
-        pol = fit_grade(two_type_log(args.requests), cfg, **ckpt)
+        if args.data is not None:
+            from blendrank.algos.grade.data import FusionSpec
+            from blendrank.data.io import read_raw
+
+            table = read_raw(args.data)
+            spec = FusionSpec.fit(table)
+        else:
+            table, spec = two_type_log(args.requests), None
+        pol = fit_grade(table, cfg, spec=spec, **ckpt)
         s1 = [r["lambda_loss"] for r in pol.history if "lambda_loss" in r]
         s2 = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
+        secs = {r["stage"]: r["seconds"] for r in pol.history if "seconds" in r and "step" not in r}
+        s2_rate = [r["requests_per_s"] for r in pol.history if "requests_per_s" in r]
         return {"losses": s1 + [r["loss"] for r in s2], "rewards": [r["reward"] for r in s2],
-                "params": _params(pol.policy)}
+                "params": _params(pol.policy), "stage_seconds": secs,
+                "throughput": s2_rate[-1] if s2_rate else None, "throughput_unit": "Stage-2 requests/s"}
     if args.trainer == "integrated_rl":
         from blendrank.algos.integrated_rl import IntegratedRLConfig, fit_integrated_rl
         from blendrank.worlds.marketplace import MarketplaceWorld
@@ -115,7 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trainer", required=True, choices=["mtl", "ltr", "grade", "integrated_rl"])
     ap.add_argument("--out", required=True, type=Path, help="output directory (result.json, checkpoint.pt)")
-    ap.add_argument("--data", type=Path, help="Parquet log (mtl)")
+    ap.add_argument("--data", type=Path, help="Parquet log (mtl; grade/ltr: instead of the synthetic log)")
     ap.add_argument("--requests", type=int, default=300, help="synthetic requests (grade, ltr) / 5x sessions (integrated_rl)")
     ap.add_argument("--epochs", type=int, default=2, help="MTL epochs / Stage-1 epochs")
     ap.add_argument("--steps", type=int, default=4, help="Stage-2 steps / IntegratedRL steps per round")
@@ -132,7 +144,10 @@ def main() -> None:
     _record_resume()
     t = time.perf_counter()
     result = run(args)
-    result.update(world_size=world, seconds=time.perf_counter() - t, resumed=any(RESUMED))
+    import resource
+
+    result.update(world_size=world, seconds=time.perf_counter() - t, resumed=any(RESUMED),
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if dist.is_main():
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "result.json").write_text(json.dumps(result))

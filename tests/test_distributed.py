@@ -54,12 +54,16 @@ def _compare(a: dict, b: dict, atol: float) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("trainer", ["mtl", "grade", "integrated_rl"])
-def test_two_processes_match_one(tmp_path: Path, world_log: Path, trainer: str):
+@pytest.mark.parametrize("trainer, extra", [
+    ("mtl", []), ("grade", []), ("integrated_rl", []),
+    # Gaussian ablation: the concentration head is unused and log_std is used only in the loss
+    ("grade", ["--epochs", "0", "--set", "policy.exploration=gaussian_logits"]),
+], ids=["mtl", "grade", "integrated_rl", "grade_gaussian"])
+def test_two_processes_match_one(tmp_path: Path, world_log: Path, trainer: str, extra: list[str]):
     """MTL: 2 data lanes in both runs (the 1-process run plays both lanes); GRADE: Stage 1
     (LambdaLoss) then Stage 2 (GRPO); IntegratedRL: critics and actor."""
     common = ["--trainer", trainer, "--data", str(world_log / "logs"), "--lanes", "2", "--steps", "4",
-              "--batch", "256" if trainer == "mtl" else "96"]
+              "--batch", "256" if trainer == "mtl" else "96", *extra]
     a = run_job([*common, "--out", str(tmp_path / "one")])
     b = run_job([*common, "--out", str(tmp_path / "two")], nproc=2)
     _compare(a, b, atol=1e-4)

@@ -11,7 +11,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,11 @@ class _MeanWeights(nn.Module):
 
 
 class _GRPOObjective(nn.Module):
-    """Stage-2 loss of one inner iteration as a module (for DDP): returns the GRPO output and the
-    policy heads ``(z [N, K], kappa [N])``."""
+    """Stage-2 loss of one inner iteration as a module (for DDP): returns the loss, then the
+    detached GRPO output and policy heads ``(z [N, K], kappa [N])`` for logging. Only the loss
+    may carry a graph: DDP marks parameters reachable from any output as used, and e.g. the
+    concentration head is reachable from ``kappa`` but not from the loss of the Gaussian
+    ablations."""
 
     def __init__(self, policy: DirichletPolicy, cfg: GRADEConfig):
         super().__init__()
@@ -157,7 +160,8 @@ class _GRPOObjective(nn.Module):
         ent = policy.entropy(z, kappa) if s2.entropy_coef > 0 else None
         out = grpo_loss(logp, logp_old, adv, epsilon=s2.epsilon, epsilon_high=s2.epsilon_high, beta=s2.beta,
                         kl=kl, entropy=ent, entropy_coef=s2.entropy_coef)
-        return out, z, kappa
+        detached = replace(out, **{f.name: getattr(out, f.name).detach() for f in fields(out)})
+        return out.loss, detached, z.detach(), kappa.detach()
 
 
 def _informative(labels: dict[str, torch.Tensor], mask: torch.Tensor, names: list[str]) -> torch.Tensor:
@@ -294,9 +298,9 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             adv = adv.chunk(world)[rank]
             logp_ref = ref.log_prob(z_ref, k_ref, actions) if s2.beta > 0 and s2.kl_estimator == "k3" else None
         for it in range(s2.num_iterations):
-            out, z, kappa = objective(b, actions, logp_old, adv, z_ref, k_ref, logp_ref)
+            loss, out, z, kappa = objective(b, actions, logp_old, adv, z_ref, k_ref, logp_ref)
             opt.zero_grad()
-            out.loss.backward()  # DDP: equal shards, so the mean of shard gradients = global gradient
+            loss.backward()  # DDP: equal shards, so the mean of shard gradients = global gradient
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), s2.max_grad_norm)
             check_finite(dist.all_reduce_mean(out.loss.detach().clone()), policy.parameters(),
                          f"GRADE stage 2 step {step} (iteration {it}, requests {idx_all[:4].tolist()}...)", norm=norm)
