@@ -67,8 +67,8 @@ def _params(module: torch.nn.Module) -> dict[str, list]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    ckpt = dict(checkpoint_dir=args.out if args.checkpoint_every else None,
-                checkpoint_every=args.checkpoint_every or 1)
+    ckpt = {"checkpoint_dir": args.out if args.checkpoint_every else None,
+            "checkpoint_every": args.checkpoint_every or 1}
     if args.trainer == "mtl":
         from blendrank.mtl.config import MTLConfig
         from blendrank.mtl.data import resolve_data

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from jobs import run_job
 
 from blendrank import distributed as dist
 from blendrank.data.io import iter_record_batches
-from jobs import run_job
 
 
 def test_helpers_are_no_ops_in_a_single_process(monkeypatch):
@@ -40,7 +40,7 @@ def test_parts_hold_every_row_once(tmp_path: Path, world_log: Path, row_group_ro
              for v in zip(rb["request_id"].to_pylist(), rb["item_id"].to_pylist())]
     parts = [[v for rb in iter_record_batches(local, ["request_id", "item_id"], 300, part=(j, 3))
               for v in zip(rb["request_id"].to_pylist(), rb["item_id"].to_pylist())] for j in range(3)]
-    assert all(parts) and sorted(sum(parts, [])) == sorted(whole)
+    assert all(parts) and sorted(v for part in parts for v in part) == sorted(whole)
 
 
 def _compare(a: dict, b: dict, atol: float) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from jobs import ROOT, job_cmd, job_env, run_job
 
 # trainer, extra args, checkpoint every N steps, kill after the K-th checkpoint (where that is)

@@ -38,8 +38,9 @@ def is_main() -> bool:
 
 
 def default_backend() -> str:
-    """``$BLENDRANK_DIST_BACKEND``, else NCCL when CUDA is available, else gloo (CPU)."""
-    return os.environ.get("BLENDRANK_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    """``$BLENDRANK_DIST_BACKEND``, else gloo. Set ``nccl`` for GPU training (MTL with
+    ``device: cuda``); GRADE and IntegratedRL keep their tensors on the CPU and need gloo."""
+    return os.environ.get("BLENDRANK_DIST_BACKEND") or "gloo"
 
 
 def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> tuple[int, int]:
@@ -57,8 +58,8 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> tuple
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE>1 but this PyTorch build has no torch.distributed")
     backend = backend or default_backend()
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available():  # one GPU per process on each machine
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
 
@@ -107,7 +108,7 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool) -> bool:
     """True when ``flag`` is true on at least one rank (every rank gets the same answer)."""
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device())
     return bool(all_reduce_sum(t).item() > 0)
 
 

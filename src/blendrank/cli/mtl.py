@@ -87,6 +87,11 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines."),
     resume: bool = ResumeOption,
     checkpoint_every: int = checkpoint_every_option(500),
+    lanes: int | None = typer.Option(
+        None, "--lanes", min=1,
+        help="Data lanes (default: the number of processes). Runs with the same lanes train "
+        "identically whatever the number of processes (a multiple of it).",
+    ),
 ) -> None:
     """Train an MTL model with early stopping on validation loss; write the best model and
     test metrics (per-task AUC and GAUC) to --out.
@@ -97,15 +102,14 @@ def train(
 
     dist.init_from_env()
     try:
-        _train(data, out_dir, model, config, set_, seed, quiet, resume, checkpoint_every)
+        _train(data, out_dir, model, config, set_, seed, quiet, resume, checkpoint_every, lanes)
     finally:
         dist.destroy()
 
 
 def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, set_: list[str] | None,
-           seed: int | None, quiet: bool, resume: bool, checkpoint_every: int) -> None:
+           seed: int | None, quiet: bool, resume: bool, checkpoint_every: int, lanes: int | None) -> None:
     from blendrank import distributed as dist
-
     from blendrank.config import load_config
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
     from blendrank.mtl.train import METRICS_FILE, train_mtl
@@ -119,7 +123,9 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
         overrides.append(f"seed={seed}")
     cfg = load_config(MTLConfig, config, overrides + list(set_ or []))
     log = None if quiet else (lambda msg: out.print(msg, highlight=False))
-    _, metrics = train_mtl(data, out_dir, cfg, log=log, checkpoint_every=checkpoint_every, resume=resume)
+    _, metrics = train_mtl(
+        data, out_dir, cfg, log=log, checkpoint_every=checkpoint_every, resume=resume, lanes=lanes
+    )
     if not dist.is_main():
         return
     tr = metrics["training"]

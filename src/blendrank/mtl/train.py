@@ -340,10 +340,14 @@ def _resolve_objectives(columns: Sequence[str], config: MTLConfig) -> list[str]:
 
 def _device(config: MTLConfig) -> torch.device:
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.device == "cuda" and not torch.cuda.is_available():
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda requested but no CUDA device is available")
-    return torch.device(config.device)
+    else:
+        dev = torch.device(config.device)
+    if dev.type == "cuda" and dev.index is None:  # under torchrun: this process's GPU (LOCAL_RANK)
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 @contextlib.contextmanager
@@ -869,6 +873,7 @@ def train_mtl(
     log: Callable[[str], None] | None = None,
     checkpoint_every: int = 500,
     resume: bool = True,
+    lanes: int | None = None,
 ) -> tuple[MTLPredictor, dict[str, Any]]:
     """``blendrank mtl train``: resolve the splits of ``data``, fit with early stopping on the
     validation split (best model checkpointed into ``out_dir``), evaluate on the test split and
@@ -889,6 +894,7 @@ def train_mtl(
         log=log,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        lanes=lanes,
     )
     if not dist.is_main():
         return predictor, {}

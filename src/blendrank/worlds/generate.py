@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from blendrank.worlds.logging_policy import shard_sizes, write_logs, write_shard, write_world_state
 from blendrank.errors import ConfigError
+from blendrank.worlds.logging_policy import shard_sizes, write_logs, write_shard, write_world_state
 from blendrank.worlds.marketplace import MarketplaceConfig, MarketplaceWorld
 from blendrank.worlds.oracle import headroom
 

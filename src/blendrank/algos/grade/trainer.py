@@ -21,9 +21,15 @@ import torch
 from torch import nn
 
 from blendrank import distributed as dist
-from blendrank.checkpoint import Checkpointer, NonFiniteError, check_finite, fingerprint, rng_state, set_rng_state
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
+from blendrank.checkpoint import (
+    Checkpointer,
+    check_finite,
+    fingerprint,
+    rng_state,
+    set_rng_state,
+)
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.formulas import fuse, top_k
@@ -92,9 +98,6 @@ def make_policy(cfg: GRADEConfig, cardinalities: list[int], n_numeric: int, n_st
                            kappa_min=p.kappa_min, kappa_init=p.kappa_init, exploration=p.exploration,
                            fixed_kappa=p.fixed_kappa, gaussian_std_init=p.gaussian_std_init,
                            mean_floor=p.mean_floor)
-
-
-__all__ = ["GradePolicy", "NonFiniteError", "fit_grade", "make_policy", "train_stage1", "train_stage2"]
 
 
 @dataclass

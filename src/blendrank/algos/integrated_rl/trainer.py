@@ -189,7 +189,7 @@ def fit_integrated_rl(world: MarketplaceWorld, cfg: IntegratedRLConfig | None = 
     ``checkpoint_every`` gradient steps and after each round; ``resume`` continues from it."""
     cfg = cfg or IntegratedRLConfig()
     say = log or (lambda s: None)
-    log = lambda s: say(s) if dist.is_main() else None  # noqa: E731 (rank 0 reports)
+    log = lambda s: say(s) if dist.is_main() else None
     ckpt = None if checkpoint_dir is None else Checkpointer(
         checkpoint_dir, "integrated_rl", fingerprint({"config": cfg.model_dump(mode="json"),
                                                       "world": world.config.model_dump(mode="json")}),
