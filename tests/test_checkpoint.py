@@ -171,3 +171,19 @@ def test_nan_loss_in_mtl_names_step_and_batch(tmp_path: Path, monkeypatch: pytes
     state = _saved(tmp_path)
     assert state["step"] == 4 and state["batch"] == 4  # the last good step; step 4 never saved
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_cli_resume_flags(tmp_path: Path, world_log: Path):
+    """A stale checkpoint of another config in --out is a clear error; --no-resume starts over."""
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    Checkpointer(tmp_path, "mtl", "another-config").save(_state(1.0))
+    args = ["mtl", "train", "--data", str(world_log / "logs"), "--out", str(tmp_path), "--quiet",
+            "--set", "epochs=1", "--set", "expert_dims=[8]", "--set", "tower_dims=[4]", "--checkpoint-every", "5"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "checkpoint of another run" in res.output and "--no-resume" in res.output
+    res = CliRunner().invoke(app, [*args, "--no-resume"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "model.pt").is_file() and not (tmp_path / CHECKPOINT_FILE).exists()
