@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise SystemExit(f"unknown --trainer {args.trainer}")
 
 
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trainer", required=True, choices=["mtl", "ltr", "grade", "integrated_rl"])
     ap.add_argument("--out", required=True, type=Path, help="output directory (result.json, checkpoint.pt)")
@@ -136,7 +136,11 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: none)")
     ap.add_argument("--hang-after-checkpoint", type=int, default=0, help="block after the K-th checkpoint")
     ap.add_argument("--set", action="append", default=[], help="config override key=value")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main() -> None:
+    args = parse()
     torch.set_num_threads(1)
     _rank, world = dist.init_from_env()
     if args.hang_after_checkpoint:

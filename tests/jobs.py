@@ -28,6 +28,18 @@ def job_cmd(args: list[str], nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(JOB), *args]
 
 
+def run_inline(args: list[str]) -> dict[str, Any]:
+    """The 1-process job in this process (saves a Python start-up); same numbers as a subprocess
+    (one intra-op thread in both)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_job", JOB)
+    assert spec is not None and spec.loader is not None
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return {**job.run(job.parse(args)), "world_size": 1}
+
+
 def run_job(args: list[str], nproc: int = 1, timeout: float = 120) -> dict[str, Any]:
     """Run to completion and return ``<out>/result.json``."""
     r = subprocess.run(job_cmd(args, nproc), env=job_env(), cwd=ROOT, capture_output=True, text=True,

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from jobs import run_job
+from jobs import run_inline, run_job
 
 from blendrank import distributed as dist
 from blendrank.data.io import iter_record_batches
@@ -64,7 +64,7 @@ def test_two_processes_match_one(tmp_path: Path, world_log: Path, trainer: str, 
     (LambdaLoss) then Stage 2 (GRPO); IntegratedRL: critics and actor."""
     common = ["--trainer", trainer, "--data", str(world_log / "logs"), "--lanes", "2", "--steps", "4",
               "--batch", "256" if trainer == "mtl" else "96", *extra]
-    a = run_job([*common, "--out", str(tmp_path / "one")])
+    a = run_inline([*common, "--out", str(tmp_path / "one")])
     b = run_job([*common, "--out", str(tmp_path / "two")], nproc=2)
     _compare(a, b, atol=1e-4)
     if trainer == "mtl":

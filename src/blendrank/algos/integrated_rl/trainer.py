@@ -4,6 +4,7 @@ A/B value of the deterministic policy on a fixed held-out request set."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -148,7 +149,7 @@ class Learner:
         self.n_steps += 1
         if self.n_steps % cfg.actor_every == 0:
             a = self.actor_ddp(b["state"])
-            with self.critic_ddp.no_sync() if dist.is_distributed() else _nullcontext():  # critic grads unused here
+            with self.critic_ddp.no_sync() if dist.is_distributed() else contextlib.nullcontext():  # critic grads unused here
                 q_pi = self.critic_ddp(b["state"], self._scaled(a))
             mean, std = ensemble_stats(q_pi)
             obj = (self.group_w[:, None] * mean).sum(0)
@@ -169,12 +170,6 @@ class Learner:
         return out
 
 
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def _transitions_state(data: Transitions) -> dict[str, torch.Tensor]:
     return {f: torch.from_numpy(np.ascontiguousarray(getattr(data, f))) for f in Transitions.__dataclass_fields__}
 
@@ -188,8 +183,7 @@ def fit_integrated_rl(world: MarketplaceWorld, cfg: IntegratedRLConfig | None = 
     of every batch (DDP). With ``checkpoint_dir`` a checkpoint is written every
     ``checkpoint_every`` gradient steps and after each round; ``resume`` continues from it."""
     cfg = cfg or IntegratedRLConfig()
-    say = log or (lambda s: None)
-    log = lambda s: say(s) if dist.is_main() else None
+    log = (log or (lambda s: None)) if dist.is_main() else (lambda s: None)  # rank 0 reports
     ckpt = None if checkpoint_dir is None else Checkpointer(
         checkpoint_dir, "integrated_rl", fingerprint({"config": cfg.model_dump(mode="json"),
                                                       "world": world.config.model_dump(mode="json")}),
