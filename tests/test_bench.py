@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from blendrank.cli.main import app
@@ -20,7 +21,8 @@ SMALL_WORLD = ["n_items=400", "n_users=300", "candidates=20", "page_size=5"]
 
 
 def small_bench(tmp_path, **kw) -> dict:
-    cfg = BenchConfig(preset="quick", world_overrides=SMALL_WORLD, eval_requests=600, valid_requests=400, n_boot=200,
+    kw = {"predictor": "world", "guardrails": {}, "world_overrides": SMALL_WORLD, **kw}  # fast, unconstrained unless asked
+    cfg = BenchConfig(preset="quick", eval_requests=600, valid_requests=400, n_boot=200,
                       oracle_grid_points=60, oracle_refine=8, static_search={"budget": 80}, **kw)
     return run_world_bench(cfg, tmp_path, log=lambda s: None)
 
@@ -132,3 +134,47 @@ def test_world_bench_with_mtl_predictions(tmp_path):
     assert b["predictor"] == "mtl" and "mtl" in b["timings_s"]
     assert all(np.isfinite(b["arms"][a]["value"]) for a in ("production", "static_search", "grade"))
     assert "true_value" in b["learning_curves"]["grade"][0]
+
+
+def test_guardrails_constrain_static_search_and_reach_grade(tmp_path):
+    free = small_bench(tmp_path / "free", methods=["production", "static_search"])
+    guarded = small_bench(tmp_path / "g", methods=["production", "static_search", "grade"], log_requests=400,
+                          guardrails={"ctr": 0.0, "opm": 0.0},
+                          grade={"stage1": {"epochs": 1}, "stage2": {"steps": 3}}, probe_requests=0)
+    assert guarded["bench_config"]["guardrails"] == {"ctr": 0.0, "opm": 0.0}
+    # Unconstrained, the value-maximising vector gives up clicks or orders; constrained, it must
+    # keep them (on the validation requests; the eval set is another sample, so allow noise).
+    lifts = guarded["lifts"]["static_search"]
+    assert lifts["ctr"]["rel"] > -0.01 and lifts["opm"]["rel"] > -0.01
+    assert free["arms"]["static_search"]["value"] >= guarded["arms"]["static_search"]["value"] - 1e-9
+    assert any("guard/click/lambda" in r for r in guarded["learning_curves"]["grade"])
+
+
+def test_session_ab_runs_whole_sessions_with_common_random_numbers(tmp_path):
+    from blendrank.eval.sessions import simulate_arm_sessions
+
+    world = MarketplaceWorld(world_config("quick", overrides=[*SMALL_WORLD, "session.enabled=true"]))
+    prod = torch.from_numpy(world.production_weights()).float()
+    same = lambda req, ctx: world.rank(world.fusion_inputs(req), prod)  # noqa: E731
+    a = simulate_arm_sessions(world, same, 300, seed=1)
+    b = simulate_arm_sessions(world, same, 300, seed=1)
+    for k in a:  # the same arm twice: identical sessions, so every paired lift is exactly 0
+        np.testing.assert_array_equal(a[k], b[k])
+    assert a["length"].min() >= 1 and a["length"].max() <= world.config.session.max_length
+    assert a["length"].mean() > 1.2  # the session model keeps some users
+    # A page of the worst candidates loses value and clicks, and so session length too.
+    worst = lambda req, ctx: world.rank(-world.fusion_inputs(req), prod)  # noqa: E731
+    bad = simulate_arm_sessions(world, worst, 300, seed=1)
+    assert bad["value"].mean() < a["value"].mean() and bad["length"].mean() < a["length"].mean()
+
+
+def test_world_bench_reports_the_session_ab(tmp_path):
+    b = small_bench(tmp_path, methods=["production", "static_search", "segment_oracle", "true_score"],
+                    world_overrides=[*SMALL_WORLD, "session.enabled=true"], session_requests=200)
+    s = b["sessions"]
+    assert set(s["arms"]) == {"production", "static_search", "segment_oracle", "true_score"}
+    assert s["arms"]["true_score"]["session_value"] > s["arms"]["production"]["session_value"]
+    lift = s["lifts"]["true_score"]["session_value"]
+    assert lift["ci95"][0] <= lift["rel"] <= lift["ci95"][1]
+    with pytest.raises(Exception, match="session.enabled"):
+        small_bench(tmp_path / "x", methods=["production"], session_requests=10)

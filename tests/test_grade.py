@@ -108,3 +108,27 @@ def test_train_cli_trains_and_saves_grade_and_static_search(tmp_path):
     r = runner.invoke(app, ["train", "--method", "grade", "--data", str(log), "--out", str(tmp_path / "x"),
                             "--set", "stage2.stepz=3"])
     assert r.exit_code == 1 and "stepz" in r.output
+
+
+def _predicted_clicks(pol, table, weights=None):
+    from blendrank.fusion.formulas import fuse, top_k
+
+    batch = pol.batch(table)
+    w = pol.weights(batch) if weights is None else torch.tensor(weights).expand(len(batch), -1)
+    page, _ = top_k(fuse(batch.features, w.unsqueeze(1)), batch.mask, 2)
+    return batch.inputs[..., 0].gather(1, page[:, 0]).sum().item()
+
+
+def test_guardrail_keeps_predicted_clicks_while_prior_pulls_to_orders():
+    """R_prior values orders only; production ranks by pred_click. Unconstrained, GRADE gives up
+    clicks; with a click guard rail (Lagrange multiplier) it keeps them within tolerance."""
+    table = two_type_log(400)
+    common = ["stage1.epochs=0", "stage2.steps=80", "reward.a_post=0", "reward.a_prior=1", "reward.k=2",
+              "reward.prior_coefs={order: 1.0}"]
+    anchor = [0.9, 0.1]
+    free = fit_grade(table, cfg(*common), anchor=anchor)
+    guarded = fit_grade(table, cfg(*common, "reward.guardrails={click: 0.02}"), anchor=anchor)
+    base = _predicted_clicks(free, table, anchor)
+    assert _predicted_clicks(free, table) < 0.9 * base  # the prior alone trades clicks away
+    assert _predicted_clicks(guarded, table) > 0.95 * base
+    assert any(r.get("guard/click/lambda", 0) > 0 for r in guarded.history)

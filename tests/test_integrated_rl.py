@@ -128,7 +128,7 @@ def test_short_progressive_run(world):
 def test_bench_arm(tmp_path):
     from blendrank.eval.bench import BenchConfig, run_world_bench
 
-    cfg = BenchConfig(preset="quick", world_overrides=TINY, methods=["production", "integrated_rl"], eval_requests=50,
+    cfg = BenchConfig(preset="quick", world_overrides=TINY, methods=["production", "integrated_rl"], eval_requests=50, predictor="world",
                       n_boot=100, integrated_rl=IntegratedRLConfig(rounds=1, sessions_per_round=40, steps_per_round=5,
                                                                    eval_requests=20))
     bench = run_world_bench(cfg, tmp_path, log=lambda s: None)

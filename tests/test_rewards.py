@@ -246,3 +246,48 @@ def test_composite_config_is_strict_and_documented() -> None:
         CompositeRewardConfig(post_objective_weights={"click": 0.0})
     cfg = CompositeRewardConfig(max_ratio=[(0, 1, 2.0)])
     assert CompositeRewardConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+# --------------------------------------------------------------------------- guard rails
+
+
+def test_guardrail_margins_hand_computed_and_aggregate_sign() -> None:
+    from blendrank.rewards.components import guardrail_margins
+
+    click = torch.tensor([[0.4, 0.1, 0.2], [0.3, 0.3, 0.0]])
+    order = torch.tensor([[0.1, 0.1, 0.0], [0.0, 0.2, 0.0]])
+    disc = torch.ones(1)  # page of one slot, no discount
+    anchor = torch.tensor([[0], [0]])  # clicks 0.4 + 0.3, orders 0.1 + 0.0
+    pages = torch.tensor([[[1], [2]], [[1], [2]]])  # [N=2, G=2, P=1]
+    m = guardrail_margins(pages, anchor, {"click": click, "order": order}, None, {"click": 0.1}, disc)
+    # (click(page) - 0.9 * click(anchor)) / mean click(anchor) = (x - 0.9 a) / 0.35
+    want = torch.tensor([[(0.1 - 0.36) / 0.35, (0.2 - 0.36) / 0.35], [(0.3 - 0.27) / 0.35, (0.0 - 0.27) / 0.35]])
+    torch.testing.assert_close(m[..., 0], want)
+    # CVR = total orders / total clicks; anchor ratio 0.1 / 0.7.
+    m = guardrail_margins(pages, anchor, {"click": click, "order": order}, None, {"order/click": 0.0}, disc)
+    r_a = 0.1 / 0.7
+    assert m[0, 0, 0].item() == pytest.approx((0.1 - r_a * 0.1) / 0.05)
+    # The mean margin is >= 0 exactly when the aggregate constraint holds.
+    for tol in (0.3, 0.5):  # page g=0 totals 0.4 clicks vs 0.7 for the anchor: holds at 0.5 only
+        m = guardrail_margins(pages, anchor, {"click": click}, None, {"click": tol}, disc)[:, 0, 0]
+        assert bool(m.mean() >= 0) == (0.4 >= (1 - tol) * 0.7)
+
+
+def test_composite_adds_lagrangian_guard_term() -> None:
+    click = torch.tensor([[0.4, 0.1, 0.2]])
+    cfg = CompositeRewardConfig(a_post=0, k=1, prior_coefs={"click": 1.0}, guardrails={"click": 0.0})
+    pages = torch.tensor([[[0], [1]]])
+    base = composite_reward(cfg, pages, preds={"click": click}, anchor_order=torch.tensor([[0]]))
+    torch.testing.assert_close(base.guard, torch.zeros(1, 2))  # multipliers default to 0
+    out = composite_reward(cfg, pages, preds={"click": click}, anchor_order=torch.tensor([[0]]),
+                           guard_multipliers=torch.tensor([2.0]))
+    torch.testing.assert_close(out.guard, 2.0 * out.margins[..., 0])
+    torch.testing.assert_close(out.total, out.prior + out.guard)
+    with pytest.raises(ValidationError, match="relative loss"):
+        CompositeRewardConfig(guardrails={"click": 1.5})
+
+
+def test_guardrails_belong_to_the_rule_component() -> None:
+    cfg = CompositeRewardConfig(a_rule=0, guardrails={"click": 0.0})
+    assert cfg.active_guardrails == {}
+    assert CompositeRewardConfig(guardrails={"click": 0.0}).active_guardrails == {"click": 0.0}

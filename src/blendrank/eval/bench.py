@@ -29,14 +29,18 @@ from blendrank.errors import ConfigError
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import fit_mtl
 from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
+from blendrank.eval.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
-from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_values
+from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_metrics, vector_values
 from blendrank.worlds.presets import world_config
 
-STREAM_VALID, STREAM_EVAL, STREAM_CRN = 3, 4, 5
+STREAM_VALID, STREAM_EVAL, STREAM_CRN, STREAM_SESSIONS = 3, 4, 5, 6
 WORLD_METHODS = ("production", "static_search", "integrated_rl", "segment_oracle", "oracle", "true_score")
 LEARNED_METHODS = ("ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
+#: Guard-railed A/B metric -> (numerator, denominator) page totals, and the R_prior terms they map to.
+GUARDED = {"ctr": ("clicks", None), "cvr": ("orders", "clicks"), "opm": ("orders", None), "gpm": ("gmv", None)}
+PRIOR_TERM = {"clicks": "click", "orders": "order", "gmv": "order*price"}
 
 
 class BenchConfig(BaseConfig):
@@ -58,10 +62,19 @@ class BenchConfig(BaseConfig):
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (progressive explore-then-train rounds in the world).")
     predictor: Literal["world", "mtl"] = Field(
-        "world", description="Predictions every arm fuses (but true_score): the world's simulated deployed predictor, "
-        "or an MTL model trained on the logs (integrated_rl always uses the world's).")
+        "mtl", description="Predictions every arm fuses (but true_score): an MTL model trained on the logs (the "
+        "deployed model), or the world's simulated deployed predictor (true logits + noise; faster). integrated_rl "
+        "always uses the world's.")
     mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
+    session_requests: int = Field(0, ge=0, description="Sessions per arm of the session-level A/B (whole sessions of the "
+                                  "same users under each arm; needs world_overrides session.enabled=true; 0 = off). "
+                                  "The oracle has no session arm.")
+    guardrails: dict[Literal["ctr", "cvr", "opm", "gpm"], float] = Field(
+        default_factory=lambda: {"ctr": 0.005, "cvr": 0.005, "opm": 0.0},
+        description="Business guard rails: A/B metric -> largest allowed relative loss against production, e.g. "
+        "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
+        "GRADE enforces them on its predicted pages (reward.guardrails). The oracles stay unconstrained.")
 
 
 Predict = Callable[[Requests], dict[str, np.ndarray]]
@@ -105,6 +118,27 @@ class WorldBatch:
         return vector_values(self.world, self.inputs, self.truth, weights)
 
 
+def _weights_pages(world: MarketplaceWorld, predict: Predict | None, w: np.ndarray) -> PageFn:
+    """Session-A/B pages of one global weight vector."""
+    w_t = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    return lambda req, ctx: world.rank(world.fusion_inputs(req, (predict or world.predictions)(req)), w_t)
+
+
+def _segment_pages(world: MarketplaceWorld, predict: Predict | None, best: np.ndarray) -> PageFn:
+    """Session-A/B pages of the segment oracle: its vector for each user's latent segment."""
+    return lambda req, ctx: world.rank(world.fusion_inputs(req, (predict or world.predictions)(req)),
+                                       torch.from_numpy(best[world.user_segment[req.user]].astype(np.float32)))
+
+
+def _policy_pages(world: MarketplaceWorld, predict: Predict | None, pol: Any) -> PageFn:
+    """Session-A/B pages of a learned per-request policy (GRADE, ltr) from what it sees at serving."""
+    def pages(req: Requests, ctx: np.ndarray) -> np.ndarray:
+        preds = (predict or world.predictions)(req)
+        w = pol.weights(pol.batch(_request_table(world, req, preds)))
+        return world.rank(world.fusion_inputs(req, preds), w)
+    return pages
+
+
 def _parse_methods(methods: list[str]) -> list[str]:
     unknown = [m for m in methods if m not in WORLD_METHODS + LEARNED_METHODS]
     if unknown:
@@ -137,6 +171,24 @@ def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
     return probe
 
 
+def _guarded_objective(valid: WorldBatch, prod: np.ndarray, guardrails: dict[str, float]) -> Callable[[np.ndarray], np.ndarray]:
+    """Mean value of ``[M, K]`` vectors on ``valid``, minus a steep penalty for every guard rail
+    they break relative to production (exact penalty method: feasible vectors keep their value)."""
+    base = {k: v.sum() for k, v in vector_metrics(valid.world, valid.inputs, valid.truth, prod[None]).items()}
+    scale = base["value"] / len(valid.req)
+
+    def ratio_of(totals: dict[str, np.ndarray], metric: str) -> np.ndarray:
+        num, den = GUARDED[metric]
+        return totals[num] / totals[den] if den else totals[num]
+
+    def objective(W: np.ndarray) -> np.ndarray:
+        totals = {k: v.sum(0) for k, v in vector_metrics(valid.world, valid.inputs, valid.truth, W).items()}
+        penalty = sum(np.maximum(0.0, (1 - tol) - ratio_of(totals, m) / ratio_of(base, m)) for m, tol in guardrails.items())
+        return totals["value"] / len(valid.req) - 100.0 * scale * penalty
+
+    return objective
+
+
 def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRADEConfig:
     """The bench's GRADE config for ``method`` (ltr, grade or grade:<variant>), with the prior
     reward set to the world's business value (the business states its own goal)."""
@@ -148,6 +200,9 @@ def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRA
     post = {k: w for k, w in {"click": v.click, "order": v.order, "gmv": v.gmv, **extras}.items() if w > 0}
     data["reward"]["post_objective_weights"] = post
     data["reward"]["post_gain"] = "linear"
+    for metric, tol in cfg.guardrails.items():
+        num, den = GUARDED[metric]
+        data["reward"]["guardrails"][PRIOR_TERM[num] + (f"/{PRIOR_TERM[den]}" if den else "")] = tol
     overrides = VARIANTS[method.split(":", 1)[1]] if ":" in method else []
     if method == "ltr":
         overrides = ["stage2.steps=0"]
@@ -174,33 +229,40 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
     curves: dict[str, list[dict[str, Any]]] = {}
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
+    session_pages: dict[str, PageFn] = {}  # arm -> pages(req, session ctx) for the session A/B
 
     for m in methods:
         t = time.perf_counter()
         if m == "production":
             weights[m] = np.broadcast_to(prod, (len(ev.req), K))
+            session_pages[m] = _weights_pages(world, predict, prod)
         elif m == "static_search":
             valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
-            res = search_weights(lambda W: valid.values(W).mean(0), K, ss)
+            objective = _guarded_objective(valid, prod, cfg.guardrails) if cfg.guardrails else (lambda W: valid.values(W).mean(0))
+            res = search_weights(objective, K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
+            session_pages[m] = _weights_pages(world, predict, res.best_weights)
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
         elif m in ("segment_oracle", "oracle"):
             grid = candidate_vectors(K, extra=prod, max_points=cfg.oracle_grid_points, seed=wcfg.seed)
             values = ev.values(grid)
             if m == "segment_oracle":
-                w = np.empty((len(ev.req), K))
+                best = np.tile(prod, (len(wcfg.segments), 1))  # [S, K]; segments absent from eval keep production
                 for s in np.unique(ev.segment):
-                    rows = ev.segment == s
-                    w[rows] = grid[values[rows].mean(0).argmax()]
+                    best[s] = grid[values[ev.segment == s].mean(0).argmax()]
+                w = best[ev.segment]
+                session_pages[m] = _segment_pages(world, predict, best)
             else:
                 w, _ = per_request_oracle(world, ev.inputs, ev.truth, values, grid, refine=cfg.oracle_refine, seed=wcfg.seed)
             weights[m] = w
         elif m == "true_score":
             pages[m] = world.true_score_page(ev.truth)
+            session_pages[m] = lambda req, ctx: world.true_score_page(world.truth(req))
         elif m == "integrated_rl":
             irl = fit_integrated_rl(world, cfg.integrated_rl, log=log)
             pages[m] = irl.pages(world, ev.req)
+            session_pages[m] = irl.session_pages(world)
             curves[m] = irl.history
         elif m in LEARNED_METHODS:
             if logs is None:
@@ -213,6 +275,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             spec = FusionSpec(objectives=wcfg.objectives, use_price=True, price_scale=world.price_scale)
             pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec, probe=probe)
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
+            session_pages[m] = _policy_pages(world, predict, pol)
             curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
         timings[m] = time.perf_counter() - t
         if m in weights:
@@ -249,6 +312,19 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     }
     if "static_search" in ab.metrics:
         bench["lifts_vs_static"] = lifts(ab, "static_search")
+    if cfg.session_requests:
+        if not wcfg.session.enabled:
+            raise ConfigError("session_requests > 0 needs the world's session model: --set "
+                              "'world_overrides=[\"session.enabled=true\"]'")
+        t = time.perf_counter()
+        per_session = {a: simulate_arm_sessions(world, fn, cfg.session_requests, seed=wcfg.seed + STREAM_SESSIONS)
+                       for a, fn in session_pages.items()}
+        sab = compare_arms(per_session, SESSION_METRICS, cfg.n_boot, seed=wcfg.seed)
+        bench["sessions"] = {"n_sessions": cfg.session_requests, "arms": sab.metrics,
+                             "lifts": {a: {m: sab.lift(a, "production", m) for m in SESSION_METRICS}
+                                       for a in sab.metrics if a != "production"}}
+        timings["sessions"] = time.perf_counter() - t
+        bench["timings_s"]["sessions"] = round(timings["sessions"], 3)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(bench, indent=2))

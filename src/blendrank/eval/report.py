@@ -603,6 +603,20 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
             sec.images.append((title, p))
         sections.append(sec)
 
+    if sessions := bench.get("sessions") or {}:
+        sec = _Section(
+            "Session A/B",
+            [
+                f"{sessions.get('n_sessions', '?')} whole sessions per arm, same users and common random "
+                "numbers; page value in expectation, session length realised. Lifts vs production with "
+                "95% paired-bootstrap CIs over sessions."
+            ],
+        )
+        sec.tables.append(_arms_table(sessions.get("arms") or {}, baseline))
+        data, metrics = _ci_section_data(sessions.get("lifts") or {}, "rel")
+        sec.tables.append(_ci_table(data, metrics, list(data), pct=True))
+        sections.append(sec)
+
     if share := bench.get("oracle_share") or {}:
         vals = {a: _num(v) for a, v in share.items()}
         sec = _Section(

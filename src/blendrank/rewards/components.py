@@ -22,6 +22,7 @@ RatioRules = Mapping[tuple[int, int], float] | Sequence[tuple[int, int, float]]
 __all__ = [
     "examination_ips_weights",
     "fit_position_bias",
+    "guardrail_margins",
     "page_value",
     "posterior_reward",
     "prior_reward",
@@ -314,3 +315,57 @@ def rule_penalty(
             a = a[:, None, :]
         out = out + torch.relu((w - a).abs().sum(-1) - trust_radius)
     return out
+
+
+def guardrail_margins(
+    order: Tensor,
+    anchor_order: Tensor,
+    preds: Mapping[str, Tensor],
+    price: Tensor | None,
+    guardrails: Mapping[str, float],
+    discount: Tensor,
+    *,
+    price_scale: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Per-request margins of business guard rails on predicted page metrics.
+
+    A guard rail ``"num": tol`` asks the batch total of the predicted metric ``num`` (a prior
+    term such as ``"click"`` or ``"order*price"``, position-discounted as in ``R_prior``) to stay
+    within ``tol`` (relative) of the anchor pages' total; ``"num/den": tol`` does the same for a
+    ratio of totals (``"order/click"`` is CVR). The margin of request ``n`` is normalised so that
+    its batch mean is ``>= 0`` exactly when the aggregate constraint holds::
+
+        margin[n, g] = (num(page[n, g]) - (1 - tol) * r_a * den(page[n, g])) / mean_n num(anchor[n])
+        r_a = sum_n num(anchor[n]) / sum_n den(anchor[n])        (den(.) := num(anchor[n]), r_a := 1 without a ratio)
+
+    so a Lagrangian reward ``sum_m lambda_m * margin_m`` lets some requests trade a guarded
+    metric for value while the total stays within bounds.
+
+    Args:
+        order: ``[N, G, P]`` pages to judge, best first.
+        anchor_order: ``[N, 1, P]`` or ``[N, P]`` pages of the anchor (production) weights.
+        preds, price, discount, price_scale, mask: as in :func:`prior_reward`.
+        guardrails: metric -> allowed relative loss ``tol`` in ``[0, 1)``.
+
+    Returns:
+        ``[N, G, M]`` margins, guard rails in ``guardrails`` order.
+    """
+    if anchor_order.dim() == 2:
+        anchor_order = anchor_order.unsqueeze(1)
+
+    def metric(pages: Tensor, term: str) -> Tensor:
+        return prior_reward(pages, preds, price, {term: 1.0}, discount, price_scale=price_scale, mask=mask)
+
+    out = []
+    for name, tol in guardrails.items():
+        num, _, den = name.partition("/")
+        num_a = metric(anchor_order, num)[:, 0]  # [N]
+        scale = num_a.mean().clamp_min(1e-12)
+        if den:
+            ratio_a = num_a.sum() / metric(anchor_order, den)[:, 0].sum().clamp_min(1e-12)
+            floor = (1.0 - tol) * ratio_a * metric(order, den)
+        else:
+            floor = (1.0 - tol) * num_a[:, None]
+        out.append((metric(order, num) - floor) / scale)
+    return torch.stack(out, dim=-1)

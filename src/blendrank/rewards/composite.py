@@ -18,6 +18,7 @@ from blendrank.config import BaseConfig
 from blendrank.fusion.formulas import position_discount
 from blendrank.rewards.components import (
     examination_ips_weights,
+    guardrail_margins,
     posterior_reward,
     prior_reward,
     rule_penalty,
@@ -57,16 +58,34 @@ class CompositeRewardConfig(BaseConfig):
     )
     anchor: list[float] | None = Field(None, description="Production weights [K], centre of the trust region (can also be passed per call).")
     trust_radius: float | None = Field(None, ge=0, description="L1 radius around the anchor; penalise the excess. None = no rule.")
+    guardrails: dict[str, float] = Field(
+        default_factory=dict,
+        description="Business guard rails on predicted page metrics against the anchor (production) pages: metric -> "
+        "largest allowed relative loss of its batch total (part of R_rule: a_rule=0 drops them), e.g. {'click': 0.005, 'order/click': 0.005} (CTR and CVR). "
+        "A metric is a R_prior term ('click', 'order', 'order*price') or a ratio 'num/den' of two. Enforced as "
+        "aggregate constraints with Lagrange multipliers (reward += lambda * margin), so single requests may trade.",
+    )
+    guardrail_lr: float = Field(2.0, gt=0, description="Dual-ascent step of the guard-rail multipliers per Stage-2 step "
+                                "(lambda <- max(0, lambda - lr * mean margin of the policy's mean weights)).")
+    guardrail_max: float = Field(50.0, gt=0, description="Cap on each guard-rail multiplier.")
     normalize: Literal["none", "per_component_batch_std"] = Field(
         "none",
         description="'none': sum raw components; 'per_component_batch_std': divide each component by its std over the batch (N*G) before the weighted sum (normalize_then_sum).",
     )
     normalize_eps: float = Field(1e-6, gt=0, description="Added to each component's batch std when normalising.")
 
+    @property
+    def active_guardrails(self) -> dict[str, float]:
+        """The guard rails in force: they are part of the rule component, so ``a_rule=0`` drops them."""
+        return dict(self.guardrails) if self.a_rule > 0 else {}
+
     @model_validator(mode="after")
     def _check(self) -> CompositeRewardConfig:
         if self.a_post > 0 and not any(v != 0 for v in self.post_objective_weights.values()):
             raise ValueError("a_post > 0 needs a non-zero post_objective_weights entry")
+        for name, tol in self.guardrails.items():
+            if not 0 <= tol < 1:
+                raise ValueError(f"guardrails[{name!r}] = {tol}: the allowed relative loss must be in [0, 1)")
         return self
 
 
@@ -80,12 +99,16 @@ class RewardOutput:
         post: raw ``R_post`` (zeros when off).
         prior: raw ``R_prior`` (zeros when off).
         rule: raw ``R_rule`` penalty, >= 0 (zeros when off).
+        guard: guard-rail Lagrangian term ``sum_m lambda_m * margin_m`` (zeros without guard rails).
+        margins: ``[N, G, M]`` guard-rail margins (``M = 0`` without guard rails).
     """
 
     total: Tensor
     post: Tensor
     prior: Tensor
     rule: Tensor
+    guard: Tensor
+    margins: Tensor
 
     def metrics(self) -> dict[str, float]:
         """Batch means for logging: ``reward``, ``reward_std``, ``rewards/<part>/mean``."""
@@ -95,6 +118,7 @@ class RewardOutput:
             "rewards/post/mean": float(self.post.mean()),
             "rewards/prior/mean": float(self.prior.mean()),
             "rewards/rule/mean": float(self.rule.mean()),
+            "rewards/guard/mean": float(self.guard.mean()),
         }
 
 
@@ -113,6 +137,8 @@ def composite_reward(
     anchor: Tensor | None = None,
     post_order: Tensor | None = None,
     post_mask: Tensor | None = None,
+    anchor_order: Tensor | None = None,
+    guard_multipliers: Tensor | None = None,
 ) -> RewardOutput:
     """Composite GRADE reward of ``G`` re-ranked pages per request.
 
@@ -134,6 +160,8 @@ def composite_reward(
         post_order: ``[N, G, P]`` page used by ``R_post`` instead of ``order`` — e.g. the
             re-ranking of the logged-shown candidates only, whose feedback is known.
         post_mask: ``[N, L]`` candidates ``R_post`` ranks (default ``mask``).
+        anchor_order: ``[N, P]`` pages of the anchor weights (needed with guard rails).
+        guard_multipliers: ``[M]`` Lagrange multipliers of ``config.guardrails`` (default 0).
 
     Returns:
         :class:`RewardOutput`.
@@ -176,6 +204,17 @@ def composite_reward(
                 anchor=centre, trust_radius=config.trust_radius,
             ).to(dtype)
 
+    margins = torch.zeros(n, g, 0, dtype=dtype, device=order.device)
+    guard = zeros
+    if config.active_guardrails:
+        if anchor_order is None or preds is None:
+            raise ValueError("guardrails need anchor_order and preds")
+        disc = position_discount(config.k, config.prior_discount).to(order.device)
+        margins = guardrail_margins(order, anchor_order, preds, price, config.active_guardrails, disc,
+                                    price_scale=config.price_scale, mask=mask).to(dtype)
+        if guard_multipliers is not None:
+            guard = (margins * guard_multipliers.to(dtype)).sum(-1)
+
     def scaled(x: Tensor) -> Tensor:
         if config.normalize == "none" or x.numel() < 2:
             return x
@@ -188,4 +227,4 @@ def composite_reward(
         total = total + config.a_prior * scaled(prior)
     if config.a_rule > 0:
         total = total - config.a_rule * scaled(rule)
-    return RewardOutput(total=total, post=post, prior=prior, rule=rule)
+    return RewardOutput(total=total + guard, post=post, prior=prior, rule=rule, guard=guard, margins=margins)

@@ -71,9 +71,13 @@ def serve_and_observe(world: MarketplaceWorld, req: Requests, rng: np.random.Gen
 
 def continue_probability(world: MarketplaceWorld, page: LoggedPage) -> np.ndarray:
     """Session model: ``P(next request) = sigmoid(c0 + c1 * clicks on the last page)``. ``[B]``."""
+    return continue_given_clicks(world, page.labels["click"].sum(1))
+
+
+def continue_given_clicks(world: MarketplaceWorld, clicks: np.ndarray) -> np.ndarray:
+    """:func:`continue_probability` from the number of clicks on the last page ``[B]``."""
     s = world.config.session
-    clicks = page.labels["click"].sum(1)
-    return 1.0 / (1.0 + np.exp(-(s.continue_base + s.continue_slope * clicks)))
+    return 1.0 / (1.0 + np.exp(-(s.continue_base + s.continue_slope * np.asarray(clicks, dtype=float))))
 
 
 def request_table(world: MarketplaceWorld, req: Requests, preds: dict[str, np.ndarray], request_id: np.ndarray,

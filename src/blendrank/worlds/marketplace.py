@@ -293,6 +293,7 @@ class MarketplaceWorld:
         per_candidate = {
             "f_item_cat": self.item_cat[req.cand],
             "f_item_rating": self.item_rating[req.cand].astype(np.float32),
+            "f_item_log_price": np.log(self.item_price[req.cand]).astype(np.float32),
         }
         return per_request, per_candidate
 

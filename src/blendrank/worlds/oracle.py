@@ -36,27 +36,35 @@ def candidate_vectors(k: int, extra: np.ndarray | None = None, max_points: int =
     return np.concatenate(parts).astype(np.float32)
 
 
-def vector_values(world: MarketplaceWorld, inputs: torch.Tensor, truth: TruthBatch, weights: np.ndarray,
-                  chunk: int = 256) -> np.ndarray:
-    """Business value of each request under each weight vector.
+def vector_metrics(world: MarketplaceWorld, inputs: torch.Tensor, truth: TruthBatch, weights: np.ndarray,
+                   chunk: int = 256) -> dict[str, np.ndarray]:
+    """Expected page metrics (``page_metrics``: clicks, orders, gmv, value, …) of each request
+    under each weight vector.
 
     Args:
         inputs: ``[B, L, K]`` fusion inputs.
         weights: ``[M, K]`` shared by all requests, or ``[B, M, K]`` per request.
 
     Returns:
-        ``[B, M]`` expected page value.
+        metric -> ``[B, M]``.
     """
     B = inputs.shape[0]
-    out = np.empty((B, weights.shape[-2]))
+    out: dict[str, np.ndarray] = {}
     w_all = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
     for s in range(0, B, chunk):
         sl = slice(s, s + chunk)
         w = w_all[sl] if w_all.dim() == 3 else w_all.expand(inputs[sl].shape[0], -1, -1)
         shown = world.rank(inputs[sl], w)
         sub = TruthBatch(truth.click[sl], truth.order[sl], truth.extras[sl], truth.price[sl])
-        out[sl] = world.page_metrics(sub, shown)["value"]
+        for name, v in world.page_metrics(sub, shown).items():
+            out.setdefault(name, np.empty((B, weights.shape[-2])))[sl] = v
     return out
+
+
+def vector_values(world: MarketplaceWorld, inputs: torch.Tensor, truth: TruthBatch, weights: np.ndarray,
+                  chunk: int = 256) -> np.ndarray:
+    """``[B, M]`` business value of each request under each weight vector (see :func:`vector_metrics`)."""
+    return vector_metrics(world, inputs, truth, weights, chunk)["value"]
 
 
 @dataclass(frozen=True)

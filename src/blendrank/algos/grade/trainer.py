@@ -23,8 +23,9 @@ from torch import nn
 from blendrank import distributed as dist
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
-from blendrank.checkpoint import (
+from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the stages)
     Checkpointer,
+    NonFiniteError,  # noqa: F401
     check_finite,
     fingerprint,
     rng_state,
@@ -36,7 +37,8 @@ from blendrank.fusion.formulas import fuse, top_k
 from blendrank.fusion.policy import DirichletPolicy
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
-from blendrank.rewards.components import fit_position_bias
+from blendrank.fusion.formulas import position_discount
+from blendrank.rewards.components import fit_position_bias, guardrail_margins
 from blendrank.rewards.composite import composite_reward
 
 
@@ -257,21 +259,26 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
     for p in ref.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(policy.parameters(), lr=s2.lr)
-    first_step = 0
-    if (state := run.resumed(2)) is not None:
-        policy.load_state_dict(state["model"])
-        ref.load_state_dict(state["ref"])
-        opt.load_state_dict(state["optimizer"])
-        first_step = state["step"]
-        set_rng_state(state["rng"])
-    else:  # the Stage-2 starting point (Stage 1 done): resuming from here skips Stage 1
-        run.save(2, policy, opt, step=0, ref=ref.state_dict())
-    objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
     # R_prior reads the MTL predictions; its price terms use price relative to the training median.
     preds_all = {o: data.inputs[..., j] for j, o in enumerate(spec.objectives)}
     rel_price = data.price / spec.price_scale
     exam = fit_position_bias(data.position, data.labels.get("click", next(iter(data.labels.values()))), data.shown,
                              rc.k) if rc.ips and rc.a_post > 0 else None
+    guardrails = rc.active_guardrails
+    if guardrails and anchor is None:
+        raise DataError("reward.guardrails need the production (anchor) weights: pass --production-weights")
+    # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
+    multipliers = torch.zeros(len(guardrails))
+    first_step = 0
+    if (state := run.resumed(2)) is not None:
+        policy.load_state_dict(state["model"])
+        ref.load_state_dict(state["ref"])
+        opt.load_state_dict(state["optimizer"])
+        first_step, multipliers = state["step"], state["multipliers"]
+        set_rng_state(state["rng"])
+    else:  # the Stage-2 starting point (Stage 1 done): resuming from here skips Stage 1
+        run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers)
+    objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
     for step in range(first_step, s2.steps):
         idx_all = torch.randint(len(data), (n_global,))
         idx = idx_all[shard]  # this rank's requests (all of them in a single process)
@@ -293,9 +300,19 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             scores = fuse(b.features, w)  # [N, G, L]
             page, _ = top_k(scores, b.mask, rc.k)
             page_shown, _ = top_k(scores, b.shown, rc.k)
+            preds = {o: p[idx] for o, p in preds_all.items()}
+            anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
-                rc, page, weights=w, labels=b.labels, mask=b.mask, preds={o: p[idx] for o, p in preds_all.items()},
-                price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown)
+                rc, page, weights=w, labels=b.labels, mask=b.mask, preds=preds,
+                price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown,
+                anchor_order=anchor_page, guard_multipliers=multipliers)
+            if guardrails:  # dual ascent on the margins of what would be served: the mean weights
+                mean_page = top_k(fuse(b.features, policy.mean(z_old).unsqueeze(1)), b.mask, rc.k)[0]
+                margin = guardrail_margins(mean_page, anchor_page, preds, rel_price[idx], guardrails,
+                                           position_discount(rc.k, rc.prior_discount), price_scale=rc.price_scale,
+                                           mask=b.mask).mean((0, 1))
+                margin = dist.all_reduce_mean(margin)
+                multipliers = (multipliers - rc.guardrail_lr * margin).clamp(0.0, rc.guardrail_max)
             # Advantages over the gathered global batch: exact also for scale_rewards="batch".
             adv, zero_std = group_advantages(dist.all_gather_cat(reward.total), s2.scale_rewards)
             adv = adv.chunk(world)[rank]
@@ -325,9 +342,11 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                      "kappa_min": kappa.min().item(), "kappa_max": kappa.max().item(),
                      "frac_reward_zero_std": zero_std.float().mean().item(), "loss": m_loss,
                      "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
+                     **{f"guard/{name}/lambda": float(lam) for name, lam in zip(guardrails, multipliers)},
+                     **({f"guard/{name}/margin": float(v) for name, v in zip(guardrails, margin)} if guardrails else {}),
                      **(probe(policy) if probe else {})})
         if run.due(step + 1):
-            run.save(2, policy, opt, step=step + 1, ref=ref.state_dict())
+            run.save(2, policy, opt, step=step + 1, ref=ref.state_dict(), multipliers=multipliers)
 
 
 def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,

@@ -68,6 +68,13 @@ class IntegratedRLPolicy:
         """Shown pages ``[B, P]``: the step-0 action per request, product fusion, top ``page_size``."""
         return product_pages(world, world.fusion_inputs(req), self.actions(world, req))
 
+    def session_pages(self, world: MarketplaceWorld) -> Callable[[Requests, np.ndarray], np.ndarray]:
+        """``pages(req, ctx)`` for requests inside sessions: the action reads the session context."""
+        def pages(req: Requests, ctx: np.ndarray) -> np.ndarray:
+            inputs = world.fusion_inputs(req)
+            return product_pages(world, inputs, self.act(request_state(world, req, ctx, inputs)))
+        return pages
+
 
 def production_action(world: MarketplaceWorld, cfg: IntegratedRLConfig) -> np.ndarray:
     """The production log-linear fusion as a product-fusion action: powers = production weights,
