@@ -187,3 +187,33 @@ def test_cli_resume_flags(tmp_path: Path, world_log: Path):
     res = CliRunner().invoke(app, [*args, "--no-resume"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "model.pt").is_file() and not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_grade_resume_restores_guardrail_multipliers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """In-process crash after the 4th checkpoint (Stage 2, step 2), then resume: the guard-rail
+    Lagrange multipliers continue from their saved values and the result is the uninterrupted one."""
+    cfg = GRADEConfig.model_validate({**GRADE, "stage2": {**GRADE["stage2"], "steps": 6},
+                                      "reward": {**GRADE["reward"], "a_rule": 1.0, "guardrails": {"click": 0.0}}})
+    table, anchor = two_type_log(300), [0.5, 0.5]
+    clean = grade_trainer.fit_grade(table, cfg, anchor=anchor)
+    lambdas = [r["guard/click/lambda"] for r in clean.history if "step" in r]
+    assert lambdas[-1] > lambdas[0] > 0  # the guard rail binds: its multiplier grows
+
+    save, count = Checkpointer.save, [0]
+
+    def crashing(self, state):
+        save(self, state)
+        count[0] += 1
+        if count[0] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        grade_trainer.fit_grade(table, cfg, anchor=anchor, checkpoint_dir=tmp_path, checkpoint_every=2)
+    monkeypatch.undo()
+    state = _saved(tmp_path)
+    assert state["stage"] == 2 and state["step"] == 2 and float(state["multipliers"][0]) == pytest.approx(lambdas[1])
+    resumed = grade_trainer.fit_grade(table, cfg, anchor=anchor, checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert [r["guard/click/lambda"] for r in resumed.history if "step" in r] == lambdas
+    for k, v in clean.policy.state_dict().items():
+        assert torch.equal(resumed.policy.state_dict()[k], v), k
