@@ -1,16 +1,22 @@
 """Thin helpers over ``torch.distributed`` for running training under ``torchrun``.
 
-Everything here is a no-op in a plain single-process run (``WORLD_SIZE`` unset or 1), so code
-can call these helpers unconditionally. See ``docs/scaling.md``.
+Everything here is a no-op in a plain single-process run (``WORLD_SIZE`` unset or 1), so trainers
+call these helpers unconditionally. Gradients are synchronised by PyTorch's own
+:class:`~torch.nn.parallel.DistributedDataParallel` (:func:`wrap_ddp`); see ``docs/scaling.md``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -31,13 +37,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def default_backend() -> str:
+    """``$BLENDRANK_DIST_BACKEND``, else gloo. Set ``nccl`` for GPU training (MTL with
+    ``device: cuda``); GRADE and IntegratedRL keep their tensors on the CPU and need gloo."""
+    return os.environ.get("BLENDRANK_DIST_BACKEND") or "gloo"
+
+
 def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> tuple[int, int]:
     """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR``, ``MASTER_PORT``) and return ``(rank, world_size)``.
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and return ``(rank, world_size)``.
 
     With ``WORLD_SIZE`` unset or 1 nothing is initialised and ``(0, 1)`` is returned. The
-    backend is ``backend``, else ``$BLENDRANK_DIST_BACKEND``, else ``gloo`` (CPU training).
-    Calling it again after the group exists just returns the current ``(rank, world_size)``."""
+    backend is ``backend``, else :func:`default_backend`. With NCCL the process uses GPU
+    ``LOCAL_RANK``. Calling it again after the group exists just returns the current pair."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     ws = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,9 +57,18 @@ def init_from_env(backend: str | None = None, timeout_s: float = 600.0) -> tuple
         return 0, 1
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE>1 but this PyTorch build has no torch.distributed")
-    dist.init_process_group(backend=backend or os.environ.get("BLENDRANK_DIST_BACKEND", "gloo"),
-                            timeout=timedelta(seconds=timeout_s))
+    backend = backend or default_backend()
+    if torch.cuda.is_available():  # one GPU per process on each machine
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    """The device this rank trains on: its ``LOCAL_RANK`` GPU under NCCL, else the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def destroy() -> None:
@@ -59,6 +80,13 @@ def destroy() -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks, in place; returns it. Identity in a single process."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
@@ -78,19 +106,45 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
-def all_reduce_grads(module: torch.nn.Module) -> None:
-    """Average the gradients of ``module`` over ranks in one flat all-reduce (what
-    ``DistributedDataParallel`` does in buckets). Parameters without a gradient are skipped;
-    every rank must have the same set of them (true when all ranks run the same graph)."""
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on at least one rank (every rank gets the same answer)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device())
+    return bool(all_reduce_sum(t).item() > 0)
+
+
+def gather_objects(obj: T) -> list[T]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
     if not is_distributed():
-        return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    all_reduce_mean(flat)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (picklable objects; identity in a single process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(items: Sequence[T] | torch.Tensor, rank_: int | None = None, world: int | None = None):
+    """This rank's share ``items[rank::world]`` (everything in a single process)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    return items[r::w]
+
+
+def wrap_ddp(module: nn.Module) -> nn.Module:
+    """``module`` wrapped in :class:`DistributedDataParallel` under torchrun (rank 0's parameters
+    and buffers are broadcast to every rank at construction; gradients are averaged in buckets
+    during ``backward``); ``module`` itself in a single process. All parameters used in a step
+    must be used inside the wrapper's ``forward``. ``find_unused_parameters`` is on because
+    ablations leave some heads unused."""
+    if not is_distributed():
+        return module
+    dev = device()
+    ids = [dev.index] if dev.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)

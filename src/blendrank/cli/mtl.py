@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from blendrank.cli.common import ConfigOption, SetOption, out, user_errors
+from blendrank.cli.train import ResumeOption, checkpoint_every_option
 from blendrank.errors import ConfigError
 
 app = typer.Typer(
@@ -84,9 +85,31 @@ def train(
     set_: list[str] | None = SetOption,
     seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the config's seed)."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines."),
+    resume: bool = ResumeOption,
+    checkpoint_every: int = checkpoint_every_option(500),
+    lanes: int | None = typer.Option(
+        None, "--lanes", min=1,
+        help="Data lanes (default: the number of processes). Runs with the same lanes train "
+        "identically whatever the number of processes (a multiple of it).",
+    ),
 ) -> None:
     """Train an MTL model with early stopping on validation loss; write the best model and
-    test metrics (per-task AUC and GAUC) to --out."""
+    test metrics (per-task AUC and GAUC) to --out.
+
+    Runs unchanged under `torchrun --nproc_per_node=N` (record batches sharded by rank, DDP,
+    rank 0 evaluates and writes); see docs/scaling.md."""
+    from blendrank import distributed as dist
+
+    dist.init_from_env()
+    try:
+        _train(data, out_dir, model, config, set_, seed, quiet, resume, checkpoint_every, lanes)
+    finally:
+        dist.destroy()
+
+
+def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, set_: list[str] | None,
+           seed: int | None, quiet: bool, resume: bool, checkpoint_every: int, lanes: int | None) -> None:
+    from blendrank import distributed as dist
     from blendrank.config import load_config
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
     from blendrank.mtl.train import METRICS_FILE, train_mtl
@@ -100,7 +123,11 @@ def train(
         overrides.append(f"seed={seed}")
     cfg = load_config(MTLConfig, config, overrides + list(set_ or []))
     log = None if quiet else (lambda msg: out.print(msg, highlight=False))
-    _, metrics = train_mtl(data, out_dir, cfg, log=log)
+    _, metrics = train_mtl(
+        data, out_dir, cfg, log=log, checkpoint_every=checkpoint_every, resume=resume, lanes=lanes
+    )
+    if not dist.is_main():
+        return
     tr = metrics["training"]
     out.print(
         f"{cfg.model}: {tr['epochs']} epoch(s), best {tr['best_epoch']} "

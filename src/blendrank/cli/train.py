@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
 
 TRAIN_METHODS = ("grade", "ltr", "static_search")
+
+ResumeOption = typer.Option(
+    True, "--resume/--no-resume",
+    help="Continue from the checkpoint in --out when one is there (written by an interrupted run of the "
+         "same command); --no-resume starts over and overwrites it.")
+
+
+def checkpoint_every_option(default: int) -> Any:
+    return typer.Option(default, "--checkpoint-every", min=1,
+                        help="Write a resumable checkpoint (--out/checkpoint.pt, atomic) every N optimiser steps.")
 
 
 @user_errors
@@ -20,12 +31,31 @@ def train(
     mapping: Path | None = typer.Option(None, "--mapping", help="YAML column mapping for --data."),
     config: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
+    resume: bool = ResumeOption,
+    checkpoint_every: int = checkpoint_every_option(50),
 ) -> None:
     """Train GRADE (Stage 1 + Stage 2), LTR (Stage 1 only) or a static weight search on logs.
 
     Config keys are those of GRADEConfig (grade, ltr) or StaticSearchConfig (static_search);
     `--set stage2.beta=0`, `--set reward.ips=true`, …
+
+    Runs unchanged under `torchrun --nproc_per_node=N` (requests sharded by rank, gradients
+    averaged by DDP, rank 0 writes); see docs/scaling.md.
     """
+    try:
+        _train(method, data, out_dir, mapping, config, overrides, resume, checkpoint_every)
+    finally:
+        from blendrank import distributed as dist
+
+        dist.destroy()
+
+
+def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config: Path | None,
+           overrides: list[str] | None, resume: bool, checkpoint_every: int) -> None:
+    from blendrank import distributed as dist
+
+    dist.init_from_env()
+    main = dist.is_main()
     if method not in TRAIN_METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(TRAIN_METHODS)}")
     from blendrank.algos.grade.config import GRADEConfig
@@ -42,9 +72,11 @@ def train(
     if not any(f"pred_{o}" in cols for o in objectives_of(cols)):
         fail(f"{data}: no pred_<objective> columns to fuse; add predictions first "
              "(`blendrank mtl predict`), or compare methods with `blendrank bench --data`, which fits a baseline predictor")
-    objectives, prod, lam = production_setup(data, splits, LogBenchConfig(), log=lambda s: out.print(s))
+    objectives, prod, lam = production_setup(data, splits, LogBenchConfig(), log=lambda s: out.print(s) if main else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "static_search":
+        if not main:  # a weight search does not shard: rank 0 alone runs it
+            return
         from blendrank.eval.offline_bench import tune_static
 
         cfg = load_config(StaticSearchConfig, config, overrides)
@@ -64,11 +96,14 @@ def train(
     if method == "ltr":
         base["stage2"]["steps"] = 0
     cfg = load_config(GRADEConfig, config, overrides, base=base)
-    with progress_bar() as bar:
+    with progress_bar() as bar:  # fit_grade reports to rank 0 only
         task = bar.add_task(f"{method}", total=cfg.stage1.epochs + cfg.stage2.steps)
         pol = fit_grade(splits["train"], cfg, anchor=prod.tolist(), spec=FusionSpec(objectives=objectives),
                         log=lambda row: bar.update(task, completed=row.get("epoch", -1) + 1 if row.get("stage") == 1
-                                                   else cfg.stage1.epochs + row.get("step", cfg.stage2.steps) + 1))
+                                                   else cfg.stage1.epochs + row.get("step", cfg.stage2.steps) + 1),
+                        checkpoint_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume)
+    if not main:
+        return
     pol.save(out_dir)
     last = [r for r in pol.history if "step" in r]
     out.print(f"{method}: trained on {splits['train'].num_rows:,} rows; "

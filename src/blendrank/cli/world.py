@@ -31,6 +31,8 @@ def generate(
                                        help="Requests per Parquet shard; bounds memory."),
     eval_requests: int = typer.Option(2000, "--eval-requests", min=0,
                                       help="Held-out requests for the headroom report (0 skips it)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes generating log shards in parallel "
+                                "(same files as 1; each holds one shard in memory)."),
 ) -> None:
     """Generate logged traffic (production policy + Dirichlet exploration) and the headroom report."""
     if world not in WORLDS:
@@ -41,7 +43,7 @@ def generate(
     with progress_bar() as bar:
         task = bar.add_task("generating", total=requests)
         summary = generate_world(cfg, requests, out_dir, shard_requests, eval_requests,
-                                 on_shard=lambda n: bar.advance(task, n))
+                                 on_shard=lambda n: bar.advance(task, n), workers=workers)
     out.print(f"[bold]marketplace[/] preset={preset} seed={cfg.seed}: {summary['requests']:,} requests, "
               f"{summary['impressions']:,} impressions in {summary['shards']} shards "
               f"({summary['seconds_logs']} s) -> {out_dir}")

@@ -143,28 +143,54 @@ def load_log(
 
 
 def iter_record_batches(
-    path: str | Path, columns: Sequence[str] | None = None, batch_size: int = 65_536
+    path: str | Path | Sequence[Path],
+    columns: Sequence[str] | None = None,
+    batch_size: int = 65_536,
+    part: tuple[int, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream record batches of at most ``batch_size`` rows from a Parquet file or directory,
-    shard by shard, never loading a whole file. ``columns=None`` reads every column."""
-    for path_ in parquet_files(path):
+    """Stream record batches of at most ``batch_size`` rows from a Parquet file, a directory of
+    shards or a list of files, shard by shard, never loading a whole file. ``columns=None``
+    reads every column.
+
+    ``part=(index, count)`` streams only part ``index`` of ``count`` disjoint parts (one per
+    rank or data lane; together they hold every row exactly once): the files' row groups are
+    dealt round-robin when there are at least ``count`` of them (each part reads only its own
+    row groups), else the record batches are (each part decodes the whole file)."""
+    files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else parquet_files(path)
+    opened = [(p, _open_parquet(p, columns)) for p in files]
+    if part is not None and not 0 <= part[0] < part[1]:
+        raise ValueError(f"part {part}: need 0 <= index < count")
+    index, count = part if part is not None else (0, 1)
+    groups = [(p, pf, g) for p, pf in opened for g in range(pf.num_row_groups)]
+    by_group = count > 1 and len(groups) >= count
+    units = groups[index::count] if by_group else [(p, pf, None) for p, pf in opened]
+    cols = list(columns) if columns is not None else None
+    seen = 0
+    for path_, pf, group in units:
         try:
-            pf = pq.ParquetFile(path_)
+            batches = pf.iter_batches(batch_size=batch_size, columns=cols,
+                                      row_groups=None if group is None else [group])
+            for rb in batches:
+                if by_group or seen % count == index:
+                    yield rb
+                seen += 1
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path_, exc) from None
-        if columns is not None:
-            missing = [c for c in columns if c not in pf.schema_arrow.names]
-            if missing:
-                raise DataError(
-                    f"{path_}: missing column(s) {', '.join(missing)}; "
-                    f"available columns: {', '.join(pf.schema_arrow.names)}"
-                )
-        try:
-            yield from pf.iter_batches(
-                batch_size=batch_size, columns=list(columns) if columns is not None else None
+
+
+def _open_parquet(path: Path, columns: Sequence[str] | None) -> pq.ParquetFile:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(path, exc) from None
+    if columns is not None:
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(missing)}; "
+                f"available columns: {', '.join(pf.schema_arrow.names)}"
             )
-        except (pa.ArrowException, OSError) as exc:
-            raise _unreadable(path_, exc) from None
+    return pf
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> Path:

@@ -100,9 +100,14 @@ class Source:
         return f"{self.name} ({where}, ts in [{lo}, {hi}))"
 
     def batches(
-        self, columns: Sequence[str] | None = None, batch_size: int = 65_536
+        self,
+        columns: Sequence[str] | None = None,
+        batch_size: int = 65_536,
+        part: tuple[int, int] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """Filtered record batches with ``columns`` (all when None); empty batches are skipped."""
+        """Filtered record batches with ``columns`` (all when None); empty batches are skipped.
+        ``part=(index, count)``: only that part of the split (see
+        :func:`blendrank.data.io.iter_record_batches`)."""
         names = self.column_names
         cols = None if columns is None else list(dict.fromkeys(columns))
         filter_pos = self.shown_only and POSITION in names
@@ -117,7 +122,7 @@ class Source:
             read += [TS] if filter_ts and TS not in read else []
         else:
             read = None
-        for batch in self._raw(read, batch_size):
+        for batch in self._raw(read, batch_size, part):
             keep = None
             if filter_pos:
                 keep = pc.is_valid(batch.column(POSITION))
@@ -135,13 +140,17 @@ class Source:
             if batch.num_rows:
                 yield batch
 
-    def _raw(self, columns: list[str] | None, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _raw(
+        self, columns: list[str] | None, batch_size: int, part: tuple[int, int] | None = None
+    ) -> Iterator[pa.RecordBatch]:
         if self.table is not None:
             table = self.table if columns is None else self.table.select(columns)
-            yield from table.to_batches(max_chunksize=batch_size)
+            index, count = part or (0, 1)
+            for i, rb in enumerate(table.to_batches(max_chunksize=batch_size)):
+                if i % count == index:
+                    yield rb
             return
-        for path in self.files:
-            yield from iter_record_batches(path, columns, batch_size)
+        yield from iter_record_batches(list(self.files), columns, batch_size, part)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
+from blendrank import distributed as dist
+from blendrank.checkpoint import Checkpointer, check_finite, fingerprint, rng_state, set_rng_state
 from blendrank.data.columns import put_column
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter
@@ -38,6 +40,7 @@ from blendrank.mtl.data import (
     POSITION,
     REQUEST_ID,
     DataSplits,
+    EncodedBatch,
     Encoder,
     LabelScan,
     Source,
@@ -58,6 +61,7 @@ META_FILE = "meta.json"
 METRICS_FILE = "metrics.json"
 _PREDICT_BATCH = 65_536
 _RATE_CLIP = 1e-4
+_LANE_SEED = 1_000_003  # seed offset between data lanes' shuffle streams
 
 __all__ = [
     "MTLPredictor",
@@ -283,6 +287,17 @@ def _public(path: str | Path) -> None:
 # ------------------------------------------------------------------------------------ fitting
 
 
+class _TrainStep(torch.nn.Module):
+    """``MTLNetwork.forward_full`` as a module's ``forward``, which DDP needs to see."""
+
+    def __init__(self, model: MTLNetwork):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cat: Tensor, num: Tensor, position: Tensor | None):
+        return self.model.forward_full(cat, num, position)
+
+
 def _source(name: str, data: SourceLike) -> Source:
     return data if isinstance(data, Source) else Source.of(name, data)
 
@@ -325,10 +340,14 @@ def _resolve_objectives(columns: Sequence[str], config: MTLConfig) -> list[str]:
 
 def _device(config: MTLConfig) -> torch.device:
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.device == "cuda" and not torch.cuda.is_available():
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda requested but no CUDA device is available")
-    return torch.device(config.device)
+    else:
+        dev = torch.device(config.device)
+    if dev.type == "cuda" and dev.index is None:  # under torchrun: this process's GPU (LOCAL_RANK)
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 @contextlib.contextmanager
@@ -378,7 +397,7 @@ def validation_loss(
     sums = torch.zeros(t, dtype=torch.float64, device=device)
     counts = torch.zeros(t, dtype=torch.float64, device=device)
     rows = 0
-    for rb in source.batches(encoder.columns(), config.read_batch_rows):
+    for rb in source.batches(encoder.columns(), config.read_batch_rows, part=(dist.rank(), dist.world_size())):
         b = encoder.encode(rb).to(device)
         for start in range(0, len(b), _PREDICT_BATCH):
             sl = slice(start, start + _PREDICT_BATCH)
@@ -388,6 +407,9 @@ def validation_loss(
             sums += s.double()
             counts += c.double()
         rows += len(b)
+    if dist.is_distributed():  # each rank scored its part of the split
+        both = dist.all_reduce_sum(torch.cat([sums, counts, torch.tensor([float(rows)], dtype=torch.float64, device=device)]))
+        sums, counts, rows = both[:t], both[t : 2 * t], int(both[-1])
     total = float(_combine(sums, counts, weights.double()))
     per_task = {
         n: float(sums[k] / counts[k]) if counts[k] > 0 else math.nan
@@ -405,6 +427,9 @@ def fit_mtl(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = True,
+    lanes: int | None = None,
 ) -> MTLPredictor:
     """Fit the Feature Center (streaming over ``train``'s shown rows) and the network.
 
@@ -415,13 +440,24 @@ def fit_mtl(
     last weights are kept. ``features_file`` (or ``config.features``) is a FeatureSchema YAML;
     otherwise the schema is inferred from the first training record batch. Seeded by
     ``config.seed``; torch's global RNG state is restored afterwards.
+
+    With ``checkpoint_dir`` a resumable checkpoint (:mod:`blendrank.checkpoint`) is also written
+    there every ``checkpoint_every`` steps and at every epoch end; with ``resume`` a run that
+    finds one continues from it (replaying the epoch's shuffle to the saved batch) and reaches
+    the uninterrupted result. It is removed when the fit completes.
+
+    Under ``torchrun`` the training split is cut into ``lanes`` (default: the number of
+    processes) disjoint parts of record batches / row groups, each with its own shuffle buffer
+    and stream; every step takes ``batch_size / lanes`` rows from each lane, a rank trains on
+    its lanes' rows, and DDP averages the gradients. The loss is normalised by the global
+    labelled-row counts, so N processes follow the 1-process run with the same ``lanes``.
     """
     config = config or MTLConfig()
     train_src = _source("train", train)
     valid_src = None if valid is None else _source("valid", valid)
     schema_file = config.features or (Path(features_file) if features_file else None)
     device = _device(config)
-    say = log or (lambda _msg: None)
+    say = (log if dist.is_main() else None) or (lambda _msg: None)  # rank 0 reports
 
     with torch.random.fork_rng(devices=[]), _threads(config.threads):
         torch.manual_seed(config.seed)
@@ -526,17 +562,70 @@ def fit_mtl(
             ],
             lr=config.lr,
         )
-        generator = torch.Generator().manual_seed(config.seed)
+        world, rank = dist.world_size(), dist.rank()
+        lanes = lanes or world
+        if lanes % world:
+            raise ConfigError(f"lanes={lanes} must be a multiple of the number of processes ({world})")
+        if config.batch_size % lanes or config.batch_size < lanes:
+            raise ConfigError(
+                f"batch_size {config.batch_size} must be a multiple of the data lanes ({lanes}); "
+                "each lane contributes batch_size / lanes rows to every step"
+            )
+        my_lanes = list(range(rank, lanes, world))
+        # One shuffle stream per lane (lane 0 = the single-process stream), kept across epochs.
+        generators = {j: torch.Generator().manual_seed(config.seed + _LANE_SEED * j) for j in my_lanes}
+        train_step = dist.wrap_ddp(_TrainStep(model))
         columns = encoder.columns()
+        empty = encoder.encode(first.slice(0, 0))  # what a rank whose lanes ran dry steps on
         best_loss, best_state, best_epoch, bad_epochs = math.inf, None, 0, 0
         train_rows, train_seconds = 0, 0.0
         history: list[dict[str, Any]] = []
+        first_epoch, skip, step = 1, 0, 0
+        ckpt = (
+            None
+            if checkpoint_dir is None
+            else Checkpointer(
+                checkpoint_dir,
+                "mtl",
+                fingerprint({"config": config.model_dump(mode="json"), "lanes": lanes,
+                             "train": train_src.describe(), "valid": valid_src and valid_src.describe()}),
+                checkpoint_every,
+                resume,
+            )
+        )
+        state = ckpt.load() if ckpt is not None else None
+        partial: dict[str, Any] = {}
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            best_loss, best_epoch, bad_epochs = state["best_loss"], state["best_epoch"], state["bad_epochs"]
+            best_state = state["best_state"]
+            train_rows, train_seconds, history = state["train_rows"], state["train_seconds"], state["history"]
+            first_epoch, skip, step = state["epoch"], state["batch"], state["step"]
+            partial = state["partial"]
+            set_rng_state(state["rng"]["global"])
+            for j, g_state in state["rng"]["lanes"].items():
+                generators[int(j)].set_state(g_state)
+            say(f"resumed from {ckpt.path}: epoch {first_epoch}, batch {skip}")
+
+        def snapshot(epoch: int, batch: int, epoch_start: dict[int, Tensor], partial: dict[str, Any]) -> None:
+            assert ckpt is not None
+            ckpt.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": {"global": rng_state(), "lanes": epoch_start},
+                "epoch": epoch, "batch": batch, "step": step, "partial": partial,
+                "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "best_state": best_state, "train_rows": train_rows, "train_seconds": train_seconds,
+                "history": history,
+            })
 
         from blendrank.progress import progress_bar
 
-        bar = progress_bar() if progress else contextlib.nullcontext()
+        bar = progress_bar() if progress and dist.is_main() else contextlib.nullcontext()
         with bar as pbar:
-            for epoch in range(1, config.epochs + 1):
+            for epoch in range(first_epoch, config.epochs + 1):
+                if epoch != first_epoch:
+                    skip, partial = 0, {}
                 task = (
                     pbar.add_task(f"epoch {epoch}/{config.epochs}", total=scan.rows)
                     if pbar is not None
@@ -544,38 +633,67 @@ def fit_mtl(
                 )
                 model.train()
                 t_epoch = time.perf_counter()
-                total, seen = 0.0, 0
-                for b in shuffled_minibatches(
-                    train_src.batches(columns, config.read_batch_rows),
-                    encoder,
-                    batch_size=config.batch_size,
-                    buffer_rows=config.shuffle_buffer_rows,
-                    generator=generator,
-                ):
+                # A resumed epoch replays its shuffle from these states and skips the done steps.
+                epoch_start = {j: g.get_state() for j, g in generators.items()}
+                streams = {
+                    j: shuffled_minibatches(
+                        train_src.batches(columns, config.read_batch_rows, part=(j, lanes)),
+                        encoder,
+                        batch_size=config.batch_size // lanes,
+                        buffer_rows=max(1, config.shuffle_buffer_rows // lanes),
+                        generator=generators[j],
+                    )
+                    for j in my_lanes
+                }
+                total, seen = partial.get("total", 0.0), partial.get("seen", 0)
+                batch = 0
+                while True:
+                    parts = []
+                    for j in my_lanes:
+                        b = next(streams[j], None)
+                        if b is not None and config.oov_dropout:
+                            keep = torch.rand(b.categorical.shape, generator=generators[j]) >= config.oov_dropout
+                            b.categorical = b.categorical * keep
+                        if b is not None:
+                            parts.append(b)
+                    # Every rank must take the same number of steps: stop when all lanes are dry;
+                    # a rank whose lanes ran dry first steps on an empty batch (zero gradient).
+                    rows_here = sum(len(p) for p in parts)
+                    if not dist.any_rank(rows_here > 0):
+                        break
+                    if batch < skip:  # already trained before the checkpoint
+                        batch += 1
+                        continue
+                    b = (EncodedBatch.concat(parts) if len(parts) > 1 else parts[0]) if parts else empty
                     b = b.to(device)
-                    if config.oov_dropout:
-                        keep = (
-                            torch.rand(b.categorical.shape, generator=generator)
-                            >= config.oov_dropout
-                        )
-                        b.categorical = b.categorical * keep.to(b.categorical.device)
                     optimizer.zero_grad(set_to_none=True)
-                    raw, offset, penalty = model.forward_full(b.categorical, b.numeric, b.position)
+                    raw, offset, penalty = train_step(b.categorical, b.numeric, b.position)
                     sums, counts = task_losses(raw, b.labels, b.mask, layout, offset)
-                    loss = _combine(sums, counts, weights)
-                    objective = loss
-                    if config.embedding_l2:
-                        objective = loss + config.embedding_l2 * penalty
-                    objective.backward()
+                    # The rank's share of the 1-process loss on the union of the ranks' batches:
+                    # task sums over the *global* labelled-row counts, penalty by the row share.
+                    glob = dist.all_reduce_sum(torch.cat([counts.detach().double(),
+                                                          torch.tensor([float(rows_here)], device=counts.device).double()]))
+                    g_counts, g_rows = glob[:-1].to(sums.dtype), float(glob[-1])
+                    share = (sums / g_counts.clamp_min(1.0) * weights).sum() / weights.sum()
+                    objective = share
+                    if config.embedding_l2 and rows_here:
+                        objective = share + config.embedding_l2 * penalty * (rows_here / g_rows)
+                    (objective * world).backward()  # DDP averages: x world restores the sum of shares
+                    loss = dist.all_reduce_sum(share.detach().double().clone())
+                    check_finite(loss, model.parameters(), f"MTL step {step} (epoch {epoch}, batch {batch})")
                     optimizer.step()
-                    total += float(loss.detach()) * len(b)
-                    seen += len(b)
+                    step += 1
+                    batch += 1
+                    total += float(loss) * g_rows
+                    seen += int(g_rows)
                     if pbar is not None and task is not None:
                         pbar.update(
                             task,
-                            advance=len(b),
-                            description=(f"epoch {epoch}/{config.epochs} loss {total / seen:.4f}"),
+                            advance=int(g_rows),
+                            description=(f"epoch {epoch}/{config.epochs} loss {total / max(seen, 1):.4f}"),
                         )
+                    if ckpt is not None and ckpt.due(step):
+                        snapshot(epoch, batch, epoch_start, {"total": total, "seen": seen})
                 seconds = time.perf_counter() - t_epoch
                 train_rows += seen
                 train_seconds += seconds
@@ -608,9 +726,12 @@ def fit_mtl(
                         " *" if record["best"] else ""
                     )
                 say(msg + f" ({seen / max(seconds, 1e-9):,.0f} impressions/s)")
-                if valid_src is not None and record["best"] and checkpoint_dir is not None:
+                if valid_src is not None and record["best"] and checkpoint_dir is not None and dist.is_main():
                     predictor.save(checkpoint_dir)
-                if valid_src is not None and bad_epochs >= config.patience:
+                stop = valid_src is not None and bad_epochs >= config.patience
+                if ckpt is not None and not stop and epoch < config.epochs:
+                    snapshot(epoch + 1, 0, {j: g.get_state() for j, g in generators.items()}, {})
+                if stop:
                     break
         if best_state is not None:
             model.load_state_dict(best_state)
@@ -624,9 +745,13 @@ def fit_mtl(
             "best_epoch": best_epoch or len(history),
             "best_valid_loss": best_loss if valid_src is not None else None,
             "train_rows_per_epoch": scan.rows,
+            "processes": world,
+            "lanes": lanes,
         }
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and dist.is_main():
             predictor.save(checkpoint_dir)
+        if ckpt is not None:
+            ckpt.clear()
     return predictor
 
 
@@ -746,10 +871,16 @@ def train_mtl(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = True,
+    lanes: int | None = None,
 ) -> tuple[MTLPredictor, dict[str, Any]]:
     """``blendrank mtl train``: resolve the splits of ``data``, fit with early stopping on the
     validation split (best model checkpointed into ``out_dir``), evaluate on the test split and
-    write ``out_dir/metrics.json``. Returns the predictor and the metrics."""
+    write ``out_dir/metrics.json``. Returns the predictor and the metrics.
+
+    Resumable (``out_dir/checkpoint.pt``, see :func:`fit_mtl`). Under ``torchrun`` every rank
+    trains; rank 0 alone evaluates and writes (other ranks return empty metrics)."""
     config = config or MTLConfig()
     splits: DataSplits = resolve_data(data, config.split)
     out_dir = Path(out_dir)
@@ -761,7 +892,12 @@ def train_mtl(
         checkpoint_dir=out_dir,
         progress=progress,
         log=log,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        lanes=lanes,
     )
+    if not dist.is_main():
+        return predictor, {}
     t0 = time.perf_counter()
     test = evaluate_mtl(predictor, splits.test)
     as_shown = (

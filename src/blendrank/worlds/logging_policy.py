@@ -161,22 +161,33 @@ def write_logs(world: MarketplaceWorld, n_requests: int, out_dir: str | Path, sh
 
     Each shard is generated, written (temp file + rename) and released before the next.
     """
-    if shard_requests > MAX_REQUESTS_PER_SHARD:
-        raise ValueError(f"shard_requests must be <= {MAX_REQUESTS_PER_SHARD}")
-    log_dir = Path(out_dir) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for shard, start in enumerate(range(0, n_requests, shard_requests)):
-        n = min(shard_requests, n_requests - start)
-        table = generate_shard(world, shard, n)
-        path = log_dir / f"part-{shard:05d}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
-        os.replace(tmp, path)
-        paths.append(path)
+    for shard, n in shard_sizes(n_requests, shard_requests):
+        paths.append(write_shard(world, shard, n, out_dir))
         if on_shard:
             on_shard(n)
     return paths
+
+
+def shard_sizes(n_requests: int, shard_requests: int) -> list[tuple[int, int]]:
+    """``[(shard, requests in it), ...]`` covering ``n_requests``."""
+    if shard_requests > MAX_REQUESTS_PER_SHARD:
+        raise ValueError(f"shard_requests must be <= {MAX_REQUESTS_PER_SHARD}")
+    return [(shard, min(shard_requests, n_requests - start))
+            for shard, start in enumerate(range(0, n_requests, shard_requests))]
+
+
+def write_shard(world: MarketplaceWorld, shard: int, n: int, out_dir: str | Path) -> Path:
+    """Generate shard ``shard`` (``n`` requests) and write ``logs/part-XXXXX.parquet``
+    atomically; the file depends only on the world's config and ``(shard, n)``."""
+    log_dir = Path(out_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    table = generate_shard(world, shard, n)
+    path = log_dir / f"part-{shard:05d}.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
+    os.replace(tmp, path)
+    return path
 
 
 def write_world_state(world: MarketplaceWorld, out_dir: str | Path) -> None:

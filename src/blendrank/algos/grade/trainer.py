@@ -11,18 +11,27 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+from torch import nn
 
 from blendrank import distributed as dist
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
-from blendrank.errors import BlendrankError, DataError
+from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the stages)
+    Checkpointer,
+    NonFiniteError,  # noqa: F401
+    check_finite,
+    fingerprint,
+    rng_state,
+    set_rng_state,
+)
+from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.formulas import fuse, top_k
 from blendrank.fusion.policy import DirichletPolicy
@@ -31,10 +40,6 @@ from blendrank.losses.lambdaloss import multi_objective_lambda_loss
 from blendrank.fusion.formulas import position_discount
 from blendrank.rewards.components import fit_position_bias, guardrail_margins
 from blendrank.rewards.composite import composite_reward
-
-
-class NonFiniteError(BlendrankError):
-    """A loss or gradient became NaN/inf; nothing was saved from that step."""
 
 
 @dataclass
@@ -97,66 +102,158 @@ def make_policy(cfg: GRADEConfig, cardinalities: list[int], n_numeric: int, n_st
                            mean_floor=p.mean_floor)
 
 
-def _check_finite(loss: torch.Tensor, policy: torch.nn.Module, stage: str, step: int) -> None:
-    bad = not torch.isfinite(loss)
-    bad = bad or any(p.grad is not None and not torch.isfinite(p.grad).all() for p in policy.parameters())
-    if bad:
-        raise NonFiniteError(f"{stage} step {step}: non-finite loss or gradient (loss={loss.item()}); "
-                             "lower the learning rate or raise policy.kappa_min; nothing from this step was kept")
+@dataclass
+class TrainingRun:
+    """Checkpointing of one ``fit_grade`` run: where to save, how often, and the state resumed
+    from (``None``: a fresh start). Stages save ``{"stage", "model", "optimizer", "rng",
+    "history", ...}`` every ``ckpt.every`` optimiser steps and at stage boundaries."""
+
+    ckpt: Checkpointer | None = None
+    state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def resumed(self, stage: int) -> dict[str, Any] | None:
+        """The checkpoint when it was written during ``stage`` (continue from it), else None."""
+        return self.state if self.state is not None and self.state["stage"] == stage else None
+
+    def skips(self, stage: int) -> bool:
+        """True when the checkpoint is from a later stage (``stage`` is already done)."""
+        return self.state is not None and self.state["stage"] > stage
+
+    def due(self, step: int) -> bool:
+        return self.ckpt is not None and self.ckpt.due(step)
+
+    def save(self, stage: int, policy: nn.Module, opt: torch.optim.Optimizer, **extra: Any) -> None:
+        if self.ckpt is not None:
+            self.ckpt.save({"stage": stage, "model": policy.state_dict(), "optimizer": opt.state_dict(),
+                            "rng": rng_state(), "history": list(self.history), **extra})
+
+
+class _MeanWeights(nn.Module):
+    """Stage-1 forward (state → mean fusion weights ``[B, K]``) as a module, so that DDP sees
+    every parameter used in the step inside ``forward``."""
+
+    def __init__(self, policy: DirichletPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        z, _ = self.policy.heads(cat, num, stats)
+        return self.policy.mean(z)
+
+
+class _GRPOObjective(nn.Module):
+    """Stage-2 loss of one inner iteration as a module (for DDP): returns the loss, then the
+    detached GRPO output and policy heads ``(z [N, K], kappa [N])`` for logging. Only the loss
+    may carry a graph: DDP marks parameters reachable from any output as used, and e.g. the
+    concentration head is reachable from ``kappa`` but not from the loss of the Gaussian
+    ablations."""
+
+    def __init__(self, policy: DirichletPolicy, cfg: GRADEConfig):
+        super().__init__()
+        self.policy, self.s2 = policy, cfg.stage2
+
+    def forward(self, b: RequestBatch, actions: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
+                z_ref: torch.Tensor, k_ref: torch.Tensor, logp_ref: torch.Tensor | None):
+        s2, policy = self.s2, self.policy
+        z, kappa = policy.heads(b.cat, b.num, b.stats)
+        logp = policy.log_prob(z, kappa, actions)
+        if s2.beta > 0:
+            kl = policy.kl(z, kappa, z_ref, k_ref) if s2.kl_estimator == "exact" else k3_kl(logp, logp_ref)
+        else:
+            kl = None
+        ent = policy.entropy(z, kappa) if s2.entropy_coef > 0 else None
+        out = grpo_loss(logp, logp_old, adv, epsilon=s2.epsilon, epsilon_high=s2.epsilon_high, beta=s2.beta,
+                        kl=kl, entropy=ent, entropy_coef=s2.entropy_coef)
+        detached = replace(out, **{f.name: getattr(out, f.name).detach() for f in fields(out)})
+        return out.loss, detached, z.detach(), kappa.detach()
+
+
+def _informative(labels: dict[str, torch.Tensor], mask: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """``[T]`` number of requests whose real candidates do not all share one label, per
+    objective: the requests LambdaLoss averages over (``reduction="mean"``)."""
+    big = torch.finfo(torch.float32).max
+    out = []
+    for n in names:
+        y = labels[n].float()
+        out.append((y.masked_fill(~mask, -big).amax(-1) > y.masked_fill(~mask, big).amin(-1)).sum())
+    return torch.stack(out).double() if out else torch.zeros(0, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------- Stage 1
 def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
-                 log: Callable[[dict[str, Any]], None]) -> None:
+                 log: Callable[[dict[str, Any]], None], run: TrainingRun | None = None) -> None:
     """Fit the policy's mean weights so the fused ranking of logged candidates orders the
-    observed feedback well (multi-objective LambdaLoss)."""
+    observed feedback well (multi-objective LambdaLoss).
+
+    Under ``torchrun`` every rank draws the same permutation, keeps the shard
+    ``batch[rank::world_size]`` of each batch, and DDP averages the gradients; the loss is
+    normalised by the *global* number of informative requests per objective, so the averaged
+    gradient is the 1-process gradient of the same batch."""
+    run = run or TrainingRun()
     s1 = cfg.stage1
     lam = s1.objective_weights or cfg.reward.post_objective_weights
     lam = {o: w for o, w in lam.items() if o in data.labels and w > 0}
     if not lam:
         raise DataError(f"Stage 1 needs labels for {list(s1.objective_weights or cfg.reward.post_objective_weights)}; "
                         f"the data has {list(data.labels)}")
+    names = list(lam)
     opt = torch.optim.Adam(policy.parameters(), lr=s1.lr)
+    model = dist.wrap_ddp(_MeanWeights(policy))
+    world = dist.world_size()
     mask = data.shown if s1.shown_only and data.shown.any() else data.mask
-    step = 0
-    for epoch in range(s1.epochs):
-        perm = torch.randperm(len(data))
-        total = 0.0
-        for start in range(0, len(data), s1.batch_size):
-            idx = perm[start : start + s1.batch_size]
-            b = data.index(idx)
-            z, _ = policy.heads(b.cat, b.num, b.stats)
-            scores = fuse(b.features, policy.mean(z))
-            loss = multi_objective_lambda_loss(scores, b.labels, lam, mask[idx], weighting=s1.weighting, k=s1.k, gain=s1.gain)
+    step, first_epoch, first_batch, perm, total = 0, 0, 0, None, 0.0
+    if (state := run.resumed(1)) is not None:
+        policy.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, first_epoch, first_batch = state["step"], state["epoch"], state["batch"]
+        perm, total = state["perm"], state["total"]
+        set_rng_state(state["rng"])
+    starts = list(range(0, len(data), s1.batch_size))
+    for epoch in range(first_epoch, s1.epochs):
+        if perm is None or epoch != first_epoch:
+            perm, total, first_batch = torch.randperm(len(data)), 0.0, 0
+        for bi in range(first_batch, len(starts)):
+            idx = perm[starts[bi] : starts[bi] + s1.batch_size]
+            mine = dist.shard(idx)
+            b = data.index(mine)
+            counts = dist.all_reduce_sum(_informative(b.labels, mask[mine], names))
+            scores = fuse(b.features, model(b.cat, b.num, b.stats))
+            # sum over this shard / global count = this shard's share of the global mean loss
+            loss_part = multi_objective_lambda_loss(
+                scores, b.labels, {o: lam[o] / max(float(c), 1.0) for o, c in zip(names, counts)}, mask[mine],
+                weighting=s1.weighting, k=s1.k, gain=s1.gain, reduction="sum")
             opt.zero_grad()
-            loss.backward()
-            _check_finite(loss, policy, "stage1", step)
+            (loss_part * world).backward()  # DDP averages over ranks: x world gives the global sum
+            loss = dist.all_reduce_sum(loss_part.detach().clone())
+            check_finite(loss, policy.parameters(), f"GRADE stage 1 step {step} (epoch {epoch}, batch {bi})")
             opt.step()
             total += loss.item() * len(idx)
             step += 1
+            if run.due(step):
+                run.save(1, policy, opt, step=step, epoch=epoch, batch=bi + 1, perm=perm, total=total)
         log({"stage": 1, "epoch": epoch, "lambda_loss": total / len(data)})
 
 
 # ---------------------------------------------------------------------------------- Stage 2
 def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
                  anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
-                 probe: Callable[[DirichletPolicy], dict[str, float]] | None = None) -> None:
+                 probe: Callable[[DirichletPolicy], dict[str, float]] | None = None,
+                 run: TrainingRun | None = None) -> None:
     """GRPO: sample G weight vectors per request, re-rank, score, normalise in the group, and
     take ``num_iterations`` clipped steps with a KL penalty to the frozen Stage-1 policy.
 
     Under ``torchrun`` (an initialised process group, see :mod:`blendrank.distributed`) every
     rank draws the same global batch of requests and the same actions (same seed), keeps the
-    shard ``idx[rank::world_size]``, scores only that shard, and gradients are averaged across
-    ranks before each optimiser step, so N processes follow the 1-process trajectory."""
+    shard ``idx[rank::world_size]``, scores only that shard, and DDP averages the gradients of
+    the equal shards, so N processes follow the 1-process trajectory."""
+    run = run or TrainingRun()
     s2, rc = cfg.stage2, cfg.reward
     rank, world = dist.rank(), dist.world_size()
     n_global = min(s2.batch_size, len(data))
     if n_global % world:
         raise DataError(f"stage2 global batch {n_global} must be divisible by the world size {world} "
                         "(set stage2.batch_size to a multiple of it)")
-    if world > 1:  # same starting point on every rank (they are built identically; make sure)
-        for t in list(policy.parameters()) + list(policy.buffers()):
-            torch.distributed.broadcast(t.data, 0)
     shard = slice(rank, None, world)
     ref = copy.deepcopy(policy).eval()
     for p in ref.parameters():
@@ -172,7 +269,17 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
         raise DataError("reward.guardrails need the production (anchor) weights: pass --production-weights")
     # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
     multipliers = torch.zeros(len(guardrails))
-    for step in range(s2.steps):
+    first_step = 0
+    if (state := run.resumed(2)) is not None:
+        policy.load_state_dict(state["model"])
+        ref.load_state_dict(state["ref"])
+        opt.load_state_dict(state["optimizer"])
+        first_step, multipliers = state["step"], state["multipliers"]
+        set_rng_state(state["rng"])
+    else:  # the Stage-2 starting point (Stage 1 done): resuming from here skips Stage 1
+        run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers)
+    objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
+    for step in range(first_step, s2.steps):
         idx_all = torch.randint(len(data), (n_global,))
         idx = idx_all[shard]  # this rank's requests (all of them in a single process)
         t0 = time.perf_counter()
@@ -209,22 +316,14 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             # Advantages over the gathered global batch: exact also for scale_rewards="batch".
             adv, zero_std = group_advantages(dist.all_gather_cat(reward.total), s2.scale_rewards)
             adv = adv.chunk(world)[rank]
-        for _ in range(s2.num_iterations):
-            z, kappa = policy.heads(b.cat, b.num, b.stats)
-            logp = policy.log_prob(z, kappa, actions)
-            if s2.beta > 0:
-                kl = (policy.kl(z, kappa, z_ref, k_ref) if s2.kl_estimator == "exact"
-                      else k3_kl(logp, ref.log_prob(z_ref, k_ref, actions)))
-            else:
-                kl = None
-            ent = policy.entropy(z, kappa) if s2.entropy_coef > 0 else None
-            out = grpo_loss(logp, logp_old, adv, epsilon=s2.epsilon, epsilon_high=s2.epsilon_high, beta=s2.beta,
-                            kl=kl, entropy=ent, entropy_coef=s2.entropy_coef)
+            logp_ref = ref.log_prob(z_ref, k_ref, actions) if s2.beta > 0 and s2.kl_estimator == "k3" else None
+        for it in range(s2.num_iterations):
+            loss, out, z, kappa = objective(b, actions, logp_old, adv, z_ref, k_ref, logp_ref)
             opt.zero_grad()
-            out.loss.backward()
-            dist.all_reduce_grads(policy)  # equal shards: mean of shard gradients = global gradient
-            _check_finite(out.loss, policy, "stage2", step)
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), s2.max_grad_norm)
+            loss.backward()  # DDP: equal shards, so the mean of shard gradients = global gradient
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), s2.max_grad_norm)
+            check_finite(dist.all_reduce_mean(out.loss.detach().clone()), policy.parameters(),
+                         f"GRADE stage 2 step {step} (iteration {it}, requests {idx_all[:4].tolist()}...)", norm=norm)
             opt.step()
         if step % cfg.log_every == 0 or step == s2.steps - 1:
             z, kappa = z.detach(), kappa.detach()
@@ -246,19 +345,33 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                      **{f"guard/{name}/lambda": float(lam) for name, lam in zip(guardrails, multipliers)},
                      **({f"guard/{name}/margin": float(v) for name, v in zip(guardrails, margin)} if guardrails else {}),
                      **(probe(policy) if probe else {})})
+        if run.due(step + 1):
+            run.save(2, policy, opt, step=step + 1, ref=ref.state_dict(), multipliers=multipliers)
 
 
 def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,
               log: Callable[[dict[str, Any]], None] | None = None, spec: FusionSpec | None = None,
-              probe: Callable[[DirichletPolicy, FusionSpec, FeatureCenter], dict[str, float]] | None = None) -> GradePolicy:
+              probe: Callable[[DirichletPolicy, FusionSpec, FeatureCenter], dict[str, float]] | None = None,
+              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50,
+              resume: bool = True) -> GradePolicy:
     """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns).
+
+    With ``checkpoint_dir``, a checkpoint (:mod:`blendrank.checkpoint`) is written there every
+    ``checkpoint_every`` optimiser steps of each stage and at the start of Stage 2; with
+    ``resume`` a run finds it and continues where it stopped, reaching the result of an
+    uninterrupted run. It is removed when training finishes.
 
     ``probe(policy, spec, center)``, if given, is called at every Stage-2 log step and its
     values are logged: worlds use it to record the *true* value of the current policy next to
     the rewards it is trained on (a reward-hacking check)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    history: list[dict[str, Any]] = []
+    ckpt = None if checkpoint_dir is None else Checkpointer(
+        checkpoint_dir, "grade", fingerprint({"config": cfg.model_dump(mode="json"), "anchor": anchor,
+                                              "spec": spec.model_dump(mode="json") if spec else None}), checkpoint_every, resume)
+    state = ckpt.load() if ckpt is not None else None
+    history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
+    run = TrainingRun(ckpt, state, history)
 
     def record(row: dict[str, Any]) -> None:
         history.append(row)
@@ -280,12 +393,15 @@ def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = No
         with torch.no_grad():  # start from production weights (matters when Stage 1 is off)
             policy.mean_head.bias.copy_(torch.log(anchor_t.clamp_min(1e-3)))
     t = time.perf_counter()
-    train_stage1(policy, data, cfg, record)
-    record({"stage": 1, "seconds": time.perf_counter() - t})
+    if not run.skips(1):
+        train_stage1(policy, data, cfg, record, run)
+        record({"stage": 1, "seconds": time.perf_counter() - t})
     t = time.perf_counter()
     train_stage2(policy, data, cfg, spec, anchor_t, record,
-                 probe=(lambda p: probe(p, spec, center)) if probe else None)
+                 probe=(lambda p: probe(p, spec, center)) if probe else None, run=run)
     secs = time.perf_counter() - t
     record({"stage": 2, "seconds": secs, "requests_per_s": cfg.stage2.steps * min(cfg.stage2.batch_size, len(data)) / max(secs, 1e-9)})
+    if ckpt is not None:
+        ckpt.clear()
     return GradePolicy(policy, spec, center, cfg, history)
 
