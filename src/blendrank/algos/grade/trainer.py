@@ -33,11 +33,10 @@ from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the
 )
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
-from blendrank.fusion.formulas import fuse, top_k
+from blendrank.fusion.formulas import fuse, position_discount, top_k
 from blendrank.fusion.policy import DirichletPolicy
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
-from blendrank.fusion.formulas import position_discount
 from blendrank.rewards.components import fit_position_bias, guardrail_margins
 from blendrank.rewards.composite import composite_reward
 
