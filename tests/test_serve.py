@@ -113,18 +113,70 @@ def test_ranker_onnx_and_torch_match_the_training_path(dirs, table):
     np.testing.assert_allclose(r0.scores, np.sort(s)[::-1][:3], atol=1e-5)
 
 
-def test_rank_batch_tensor_path(dirs, table):
+def columnar(req):
+    """The same request with its candidates as columns."""
+    cands = req["candidates"]
+    fields = ["item_id", "pred_click", "pred_order"]
+    return {**req, "candidates": {f: [c[f] for c in cands] for f in fields}}
+
+
+def test_columnar_and_row_candidates_rank_identically(dirs, table):
+    rk = Ranker.load(dirs[0] / "export")
+    reqs = requests_of(table, 12)
+    rows, cols = rk.rank(reqs), rk.rank([columnar(r) for r in reqs])
+    assert [r.item_ids for r in rows] == [r.item_ids for r in cols]
+    assert [r.weights for r in rows] == [r.weights for r in cols]
+    # One request alone (the unpadded single-request path) gives the batch's answer.
+    single = rk.rank([columnar(reqs[5])])[0]
+    assert single.item_ids == rows[5].item_ids
+    assert single.weights == pytest.approx(rows[5].weights, abs=1e-6)
+
+
+def test_list_stats_np_matches_training_list_stats():
+    from blendrank.fusion.state import list_stats
+    from blendrank.serve.ranker import list_stats_np
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 30):
+        f = rng.normal(size=(6, 3, n)).astype(np.float32)
+        mask = rng.random((6, n)) < 0.6
+        mask[0], mask[1], mask[2] = False, True, np.arange(n) == 0  # empty, full, one candidate
+        ref = list_stats(torch.from_numpy(f.transpose(0, 2, 1).copy()), torch.from_numpy(mask), 10).numpy()
+        np.testing.assert_allclose(list_stats_np(f, mask, 10), ref, atol=1e-5, rtol=0)
+        full = list_stats(torch.from_numpy(f.transpose(0, 2, 1).copy()), torch.ones(6, n, dtype=torch.bool), 10)
+        np.testing.assert_allclose(list_stats_np(f, None, 10), full.numpy(), atol=1e-5, rtol=0)
+
+
+def test_rank_batch_matches_the_training_fusion_path(dirs, table):
+    from blendrank.fusion.formulas import fuse, fusion_features, top_k
+    from blendrank.fusion.state import list_stats
+
     root, _ = dirs
     rk = Ranker.load(root / "export")
+    gp = GradePolicy.load(root / "policy")
     cat, num, inputs, mask, _ids, _ = rk.encode(requests_of(table, 8))
+    mask = mask.copy()
     mask[0, 3:] = False  # request 0 has 3 real candidates
     w, idx, scores = rk.rank_batch(cat, num, inputs, mask, k=4)
     assert w.shape == (8, 2) and idx.shape == (8, 4) and scores.shape == (8, 4)
-    torch.testing.assert_close(w.sum(-1), torch.ones(8))
-    assert torch.isinf(scores[0, 3]) and torch.isfinite(scores[1:]).all()
+    # The reference: the torch functions training and evaluation use.
+    x, m = torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(mask)
+    feats = fusion_features(x, gp.spec.formula, gp.spec.floor).masked_fill(~m.unsqueeze(-1), 0.0)
+    ref_w = gp.policy.eval().mean_weights(torch.from_numpy(cat), torch.from_numpy(num),
+                                          list_stats(feats, m, gp.spec.stats_top)).detach()
+    np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=0)
+    ref_s = fuse(feats, ref_w)
+    ref_idx, valid = top_k(ref_s, m, 4)
+    np.testing.assert_array_equal(idx[valid.numpy()], ref_idx[valid].numpy())
+    assert np.isinf(scores[0, 3]) and np.isfinite(scores[1:]).all()
     assert (scores[:, :-1] >= scores[:, 1:]).all()
-    with pytest.raises(DataError):
+    # CPU tensors are accepted as well as numpy arrays.
+    w_t, idx_t, _ = rk.rank_batch(torch.from_numpy(cat), torch.from_numpy(num), x, m, k=4)
+    np.testing.assert_array_equal(idx_t, idx)
+    with pytest.raises(DataError, match="out of range"):
         rk.rank_batch(cat + 100, num, inputs, mask, 4)
+    with pytest.raises(DataError, match="inputs must be"):
+        rk.rank_batch(cat, num, inputs[..., :1], mask, 4)
 
 
 def test_ranker_falls_back_when_the_model_is_broken(dirs, tmp_path):
@@ -146,9 +198,14 @@ def test_ranker_rejects_bad_requests(dirs):
         rk.rank([{"user": {}, "candidates": []}])
     with pytest.raises(DataError, match="unknown feature"):
         rk.rank([body(f_user_zzz=1)])
-    with pytest.raises(DataError, match=r"\[0, 1\]"):
+    with pytest.raises(DataError, match=r"candidates\[0\]\.pred_click must be a probability in \[0, 1\]"):
         rk.rank([{**body(), "candidates": [{"item_id": 1, "pred_click": 1.5, "pred_order": 0.1}]}])
+    with pytest.raises(DataError, match=r"request 1: candidates\.pred_order\[2\] must be a probability"):
+        bad = columnar(body())
+        bad["candidates"]["pred_order"][2] = -0.1
+        rk.rank([body(), bad])
     assert rk.rank([{**body(), "candidates": []}])[0].item_ids == []
+    assert rk.rank([columnar({**body(), "candidates": []})])[0].item_ids == []
 
 
 # ------------------------------------------------------------------------------------ HTTP

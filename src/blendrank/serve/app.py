@@ -4,8 +4,9 @@ Endpoints: ``POST /v1/rank``, ``POST /v1/weights``, ``GET /healthz``, ``GET /met
 (Prometheus text format, written by hand) and ``POST /admin/reload`` (bearer token; the new
 directory is loaded with a sha256 and parity check before it is swapped in atomically).
 
-Bad input gets a 4xx with a message, never a 5xx: the body size is bounded (413), the candidate
-count is bounded, and unknown or missing features, wrong types and out-of-range values give 422.
+Bad input gets a 4xx with a message, never a 5xx: the body size is bounded (413); the candidate
+count, page size and string lengths are bounded, and malformed JSON, unknown or missing features,
+wrong types and out-of-range values give 422 with a message naming the field.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from blendrank.errors import BlendrankError
+from blendrank.errors import BlendrankError, DataError
+from blendrank.serve.payload import Limits
 from blendrank.serve.ranker import Ranker
 
 FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
@@ -32,9 +34,22 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 KNOWN_PATHS = ("/v1/rank", "/v1/weights", "/healthz", "/metrics", "/admin/reload")
 
 
+# The request/response models document the API (OpenAPI schema); the hot path does not build
+# them: the body is decoded with one json.loads and checked column by column in numpy
+# (blendrank.serve.payload), and the response is written as bytes.
+class ColumnarCandidates(BaseModel):
+    """Candidates as columns (the fast path): ``item_id`` and one list per fusion input, all of
+    the same length: ``pred_<objective>`` in [0, 1] for every fused objective, and ``price`` (≥ 0)
+    when the policy fuses price."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "example": {"item_id": ["a", "b"], "pred_click": [0.3, 0.1], "pred_order": [0.02, 0.05]}})
+    item_id: list[ItemId] = Field(description="Candidate ids (integers or strings).")
+
+
 class Candidate(BaseModel):
-    """A candidate: ``item_id`` plus ``pred_<objective>`` for every fused objective (and
-    ``price`` when the policy fuses price). Other fields are rejected."""
+    """A candidate as an object: ``item_id`` plus ``pred_<objective>`` for every fused objective
+    (and ``price`` when the policy fuses price). Other fields are rejected."""
 
     model_config = ConfigDict(extra="allow")
     item_id: ItemId
@@ -43,15 +58,16 @@ class Candidate(BaseModel):
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: dict[str, FeatureValue] = Field(description="Every user/context feature of the model (null = missing).")
-    candidates: list[Candidate] = Field(description="Candidates with their MTL predictions.")
-    k: StrictInt = Field(10, ge=1, description="Page size.")
+    candidates: ColumnarCandidates | list[Candidate] = Field(
+        description="Candidates with their MTL predictions: columns (fast) or a list of objects.")
+    k: StrictInt = Field(10, ge=1, description="Page size (at most the service's --max-k).")
 
 
 class RankResponse(BaseModel):
-    item_ids: list[ItemId]
-    scores: list[float]
-    weights: dict[str, float]
-    fallback: bool
+    item_ids: list[ItemId] = Field(description="The page, best first.")
+    scores: list[float] = Field(description="Fused scores of the page.")
+    weights: dict[str, float] = Field(description="Fusion weights used, per fusion input.")
+    fallback: bool = Field(description="True when the static fallback weights were served.")
 
 
 class WeightsResponse(BaseModel):
@@ -191,14 +207,52 @@ async def _send_json(send: Any, status: int, payload: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _decode(body: bytes) -> Any:
+    """One ``json.loads`` of the (size-bounded) body; malformed or too deeply nested → DataError."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise DataError("request body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise DataError(f"request body is not valid JSON ({exc})"[:300]) from None
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")).encode(), status_code=status, media_type="application/json")
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """Put the request models into the OpenAPI schema: the hot-path endpoints read raw bytes."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = default_openapi()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        js = RankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps.update(js.pop("$defs", {}))
+        comps["RankRequest"] = js
+        body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}}}
+        for path in ("/v1/rank", "/v1/weights"):
+            schema["paths"][path]["post"]["requestBody"] = body
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None, *, backend: str = "onnx",
-               max_body_bytes: int = 2_000_000, max_candidates: int = 1000, threads: int = 1) -> Any:
+               max_body_bytes: int = 2_000_000, max_candidates: int = 1000, max_k: int | None = None,
+               max_string_chars: int = 256, threads: int = 1) -> Any:
     """Build the service for an export directory (or an already loaded :class:`Ranker`).
 
     ``reload_token``: bearer token for ``POST /admin/reload``; reload is disabled (403) without
-    one. ``max_body_bytes`` bounds the request body (413), ``max_candidates`` a request's
-    candidate list (422).
+    one. ``max_body_bytes`` bounds the request body (413); ``max_candidates`` a request's
+    candidates, ``max_k`` its page size (default: ``max_candidates``) and ``max_string_chars``
+    the length of item ids and string feature values (422 naming the field).
     """
+    limits = Limits(max_candidates=max_candidates, max_k=max_k or max_candidates, max_string_chars=max_string_chars)
     ranker = export_dir if isinstance(export_dir, Ranker) else Ranker.load(export_dir, backend=backend, threads=threads)
     metrics = Metrics()
     state = {"ranker": ranker}
@@ -207,6 +261,7 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
                   description="Personalized multi-task fusion: per-request fusion weights and blended ranking.")
     app.state.blendrank = state
     app.state.metrics = metrics
+    app.state.limits = limits
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,27 +273,25 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
     async def _user_error(_: Request, exc: BlendrankError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    def _as_dict(req: RankRequest) -> dict[str, Any]:
-        if len(req.candidates) > max_candidates:
-            raise BlendrankError(f"{len(req.candidates)} candidates, more than the limit {max_candidates}")
-        return {"user": req.user, "k": req.k, "candidates": [{"item_id": c.item_id, **(c.model_extra or {})} for c in req.candidates]}
-
+    # async endpoints: ranking one request takes a fraction of a millisecond, less than a hop to
+    # the thread pool would cost, so it runs on the event loop.
     @app.post("/v1/rank", response_model=RankResponse)
-    def rank(req: RankRequest) -> RankResponse:
+    async def rank(request: Request) -> Response:
         """Rank candidates: the page (best first), fused scores and the weights used."""
-        r = state["ranker"]
-        res = r.rank([_as_dict(req)], max_candidates=max_candidates)[0]
+        payload = _decode(await request.body())
+        res = state["ranker"].rank([payload], limits)[0]
         metrics.weights(res.weights, res.fallback)
-        return RankResponse(item_ids=res.item_ids, scores=res.scores, weights=res.weights, fallback=res.fallback)
+        return _json({"item_ids": res.item_ids, "scores": res.scores, "weights": res.weights, "fallback": res.fallback})
 
     @app.post("/v1/weights", response_model=WeightsResponse)
-    def weights(req: RankRequest) -> WeightsResponse:
+    async def weights(request: Request) -> Response:
         """The fusion weights for a request (candidates are needed: the state reads list statistics)."""
+        payload = _decode(await request.body())
         r = state["ranker"]
-        w, fb = r.weights([_as_dict(req)], max_candidates=max_candidates)
+        w, fb = r.weights([payload], limits)
         out = dict(zip(r.inputs, w[0].tolist()))
         metrics.weights(out, fb)
-        return WeightsResponse(weights=out, fallback=fb)
+        return _json({"weights": out, "fallback": fb})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -251,7 +304,8 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
 
     @app.post("/admin/reload")
     def reload(body: ReloadRequest, request: Request) -> JSONResponse:
-        """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export."""
+        """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export.
+        Runs in the thread pool: requests keep being served by the old model meanwhile."""
         auth = request.headers.get("authorization", "")
         if reload_token is None:
             return JSONResponse(status_code=403, content={"detail": "reload is disabled (no reload token configured)"})
@@ -271,9 +325,10 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
                 metrics.reloads["rejected"] += 1
                 return JSONResponse(status_code=422, content={
                     "detail": f"reload rejected, still serving {old.path}: {type(exc).__name__}: {exc}"})
-            state["ranker"] = new
+            state["ranker"] = new  # one reference swap: in-flight requests finish on the old ranker
             metrics.reloads["ok"] += 1
         return JSONResponse(content={"status": "reloaded", **new.status()})
 
+    _document_bodies(app)
     app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes)
     return app

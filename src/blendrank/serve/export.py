@@ -86,12 +86,29 @@ def onnx_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_session(session: Any, cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """Run a head session; inputs the graph dropped (e.g. an empty ``cat``) are not fed."""
-    feeds = {"cat": np.ascontiguousarray(cat, dtype=np.int64), "num": np.ascontiguousarray(num, dtype=np.float32),
-             "stats": np.ascontiguousarray(stats, dtype=np.float32)}
+def session_runner(session: Any):
+    """``run(cat, num, stats) -> weights`` for a head session; inputs the graph dropped (e.g. an
+    empty ``cat``) are not fed. The input names are read once: serving calls this per request."""
     names = {i.name for i in session.get_inputs()}
-    return session.run([OUTPUT_NAME], {k: v for k, v in feeds.items() if k in names})[0]
+    feed_cat, feed_num, feed_stats = "cat" in names, "num" in names, "stats" in names
+    output = [OUTPUT_NAME]
+
+    def run(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        feeds = {}
+        if feed_cat:
+            feeds["cat"] = np.ascontiguousarray(cat, dtype=np.int64)
+        if feed_num:
+            feeds["num"] = np.ascontiguousarray(num, dtype=np.float32)
+        if feed_stats:
+            feeds["stats"] = np.ascontiguousarray(stats, dtype=np.float32)
+        return session.run(output, feeds)[0]
+
+    return run
+
+
+def run_session(session: Any, cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """Run a head session once (see :func:`session_runner`)."""
+    return session_runner(session)(cat, num, stats)
 
 
 def parity_error(head: nn.Module, session: Any, cardinalities: list[int], n_num: int,
