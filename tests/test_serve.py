@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -48,7 +49,8 @@ def dirs(tmp_path_factory, table):
 @pytest.fixture()
 def client(dirs):
     root, _ = dirs
-    return TestClient(create_app(root / "export", reload_token=TOKEN, max_body_bytes=200_000, max_candidates=50))
+    return TestClient(create_app(root / "export", reload_token=TOKEN, max_body_bytes=200_000, max_candidates=50,
+                                 max_k=20, max_string_chars=16))
 
 
 def requests_of(table, n=None, k=3):
@@ -62,7 +64,7 @@ def requests_of(table, n=None, k=3):
 
 def body(n=5, **user):
     return {"user": {"f_user_type": 1, **user}, "k": 3,
-            "candidates": [{"item_id": i, "pred_click": 0.1 * i, "pred_order": 0.5} for i in range(n)]}
+            "candidates": [{"item_id": i, "pred_click": (0.37 * i) % 1, "pred_order": 0.5} for i in range(n)]}
 
 
 # ------------------------------------------------------------------------------------ export
@@ -228,22 +230,48 @@ def test_rank_weights_health_metrics(client, dirs):
     assert 'blendrank_weight_mean{input="click"}' in text and "blendrank_model_ok 1" in text
 
 
+def with_cols(**cols):
+    req = columnar(body())
+    req["candidates"].update(cols)
+    return req
+
+
 @pytest.mark.serve
 @pytest.mark.parametrize("payload,status,match", [
-    (b"x" * 300_000, 413, "larger than"),
-    (body(51), 422, "limit 50"),
-    ({**body(), "k": "ten"}, 422, "k"),
+    # bounds: body bytes, candidates per request, page size, string sizes
+    (b"x" * 300_000, 413, "larger than 200000 bytes"),
+    (body(51), 422, "candidates: 51 candidates, more than the limit 50"),
+    (columnar(body(51)), 422, "candidates: 51 candidates, more than the limit 50"),
+    ({**body(), "k": 21}, 422, "k must be an integer in [1, 20]"),
+    (with_cols(item_id=["x" * 17, 1, 2, 3, 4]), 422, "candidates.item_id[0]: string of 17 characters, more than the limit 16"),
+    ({**body(), "user": {"f_user_type": "y" * 17}}, 422, "user.f_user_type: string of 17 characters"),
+    (b"[" * 100_000 + b"]" * 100_000, 422, "nested too deeply"),
+    # types and values
+    ({**body(), "k": "ten"}, 422, "k must be an integer"),
     ({"user": {}, "candidates": [], "k": 3}, 422, "missing feature"),
     (body(f_user_nope=3), 422, "unknown feature"),
-    ({**body(), "candidates": [{"item_id": 1, "pred_click": "high", "pred_order": 0.1}]}, 422, "finite number"),
-    ({**body(), "candidates": [{"item_id": [1], "pred_click": 0.1, "pred_order": 0.1}]}, 422, "item_id"),
+    ({**body(), "candidates": [{"item_id": 1, "pred_click": "high", "pred_order": 0.1}]}, 422,
+     "candidates[0].pred_click must be a finite number"),
+    ({**body(), "candidates": [{"item_id": [1], "pred_click": 0.1, "pred_order": 0.1}]}, 422, "candidates[0].item_id"),
+    ({**body(), "candidates": [{"item_id": 1, "pred_click": 0.1}]}, 422, "candidates[0]: missing field(s) ['pred_order']"),
     ({**body(), "user": {"f_user_type": "a"}}, 422, "f_user_type"),
-    (b"{not json", 422, ""),
+    (with_cols(pred_click=[0.1, 0.2]), 422, "candidates.pred_click has 2 values but candidates.item_id has 5"),
+    (with_cols(pred_order=[0.1, 0.2, None, 0.3, 0.4]), 422, "candidates.pred_order[2] must be a finite number"),
+    (with_cols(pred_order=[0.1, 0.2, True, 0.3, 0.4]), 422, "candidates.pred_order[2] must be a finite number"),
+    (with_cols(pred_order=[0.1, 0.2, 0.3, 0.4, 1e400]), 422, "candidates.pred_order[4] must be a probability"),
+    (with_cols(price=[1, 2, 3, 4, 5]), 422, "unknown column(s) ['price']"),
+    ({**body(), "candidates": "many"}, 422, "candidates must be an object of columns"),
+    ({**body(), "extra": 1}, 422, "unknown field(s) ['extra']"),
+    (b"{not json", 422, "not valid JSON"),
+    (b"\xff\xfe", 422, "not valid JSON"),
+    (b"[1, 2]", 422, "must be a JSON object"),
 ])
 def test_bad_input_is_a_4xx_with_a_message(client, payload, status, match):
-    r = client.post("/v1/rank", content=payload) if isinstance(payload, bytes) else client.post("/v1/rank", json=payload)
-    assert r.status_code == status, r.text
-    assert match in r.text
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    for endpoint in ("/v1/rank", "/v1/weights"):
+        r = client.post(endpoint, content=content, headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        assert match in r.json()["detail"]
 
 
 @pytest.mark.serve
@@ -271,6 +299,69 @@ def test_reload_requires_the_token_and_validates_before_swapping(client, dirs, t
     assert off.post("/admin/reload", json={"path": str(new)}, headers=auth).status_code == 403
 
 
+@pytest.fixture()
+def live_server(dirs):
+    """The service under uvicorn on a loopback port, in a thread: (base url, app)."""
+    import threading
+
+    import uvicorn
+
+    app = create_app(dirs[0] / "export", reload_token=TOKEN)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.serve
+def test_reload_during_concurrent_requests_gives_no_5xx(live_server, dirs, tmp_path):
+    import threading
+
+    import httpx
+
+    url, app = live_server
+    root, _ = dirs
+    new, corrupt = tmp_path / "new", tmp_path / "corrupt"
+    shutil.copytree(root / "export", new)
+    shutil.copytree(root / "export", corrupt)
+    (corrupt / "model.onnx").write_bytes(b"garbage")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer(seed: int) -> None:
+        req = body(40) if seed % 2 else columnar(body(40))
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                statuses.append(c.post("/v1/rank", json=req).status_code)
+
+    clients = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in clients:
+        t.start()
+    reloads = []
+    try:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
+            for target in (new, corrupt, root / "export", new, corrupt, root / "export"):
+                before = len(statuses)
+                reloads.append(admin.post("/admin/reload", json={"path": str(target)}).status_code)
+                while len(statuses) < before + 20:  # requests are served between reloads too
+                    time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+    assert reloads == [200, 422, 200, 200, 422, 200]
+    assert len(statuses) > 100 and set(statuses) == {200}, sorted(set(statuses))
+    assert app.state.blendrank["ranker"].path == root / "export"
+
+
 json_leaf = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=5)
 json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3), max_leaves=8)
 candidate = st.fixed_dictionaries({"item_id": json_value, "pred_click": json_value, "pred_order": json_value},
@@ -278,25 +369,70 @@ candidate = st.fixed_dictionaries({"item_id": json_value, "pred_click": json_val
 good_candidate = st.fixed_dictionaries({
     "item_id": st.integers(0, 10**6) | st.text(max_size=4),
     "pred_click": st.floats(0, 1), "pred_order": st.floats(0, 1)})
+column = st.lists(json_leaf, max_size=6) | st.lists(st.floats(0, 1), max_size=6) | json_value
+columns = st.fixed_dictionaries({"item_id": st.lists(st.integers(0, 9) | st.text(max_size=20), max_size=6) | json_value,
+                                 "pred_click": column, "pred_order": column},
+                                optional={"price": column, "extra": column})
+user = st.dictionaries(st.sampled_from(["f_user_type", "f_user_x"]), json_value, max_size=2) | json_value
 payloads = st.one_of(
     json_value,
-    st.fixed_dictionaries({"user": st.dictionaries(st.sampled_from(["f_user_type", "f_user_x"]), json_value, max_size=2)
-                           | json_value,
-                           "candidates": st.lists(candidate | good_candidate, max_size=4) | json_value},
+    st.fixed_dictionaries({"user": user, "candidates": st.lists(candidate | good_candidate, max_size=4) | json_value},
+                          optional={"k": json_value}),
+    st.fixed_dictionaries({"user": st.fixed_dictionaries({"f_user_type": json_leaf}), "candidates": columns},
                           optional={"k": json_value}),
     st.fixed_dictionaries({"user": st.fixed_dictionaries({"f_user_type": json_leaf}),
                            "candidates": st.lists(good_candidate, max_size=6), "k": st.integers(-2, 10**12)}),
 )
 
 
+@st.composite
+def valid_payloads(draw):
+    n = draw(st.integers(0, 50))
+    cands = {"item_id": draw(st.lists(st.integers(-2**63, 2**63) | st.text(max_size=16), min_size=n, max_size=n)),
+             "pred_click": draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)),
+             "pred_order": draw(st.lists(st.floats(0, 1) | st.integers(0, 1), min_size=n, max_size=n))}
+    if draw(st.booleans()):
+        cands = [dict(zip(cands, vals)) for vals in zip(*cands.values())]
+    return {"user": {"f_user_type": draw(st.none() | st.integers(-5, 5))}, "candidates": cands,
+            "k": draw(st.integers(1, 20))}
+
+
 @pytest.mark.serve
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(payload=payloads, endpoint=st.sampled_from(["/v1/rank", "/v1/weights"]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=payloads | st.binary(max_size=64), endpoint=st.sampled_from(["/v1/rank", "/v1/weights"]))
 def test_fuzzed_payloads_never_give_a_5xx(client, payload, endpoint):
-    r = client.post(endpoint, content=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    r = client.post(endpoint, content=content, headers={"content-type": "application/json"})
     assert r.status_code < 500, (payload, r.text)
     if r.status_code == 200:
         assert all(np.isfinite(v) for v in r.json()["weights"].values())
+    else:
+        assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
+@pytest.mark.serve
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=valid_payloads())
+def test_fuzzed_valid_payloads_are_ranked(client, payload):
+    r = client.post("/v1/rank", content=json.dumps(payload).encode())
+    assert r.status_code == 200, r.text
+    out = r.json()
+    cands = payload["candidates"]
+    ids = cands["item_id"] if isinstance(cands, dict) else [c["item_id"] for c in cands]
+    assert len(out["item_ids"]) == min(payload["k"], len(ids)) and set(out["item_ids"]) <= set(ids)
+    assert out["scores"] == sorted(out["scores"], reverse=True) and all(np.isfinite(out["scores"]))
+
+
+@pytest.mark.serve
+def test_openapi_documents_both_candidate_layouts(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/RankRequest"}
+    comps = spec["components"]["schemas"]
+    layouts = json.dumps(comps["RankRequest"]["properties"]["candidates"])
+    assert "ColumnarCandidates" in layouts and "Candidate" in layouts
+    assert {"ColumnarCandidates", "Candidate", "RankResponse"} <= set(comps)
+    assert "200" in spec["paths"]["/v1/rank"]["post"]["responses"]
 
 
 # ------------------------------------------------------------------------------------ CLI
