@@ -431,8 +431,11 @@ def test_openapi_documents_both_candidate_layouts(client):
     comps = spec["components"]["schemas"]
     layouts = json.dumps(comps["RankRequest"]["properties"]["candidates"])
     assert "ColumnarCandidates" in layouts and "Candidate" in layouts
-    assert {"ColumnarCandidates", "Candidate", "RankResponse"} <= set(comps)
-    assert "200" in spec["paths"]["/v1/rank"]["post"]["responses"]
+    assert {"ColumnarCandidates", "Candidate", "RankResponse", "WeightsResponse"} <= set(comps)
+    responses = spec["paths"]["/v1/rank"]["post"]["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RankResponse"}
+    assert {"413", "422"} <= set(responses) and "/v1/weights" in spec["paths"] and "/healthz" in spec["paths"]
+    assert client.get("/v1/rank").status_code == 405
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -16,12 +16,13 @@ import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from blendrank.errors import BlendrankError, DataError
@@ -148,11 +149,21 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Guard:
-    """ASGI middleware: bounds the request body (413) and records per-endpoint status/latency."""
+FastHandler = Callable[[bytes], bytes]
 
-    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int):
-        self.app, self.metrics, self.max = app, metrics, max_body_bytes
+
+class _Guard:
+    """ASGI middleware: bounds the request body (413), records per-endpoint status and latency,
+    and serves the hot endpoints (``POST /v1/rank``, ``POST /v1/weights``) itself.
+
+    The hot endpoints are plain ``body bytes -> response bytes`` functions called right here:
+    routing, dependency solving and response-model handling in FastAPI cost about as much as
+    ranking a request, and these endpoints need none of them (they are still in the OpenAPI
+    schema, see ``_document``). A :class:`BlendrankError` from a handler is a 422 with its message.
+    """
+
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int, fast: dict[str, FastHandler]):
+        self.app, self.metrics, self.max, self.fast = app, metrics, max_body_bytes, fast
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -161,50 +172,68 @@ class _Guard:
         t0 = time.perf_counter()
         path = scope.get("path", "")
         endpoint = path if path in KNOWN_PATHS else "other"
-        status = {"code": 500}
+        status = 500
 
         async def send_wrapped(message: dict) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
-            declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max):
-                await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
+            handler = self.fast.get(path)
+            if handler is not None and scope.get("method") != "POST":
+                await _send_bytes(send_wrapped, 405, b'{"detail":"Method Not Allowed"}', [(b"allow", b"POST")])
                 return
-            # Buffer the (bounded) body, then replay it to the app.
+            for name, value in scope.get("headers") or ():
+                if name == b"content-length" and (not value.isdigit() or int(value) > self.max):
+                    await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
+                    return
+            # Buffer the (bounded) body.
             chunks, size, more = [], 0, True
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                body = message.get("body", b"")
-                size += len(body)
+                chunk = message.get("body", b"")
+                size += len(chunk)
                 if size > self.max:
                     await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
                     return
-                chunks.append(body)
+                chunks.append(chunk)
                 more = message.get("more_body", False)
-            replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            sent = {"done": False}
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if handler is not None:
+                try:
+                    out, code = handler(body), 200
+                except BlendrankError as exc:
+                    out, code = json.dumps({"detail": str(exc)}).encode(), 422
+                await _send_bytes(send_wrapped, code, out)
+                return
+            replay = {"type": "http.request", "body": body, "more_body": False}
+            sent = False
 
             async def receive_replay() -> dict:
-                if not sent["done"]:
-                    sent["done"] = True
+                nonlocal sent
+                if not sent:
+                    sent = True
                     return replay
                 return await receive()
 
             await self.app(scope, receive_replay, send_wrapped)
         finally:
-            self.metrics.observe(endpoint, status["code"], time.perf_counter() - t0)
+            self.metrics.observe(endpoint, status, time.perf_counter() - t0)
+
+
+async def _send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_json(send: Any, status: int, payload: dict) -> None:
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await _send_bytes(send, status, json.dumps(payload).encode())
 
 
 def _decode(body: bytes) -> Any:
@@ -217,25 +246,39 @@ def _decode(body: bytes) -> Any:
         raise DataError(f"request body is not valid JSON ({exc})"[:300]) from None
 
 
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(json.dumps(obj, separators=(",", ":")).encode(), status_code=status, media_type="application/json")
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _document_bodies(app: FastAPI) -> None:
-    """Put the request models into the OpenAPI schema: the hot-path endpoints read raw bytes."""
+def _document(app: FastAPI) -> None:
+    """Add the hot endpoints, which :class:`_Guard` serves outside FastAPI's router, to the
+    OpenAPI schema with their request and response models."""
     default_openapi = app.openapi
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = default_openapi()
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        js = RankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        comps.update(js.pop("$defs", {}))
-        comps["RankRequest"] = js
-        body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}}}
-        for path in ("/v1/rank", "/v1/weights"):
-            schema["paths"][path]["post"]["requestBody"] = body
+        for model in (RankRequest, RankResponse, WeightsResponse):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[model.__name__] = js
+        comps["Error"] = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path, summary, response in (
+                ("/v1/rank", "Rank candidates: the page (best first), fused scores and the weights used.", RankResponse),
+                ("/v1/weights", "The fusion weights for a request (the state reads list statistics of the candidates).",
+                 WeightsResponse)):
+            schema["paths"][path] = {"post": {
+                "summary": summary, "operationId": path.strip("/").replace("/", "_"),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(RankRequest)}}},
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ref(response)}}},
+                              "413": {"description": "Body larger than --max-body-bytes", **error},
+                              "422": {"description": "Invalid request; the message names the field", **error}}}}
         app.openapi_schema = schema
         return schema
 
@@ -273,25 +316,20 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
     async def _user_error(_: Request, exc: BlendrankError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    # async endpoints: ranking one request takes a fraction of a millisecond, less than a hop to
-    # the thread pool would cost, so it runs on the event loop.
-    @app.post("/v1/rank", response_model=RankResponse)
-    async def rank(request: Request) -> Response:
-        """Rank candidates: the page (best first), fused scores and the weights used."""
-        payload = _decode(await request.body())
-        res = state["ranker"].rank([payload], limits)[0]
+    # The hot endpoints (served by _Guard on the event loop: ranking one request takes a fraction
+    # of a millisecond, less than a hop to the thread pool). Reload swaps state["ranker"] in one
+    # assignment, so a request uses one ranker from start to end.
+    def rank(body: bytes) -> bytes:
+        res = state["ranker"].rank([_decode(body)], limits)[0]
         metrics.weights(res.weights, res.fallback)
-        return _json({"item_ids": res.item_ids, "scores": res.scores, "weights": res.weights, "fallback": res.fallback})
+        return _dumps({"item_ids": res.item_ids, "scores": res.scores, "weights": res.weights, "fallback": res.fallback})
 
-    @app.post("/v1/weights", response_model=WeightsResponse)
-    async def weights(request: Request) -> Response:
-        """The fusion weights for a request (candidates are needed: the state reads list statistics)."""
-        payload = _decode(await request.body())
+    def weights(body: bytes) -> bytes:
         r = state["ranker"]
-        w, fb = r.weights([payload], limits)
+        w, fb = r.weights([_decode(body)], limits)
         out = dict(zip(r.inputs, w[0].tolist()))
         metrics.weights(out, fb)
-        return _json({"weights": out, "fallback": fb})
+        return _dumps({"weights": out, "fallback": fb})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -329,6 +367,7 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
             metrics.reloads["ok"] += 1
         return JSONResponse(content={"status": "reloaded", **new.status()})
 
-    _document_bodies(app)
-    app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes)
+    _document(app)
+    app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes,
+                       fast={"/v1/rank": rank, "/v1/weights": weights})
     return app
