@@ -164,37 +164,38 @@ def _ids(ids: list[Any], limits: Limits, at: Any) -> None:
 
 
 def _values(cols: dict[str, list[Any]], schema: Schema, where: str, rows: bool) -> np.ndarray:
-    """``[K, n]`` float32 fusion inputs from the value columns; finite, probabilities in [0, 1],
-    price in [0, 1e12]. ``rows``: name candidates as ``candidates[i].f`` (else ``candidates.f[i]``)."""
-    out = []
-    for name in schema.value_columns:
-        col = cols[name]
+    """``[K, n]`` float32 fusion inputs from the value columns (all of one length): finite,
+    probabilities in [0, 1], price in [0, 1e12]. One type scan and one conversion for all
+    columns; the Python-level search for the culprit runs only when something is wrong.
+    ``rows``: name candidates as ``candidates[i].f`` (else ``candidates.f[i]``)."""
+    names = schema.value_columns
+    lists = [cols[n] for n in names]
 
-        def at(i: int, name: str = name, rows: bool = rows) -> str:
-            return f"{where}candidates[{i}].{name}" if rows else f"{where}candidates.{name}[{i}]"
+    def at(j: int, i: int) -> str:
+        return f"{where}candidates[{i}].{names[j]}" if rows else f"{where}candidates.{names[j]}[{i}]"
 
-        if not set(map(type, col)) <= _NUMBER_TYPES:
-            i = next(i for i, v in enumerate(col) if type(v) not in _NUMBER_TYPES)
-            raise DataError(f"{at(i)} must be a finite number, got {type(col[i]).__name__} {col[i]!r}"[:300])
-        try:
-            a = np.asarray(col, dtype=np.float64)
-        except OverflowError:  # an integer beyond float64
-            i = next(i for i, v in enumerate(col) if type(v) is int and abs(v) > 1e308)
-            raise DataError(f"{at(i)} must be a finite number, got an integer beyond float64") from None
-        if name == "price":
-            bad = ~((a >= 0) & (a <= 1e12))  # also catches NaN / inf
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise DataError(f"{at(i)} must be a price in [0, 1e12], got {col[i]!r}")
-            a = a / schema.price_scale
-        else:
-            bad = ~((a >= 0) & (a <= 1))
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise DataError(f"{at(i)} must be a probability in [0, 1], got {col[i]!r}")
-        out.append(a)
-    n = len(out[0]) if out else 0
-    return np.asarray(out, dtype=np.float32).reshape(len(schema.value_columns), n)
+    types: set[type] = set()
+    for col in lists:
+        types.update(map(type, col))
+    if not types <= _NUMBER_TYPES:
+        j, i = next((j, i) for j, col in enumerate(lists) for i, v in enumerate(col) if type(v) not in _NUMBER_TYPES)
+        raise DataError(f"{at(j, i)} must be a finite number, got {type(lists[j][i]).__name__} {lists[j][i]!r}"[:300])
+    try:
+        a = np.asarray(lists, dtype=np.float64).reshape(len(names), -1)
+    except OverflowError:  # an integer beyond float64
+        j, i = next((j, i) for j, col in enumerate(lists) for i, v in enumerate(col) if type(v) is int and abs(v) > 1e308)
+        raise DataError(f"{at(j, i)} must be a finite number, got an integer beyond float64") from None
+    upper = np.ones((len(names), 1))
+    if names and names[-1] == "price":
+        upper[-1] = 1e12
+    ok = (a >= 0) & (a <= upper)  # False for NaN / inf too
+    if not ok.all():
+        j, i = (int(x[0]) for x in np.nonzero(~ok))
+        what = "a price in [0, 1e12]" if names[j] == "price" else "a probability in [0, 1]"
+        raise DataError(f"{at(j, i)} must be {what}, got {lists[j][i]!r}")
+    if names and names[-1] == "price":
+        a[-1] /= schema.price_scale
+    return a.astype(np.float32)
 
 
 def as_request_list(requests: Any) -> Sequence[Any]:
