@@ -87,8 +87,43 @@ def test_export_rejects_bad_fallback_and_missing_policy(dirs, tmp_path):
     root, _ = dirs
     with pytest.raises(DataError, match="fallback weights"):
         export_policy(root / "policy", tmp_path / "x", fallback_weights=[1.0])
+    with pytest.raises(DataError, match=r"no weight for fusion input\(s\) \['order'\]"):
+        export_policy(root / "policy", tmp_path / "x", fallback_weights={"click": 1.0})
     with pytest.raises(DataError, match="not a trained policy"):
         export_policy(tmp_path / "nope", tmp_path / "y")
+
+
+def test_fallback_weights_from_production_files(dirs, tmp_path):
+    """--fallback-weights takes the production formula's weights from the files that hold them;
+    inputs the policy does not fuse are dropped (and said so), the rest renormalised."""
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    root, _ = dirs
+    files = {"summary.json": json.dumps({"production_weights": {"click": 0.5, "order": 0.3, "price": 0.2}}),
+             "production.yaml": "weights:\n  click: 5\n  order: 3\n",
+             "static_weights.json": json.dumps({"objectives": ["click", "order"], "weights": [0.625, 0.375]})}
+    from blendrank.cli.export import _fallback
+    from blendrank.serve.export import fallback_vector
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        weights, source = _fallback(str(tmp_path / name))
+        fb, dropped = fallback_vector(weights, ["click", "order"], source)
+        assert fb == pytest.approx([0.625, 0.375]) and dropped == (["price"] if name == "summary.json" else [])
+    r = CliRunner().invoke(app, ["export", "--policy", str(root / "policy"), "--out", str(tmp_path / "e"),
+                                 "--fallback-weights", str(tmp_path / "summary.json")])
+    assert r.exit_code == 0, r.output
+    assert "dropped: ['price']" in r.output.replace("\n", "")
+    m = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert m["fallback_weights"] == pytest.approx([0.625, 0.375]) and m["fallback_source"] == str(tmp_path / "summary.json")
+    assert Ranker.load(tmp_path / "e").fallback_weights == pytest.approx([0.625, 0.375])
+    (tmp_path / "bad.json").write_text("{}")
+    r = CliRunner().invoke(app, ["export", "--policy", str(root / "policy"), "--out", str(tmp_path / "f"),
+                                 "--fallback-weights", str(tmp_path / "bad.json")])
+    assert r.exit_code == 1 and "expected a 'weights' list or mapping" in r.output
+    assert fallback_vector(None, ["click", "order"]) == ([0.5, 0.5], [])
 
 
 # ------------------------------------------------------------------------------------ ranker
