@@ -16,7 +16,8 @@ endpoint, two phases, each bounded in time and in concurrent connections:
   ``--concurrency`` connections); latency counts from the scheduled send time, so time spent
   queued behind a slow server is included.
 
-Also reported: the server's CPU time per request (from /proc, so less sensitive to other load on
+Also reported: the mean number of requests per policy call (the service ranks requests that
+arrive together as one batch), the server's CPU time per request (from /proc, so less sensitive to other load on
 the machine than wall-clock figures) and the load average. Ends with a Markdown table and the
 issue's goals. Without ``--model`` a small policy is trained and exported first (~10 s).
 """
@@ -144,16 +145,30 @@ async def _phase(port: int, request: bytes, seconds: float, concurrency: int, ra
             "5xx": sum(n for s, n in statuses.items() if s >= 500)}
 
 
+def batch_counters(port: int) -> tuple[float, float]:
+    """(policy calls, requests ranked by them) from a blendrank server's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    vals = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("blendrank_rank_batch")}
+    return vals.get("blendrank_rank_batches_total", 0.0), vals.get("blendrank_rank_batched_requests_total", 0.0)
+
+
 def phase(name: str, proc: subprocess.Popen, port: int, path: str, body: bytes, seconds: float,
           concurrency: int, rate: float | None) -> dict:
     cpu0 = cpu_seconds(proc.pid)
+    b0 = batch_counters(port) if name == "rank" else None
     res = asyncio.run(_phase(port, http_request(path, port, body), seconds, concurrency, rate))
+    if b0 is not None:
+        b1 = batch_counters(port)
+        res["mean_batch"] = (b1[1] - b0[1]) / max(b1[0] - b0[0], 1)
     # The warm-up requests (one per connection) are in the CPU time too: a small overcount.
     res["server_cpu_us"] = (cpu_seconds(proc.pid) - cpu0) / max(res["n"] + concurrency, 1) * 1e6
     res.update({"endpoint": name, "mode": "max" if rate is None else f"{rate:g}/s", "load": os.getloadavg()[0]})
     print(f"{name:8s} {res['mode']:>6s}  n={res['n']:6d} non-200={res['non_200']}  {res['rps']:7.0f} req/s  "
           f"p50={res['p50_ms']:6.2f} ms  p99={res['p99_ms']:6.2f} ms  server CPU {res['server_cpu_us']:5.0f} µs/req  "
-          f"load {res['load']:.2f}", flush=True)
+          f"load {res['load']:.2f}" + (f"  mean batch {res['mean_batch']:.2f}" if "mean_batch" in res else ""),
+          flush=True)
     return res
 
 
@@ -197,7 +212,8 @@ def main() -> None:
     print()
     print(markdown(rows, [("candidates", "L"), ("body_kib", "body KiB"), ("endpoint", "endpoint"), ("mode", "load"),
                           ("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-                          ("server_cpu_us", "server CPU µs/req"), ("non_200", "non-200"), ("load", "load avg")]))
+                          ("server_cpu_us", "server CPU µs/req"), ("mean_batch", "mean batch"), ("non_200", "non-200"),
+                          ("load", "load avg")]))
     print()
     get = {(r["candidates"], r["endpoint"], r["mode"]): r for r in rows}
     rate_mode = f"{args.rate:g}/s"

@@ -334,6 +334,32 @@ def test_reload_requires_the_token_and_validates_before_swapping(client, dirs, t
     assert off.post("/admin/reload", json={"path": str(new)}, headers=auth).status_code == 403
 
 
+@pytest.mark.serve
+def test_requests_ready_together_are_ranked_in_one_batch(dirs, table):
+    """Concurrent requests share one policy call; a user value the Feature Center rejects fails
+    only its own request; results equal ranking each request alone."""
+    import asyncio
+
+    from blendrank.serve.app import Metrics, _Batcher
+
+    rk = Ranker.load(dirs[0] / "export")
+    reqs = [columnar(r) for r in requests_of(table, 6)]
+    reqs[3] = {**reqs[3], "user": {"f_user_type": "not an int"}}  # passes parse, fails encoding
+    metrics = Metrics()
+    batcher = _Batcher(metrics)
+
+    async def all_at_once():
+        futs = [batcher.rank(rk, rk.parse(r)) for r in reqs]
+        return await asyncio.gather(*futs, return_exceptions=True)
+
+    out = asyncio.run(all_at_once())
+    assert isinstance(out[3], DataError) and "f_user_type" in str(out[3])
+    for i in (0, 1, 2, 4, 5):
+        alone = rk.rank([reqs[i]])[0]
+        assert out[i].item_ids == alone.item_ids and out[i].weights == pytest.approx(alone.weights, abs=1e-6)
+    assert (metrics.batches, metrics.batched_requests) == (1, 6)
+
+
 @pytest.fixture()
 def live_server(dirs):
     """The service under uvicorn on a loopback port, in a thread: (base url, app)."""
@@ -394,6 +420,8 @@ def test_reload_during_concurrent_requests_gives_no_5xx(live_server, dirs, tmp_p
             t.join(30)
     assert reloads == [200, 422, 200, 200, 422, 200]
     assert len(statuses) > 100 and set(statuses) == {200}, sorted(set(statuses))
+    metrics = app.state.metrics
+    assert metrics.batched_requests == metrics.requests[("/v1/rank", 200)] and metrics.batches > 0
     assert app.state.blendrank["ranker"].path == root / "export"
 
 

@@ -283,18 +283,17 @@ class Ranker:
         return w, idx, top
 
     # ------------------------------------------------------------------ request objects
-    def _parse(self, requests: Sequence[Any], limits: Limits | None) -> tuple[list[ParsedRequest], np.ndarray,
-                                                                                np.ndarray, np.ndarray,
-                                                                                np.ndarray | None]:
-        requests = as_request_list(requests)
-        limits = limits or self.limits
-        schema = self.schema
-        one = len(requests) == 1
-        parsed = [parse_request(req, schema, limits, "" if one else f"request {r}: ") for r, req in enumerate(requests)]
-        b, kk = len(parsed), len(schema.value_columns)
+    def parse(self, request: Any, limits: Limits | None = None, where: str = "") -> ParsedRequest:
+        """Validate one request object (everything but the user features' values, which
+        :meth:`rank_parsed` checks while encoding them). DataError names the field at fault."""
+        return parse_request(request, self.schema, limits or self.limits, where)
+
+    def _assemble(self, parsed: list[ParsedRequest]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(cat, num, values [B, K, L], mask [B, L] or None)`` for parsed requests."""
+        b, kk = len(parsed), len(self.spec.inputs)
         lengths = [p.values.shape[1] for p in parsed]
         n = max(max(lengths, default=0), 1)
-        if one and lengths[0] == n:
+        if b == 1 and lengths[0] == n:
             values, mask = parsed[0].values[None], None
         else:
             values = np.zeros((b, kk, n), dtype=np.float32)
@@ -305,7 +304,14 @@ class Ranker:
             if mask.all():
                 mask = None
         cat, num = self._encode_users([p.user for p in parsed])
-        return parsed, cat, num, values, mask
+        return cat, num, values, mask
+
+    def _parse(self, requests: Sequence[Any], limits: Limits | None
+               ) -> tuple[list[ParsedRequest], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        requests = as_request_list(requests)
+        one = len(requests) == 1
+        parsed = [self.parse(req, limits, "" if one else f"request {r}: ") for r, req in enumerate(requests)]
+        return (parsed, *self._assemble(parsed))
 
     def _encode_users(self, users: list[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         if self.center is None:  # fallback only: the state is not used
@@ -325,9 +331,17 @@ class Ranker:
 
     def rank(self, requests: Sequence[Mapping[str, Any]], limits: Limits | None = None) -> list[RankResult]:
         """Rank request objects (one batched policy call); DataError on invalid input."""
-        if not as_request_list(requests):
+        requests = as_request_list(requests)
+        one = len(requests) == 1
+        return self.rank_parsed([self.parse(req, limits, "" if one else f"request {r}: ")
+                                 for r, req in enumerate(requests)])
+
+    def rank_parsed(self, parsed: list[ParsedRequest]) -> list[RankResult]:
+        """Rank validated requests together (one policy call); DataError if a user feature's value
+        does not fit the Feature Center (e.g. a string for an integer categorical)."""
+        if not parsed:
             return []
-        parsed, cat, num, values, mask = self._parse(requests, limits)
+        cat, num, values, mask = self._assemble(parsed)
         w, used_fallback, idx, top = self._rank_core(cat, num, values, mask, max(p.k for p in parsed))
         names = self.inputs
         out = []
