@@ -214,6 +214,11 @@ def test_rank_batch_matches_the_training_fusion_path(dirs, table):
         rk.rank_batch(cat + 100, num, inputs, mask, 4)
     with pytest.raises(DataError, match="inputs must be"):
         rk.rank_batch(cat, num, inputs[..., :1], mask, 4)
+    for bad in (np.nan, -0.5, np.inf):
+        worse = inputs.copy()
+        worse[2, 1, 0] = bad
+        with pytest.raises(DataError, match="finite and non-negative"):
+            rk.rank_batch(cat, num, worse, mask, 4)
 
 
 def test_ranker_falls_back_when_the_model_is_broken(dirs, tmp_path):

@@ -25,6 +25,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,6 @@ from blendrank.serve.payload import Limits, ParsedRequest, Schema, as_request_li
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
 POLICY_ROLES = ("user", "context")
-RESERVED = ("item_id",)
 
 
 @dataclass
@@ -191,8 +191,9 @@ class Ranker:
                 "blendrank_version": self.manifest.get("blendrank_version")}
 
     # ------------------------------------------------------------------ arrays
-    @property
+    @cached_property
     def schema(self) -> Schema:
+        """What a request must carry: the model's user/context features and value columns."""
         spec = self.spec
         return Schema(tuple(self.feature_names),
                       tuple(f"pred_{o}" for o in spec.objectives) + (("price",) if spec.use_price else ()),
@@ -276,8 +277,8 @@ class Ranker:
             if mask.all():
                 mask = None
         values = np.ascontiguousarray(inputs.transpose(0, 2, 1))  # [B, K, L]: candidates contiguous
-        if not np.isfinite(values).all():
-            raise DataError("inputs must be finite")
+        if values.size and not (values.min() >= 0 and values.max() < np.inf):  # NaN fails both
+            raise DataError("inputs must be finite and non-negative (predictions in [0, 1], price / price_scale ≥ 0)")
         cat, num = self._check_state(cat, num, b)
         w, _, idx, top = self._rank_core(cat, num, values, mask, k)
         return w, idx, top
