@@ -7,7 +7,9 @@ Everything runs on one thread (torch and onnxruntime). The baselines get the sam
 inputs and per-request weights ``[B, K]`` and do only fusion and top-K, no policy or statistics:
 ``torch`` with the project's own ``fusion_features`` / ``fuse`` / ``top_k`` (what training and
 evaluation run), and ``numpy`` as lean as we could write it (numpy log and matmul, torch.topk).
-Each figure is the median over repeats of a timed loop; the load average is printed beside it.
+The three are timed in interleaved rounds (each round runs each once, in turn) so that on a shared
+machine they see the same background load; figures are medians over rounds, ratios the median of
+the per-round ratios. The load average is printed beside them.
 """
 
 from __future__ import annotations
@@ -26,23 +28,30 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_common import markdown, payload, tiny_export  # noqa: E402
 
 
-def per_call(fn, min_seconds: float, repeats: int = 5) -> float:
-    """Median over ``repeats`` of the mean seconds per call in a loop of at least ``min_seconds``."""
-    fn()
-    n, t = 1, 0.0
-    while t < min_seconds / repeats:  # calibrate the loop length
-        n *= 2
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t = time.perf_counter() - t0
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        out.append((time.perf_counter() - t0) / n)
-    return float(np.median(out))
+def interleaved(fns: dict, min_seconds: float, rounds: int = 7) -> dict[str, np.ndarray]:
+    """Seconds per call of each function, per round: every round times every function once, in
+    turn, so that on a shared machine they see the same background load. Each timed loop is
+    calibrated to about ``min_seconds / rounds / len(fns)``."""
+    loops = {}
+    for name, fn in fns.items():
+        fn()
+        n, t = 1, 0.0
+        while t < min_seconds / rounds / len(fns):
+            n *= 2
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t = time.perf_counter() - t0
+        loops[name] = n
+    out = {name: np.empty(rounds) for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            n = loops[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out[name][r] = (time.perf_counter() - t0) / n
+    return out
 
 
 def latency_us(fn, n: int) -> tuple[float, float]:
@@ -84,12 +93,14 @@ def run(export: Path, batches: tuple[int, ...], lengths: tuple[int, ...], min_se
                 s = np.matmul(np.log(inputs + floor), w[:, :, None])[..., 0]
                 return torch.topk(torch.from_numpy(s), 10, dim=-1)
 
-            t_rank = per_call(lambda: rk.rank_batch(cat, num, inputs, mask, 10), min_seconds)
-            t_torch = per_call(torch_bare, min_seconds)
-            t_numpy = per_call(numpy_bare, min_seconds)
+            t = interleaved({"rank": lambda: rk.rank_batch(cat, num, inputs, mask, 10),
+                             "torch": torch_bare, "numpy": numpy_bare}, min_seconds)
+            t_rank, t_torch, t_numpy = (float(np.median(t[m])) for m in ("rank", "torch", "numpy"))
             row = {"candidates": n_cand, "batch": b, "rank_batch_rps": b / t_rank,
                    "torch_bare_rps": b / t_torch, "numpy_bare_rps": b / t_numpy,
-                   "vs_torch": t_torch / t_rank, "vs_numpy": t_numpy / t_rank, "load": os.getloadavg()[0]}
+                   # ratios per round (same background load), then the median
+                   "vs_torch": float(np.median(t["torch"] / t["rank"])),
+                   "vs_numpy": float(np.median(t["numpy"] / t["rank"])), "load": os.getloadavg()[0]}
             rows.append(row)
             print(f"L={n_cand} B={b}: rank_batch {row['rank_batch_rps']:,.0f} req/s, bare torch "
                   f"{row['torch_bare_rps']:,.0f} ({row['vs_torch']:.0%}), bare numpy {row['numpy_bare_rps']:,.0f} "
