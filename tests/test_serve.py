@@ -350,6 +350,9 @@ def test_requests_ready_together_are_ranked_in_one_batch(dirs, table):
     rk = Ranker.load(dirs[0] / "export")
     reqs = [columnar(r) for r in requests_of(table, 6)]
     reqs[3] = {**reqs[3], "user": {"f_user_type": "not an int"}}  # passes parse, fails encoding
+    # different candidate counts: the batch is padded and masked
+    reqs[1] = {**reqs[1], "candidates": {f: v[:2] for f, v in reqs[1]["candidates"].items()}}
+    reqs[4] = {**reqs[4], "candidates": {f: [] for f in reqs[4]["candidates"]}}
     metrics = Metrics()
     batcher = _Batcher(metrics)
 
@@ -362,6 +365,8 @@ def test_requests_ready_together_are_ranked_in_one_batch(dirs, table):
     for i in (0, 1, 2, 4, 5):
         alone = rk.rank([reqs[i]])[0]
         assert out[i].item_ids == alone.item_ids and out[i].weights == pytest.approx(alone.weights, abs=1e-6)
+        assert out[i].scores == pytest.approx(alone.scores, abs=1e-5)
+    assert len(out[1].item_ids) == 2 and out[4].item_ids == []
     assert (metrics.batches, metrics.batched_requests) == (1, 6)
 
 
