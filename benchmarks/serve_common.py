@@ -20,7 +20,7 @@ def tiny_export(out: Path) -> Path:
 
     rng = np.random.default_rng(0)
     n, L = 400, 8
-    rep = lambda a: np.repeat(a, L)  # noqa: E731
+    rep = lambda a: np.repeat(a, L)
     table = pa.table({
         "request_id": rep(np.arange(n)), "user_id": rep(np.arange(n)), "ts": rep(np.arange(n)),
         "item_id": np.tile(np.arange(L), n), "position": np.tile(np.arange(1, L + 1, dtype=np.int32), n),

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_common import markdown, payload, tiny_export  # noqa: E402
+from serve_common import markdown, payload, tiny_export
 
 
 def interleaved(fns: dict, min_seconds: float, rounds: int = 7) -> dict[str, np.ndarray]:
@@ -65,36 +65,44 @@ def latency_us(fn, n: int) -> tuple[float, float]:
     return float(np.median(ts) * 1e6), float(np.percentile(ts, 99) * 1e6)
 
 
-def run(export: Path, batches: tuple[int, ...], lengths: tuple[int, ...], min_seconds: float) -> dict:
+def contenders(rk, cat: np.ndarray, num: np.ndarray, inputs: np.ndarray, mask: np.ndarray) -> dict:
+    """The ranker and the two bare fuse-and-top-K baselines on the same ``[B, L, K]`` inputs; the
+    baselines get the weights the ranker computed."""
     import torch
 
     from blendrank.fusion.formulas import fuse, fusion_features, top_k
+
+    spec = rk.spec
+    w = rk.rank_batch(cat, num, inputs, mask, 10)[0]
+    x_t, m_t, w_t = torch.from_numpy(inputs), torch.from_numpy(mask), torch.from_numpy(w)
+    floor = np.float32(spec.floor)
+
+    def torch_bare():
+        f = fusion_features(x_t, spec.formula, spec.floor)
+        return top_k(fuse(f, w_t), m_t, 10)
+
+    def numpy_bare():
+        s = np.matmul(np.log(inputs + floor), w[:, :, None])[..., 0]
+        return torch.topk(torch.from_numpy(s), 10, dim=-1)
+
+    return {"rank": lambda: rk.rank_batch(cat, num, inputs, mask, 10), "torch": torch_bare, "numpy": numpy_bare}
+
+
+def run(export: Path, batches: tuple[int, ...], lengths: tuple[int, ...], min_seconds: float) -> dict:
+    import torch
+
     from blendrank.serve.ranker import Ranker
 
     torch.set_num_threads(1)
     rk = Ranker.load(export, threads=1)
     assert rk.model_ok, rk.fallback_reason
-    spec = rk.spec
     rows = []
     for n_cand in lengths:
         for b in batches:
             reqs = [payload(export, n_cand, seed=s) for s in range(b)]
             cat, num, inputs, mask, _, _ = rk.encode(reqs)
             inputs = np.ascontiguousarray(inputs)  # [B, L, K] as a caller would hold it
-            w = rk.rank_batch(cat, num, inputs, mask, 10)[0]
-            x_t, m_t, w_t = torch.from_numpy(inputs), torch.from_numpy(mask), torch.from_numpy(w)
-            floor = np.float32(spec.floor)
-
-            def torch_bare():
-                f = fusion_features(x_t, spec.formula, spec.floor)
-                return top_k(fuse(f, w_t), m_t, 10)
-
-            def numpy_bare():
-                s = np.matmul(np.log(inputs + floor), w[:, :, None])[..., 0]
-                return torch.topk(torch.from_numpy(s), 10, dim=-1)
-
-            t = interleaved({"rank": lambda: rk.rank_batch(cat, num, inputs, mask, 10),
-                             "torch": torch_bare, "numpy": numpy_bare}, min_seconds)
+            t = interleaved(contenders(rk, cat, num, inputs, mask), min_seconds)
             t_rank, t_torch, t_numpy = (float(np.median(t[m])) for m in ("rank", "torch", "numpy"))
             row = {"candidates": n_cand, "batch": b, "rank_batch_rps": b / t_rank,
                    "torch_bare_rps": b / t_torch, "numpy_bare_rps": b / t_numpy,

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_common import markdown, payload, tiny_export  # noqa: E402
+from serve_common import markdown, payload, tiny_export
 
 TRIVIAL_APP = """
 from fastapi import FastAPI, Request

@@ -208,7 +208,7 @@ def test_rank_batch_matches_the_training_fusion_path(dirs, table):
     assert np.isinf(scores[0, 3]) and np.isfinite(scores[1:]).all()
     assert (scores[:, :-1] >= scores[:, 1:]).all()
     # CPU tensors are accepted as well as numpy arrays.
-    w_t, idx_t, _ = rk.rank_batch(torch.from_numpy(cat), torch.from_numpy(num), x, m, k=4)
+    _, idx_t, _ = rk.rank_batch(torch.from_numpy(cat), torch.from_numpy(num), x, m, k=4)
     np.testing.assert_array_equal(idx_t, idx)
     with pytest.raises(DataError, match="out of range"):
         rk.rank_batch(cat + 100, num, inputs, mask, 4)

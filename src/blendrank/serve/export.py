@@ -21,8 +21,8 @@ import os
 import shutil
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

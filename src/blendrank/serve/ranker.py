@@ -142,7 +142,12 @@ class Ranker:
 
             model = _Model(run_torch, "torch")
         else:
-            from blendrank.serve.export import onnx_session, parity_error, session_runner, sha256_file
+            from blendrank.serve.export import (
+                onnx_session,
+                parity_error,
+                session_runner,
+                sha256_file,
+            )
 
             onnx_path = self.path / "model.onnx"
             if not onnx_path.is_file():
@@ -373,7 +378,7 @@ def list_stats_np(features: np.ndarray, mask: np.ndarray | None, top: int = 10) 
         ``[B, 4K]`` float32: per feature its mean, std, max and top-``top`` mean over real
         candidates (zeros for a request without candidates), in ``list_stats``'s order.
     """
-    b, k, n = features.shape
+    n = features.shape[-1]
     t = min(top, n)
     if mask is None:  # (sum * 1/n rather than .mean: this runs per request, .mean's overhead shows)
         mean = features.sum(-1) * np.float32(1.0 / n)
