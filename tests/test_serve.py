@@ -431,7 +431,9 @@ def test_reload_during_concurrent_requests_gives_no_5xx(live_server, dirs, tmp_p
     assert reloads == [200, 422, 200, 200, 422, 200]
     assert len(statuses) > 100 and set(statuses) == {200}, sorted(set(statuses))
     metrics = app.state.metrics
-    assert metrics.batched_requests == metrics.requests[("/v1/rank", 200)] and metrics.batches > 0
+    # every answered request went through the batcher (the request counter may lag: it is
+    # updated after the response is sent)
+    assert metrics.batched_requests == len(statuses) and 0 < metrics.batches <= len(statuses)
     assert app.state.blendrank["ranker"].path == root / "export"
 
 
