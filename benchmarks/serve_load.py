@@ -16,6 +16,9 @@ endpoint, two phases, each bounded in time and in concurrent connections:
   ``--concurrency`` connections); latency counts from the scheduled send time, so time spent
   queued behind a slow server is included.
 
+A last phase repeats ``max`` on ``/v1/rank`` while the model is reloaded (``POST /admin/reload``,
+validated and swapped) every ``--reload-every`` seconds: its non-200 count must be 0.
+
 Also reported: the mean number of requests per policy call (the service ranks requests that
 arrive together as one batch), the server's CPU time per request (from /proc, so less sensitive to other load on
 the machine than wall-clock figures) and the load average. Ends with a Markdown table and the
@@ -28,10 +31,13 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +178,25 @@ def phase(name: str, proc: subprocess.Popen, port: int, path: str, body: bytes, 
     return res
 
 
+def reload_loop(port: int, token: str, dirs: list[Path], every: float, stop: threading.Event,
+                results: list[int]) -> None:
+    """POST /admin/reload every ``every`` seconds, alternating between ``dirs``; HTTP statuses."""
+    import urllib.error
+    import urllib.request
+
+    i = 0
+    while not stop.wait(every):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/reload", method="POST",
+                                     data=json.dumps({"path": str(dirs[i % len(dirs)])}).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                results.append(r.status)
+        except urllib.error.HTTPError as exc:
+            results.append(exc.code)
+        i += 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="Export directory (default: train and export a small policy).")
@@ -181,6 +206,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="Open connections per phase.")
     ap.add_argument("--rate", type=float, default=300.0, help="Offered load of the open-loop phase, requests/s.")
     ap.add_argument("--layout", choices=("columnar", "rows"), default="columnar", help="Candidate layout of the body.")
+    ap.add_argument("--reload-every", type=float, default=1.0,
+                    help="Last phase: closed loop on /v1/rank while the model is reloaded every this many seconds.")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     lengths = args.candidates or ([200] if args.quick else [50, 200, 500])
@@ -189,8 +216,11 @@ def main() -> None:
     export = args.model or tiny_export(tmp)
     (tmp / "trivial_app.py").write_text(TRIVIAL_APP)
     src = str(Path(__file__).resolve().parents[1] / "src")
+    token = secrets.token_hex(8)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(tmp), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "BLENDRANK_RELOAD_TOKEN": token}
+    twin = tmp / "export_twin"  # reloads alternate between the export and a copy of it
+    shutil.copytree(export, twin)
     p_rank, p_triv = free_port(), free_port()
     load0 = os.getloadavg()
     rank = start([sys.executable, "-m", "blendrank.cli.main", "serve", "--model", str(export), "--port", str(p_rank),
@@ -205,6 +235,19 @@ def main() -> None:
                 for name, proc, port, path in (("trivial", triv, p_triv, "/trivial"), ("rank", rank, p_rank, "/v1/rank")):
                     r = phase(name, proc, port, path, body, seconds, args.concurrency, rate)
                     rows.append({"candidates": n, "body_kib": len(body) / 1024, **r})
+        n = 200 if 200 in lengths else lengths[0]
+        body = json.dumps(payload(export, n, layout=args.layout)).encode()
+        stop, reloads = threading.Event(), []
+        reloader = threading.Thread(target=reload_loop, args=(p_rank, token, [twin, export], args.reload_every, stop, reloads))
+        reloader.start()
+        try:
+            r = phase("rank", rank, p_rank, "/v1/rank", body, seconds, args.concurrency, None)
+        finally:
+            stop.set()
+            reloader.join(120)
+        r["mode"] = f"max + {len(reloads)} reloads"
+        rows.append({"candidates": n, "body_kib": len(body) / 1024, **r})
+        print(f"reloads during the last phase: {len(reloads)}, statuses {sorted(set(reloads))}", flush=True)
     finally:
         for proc in (rank, triv):
             proc.terminate()
