@@ -177,19 +177,21 @@ class _Batcher:
     """
 
     def __init__(self, metrics: Metrics | None = None) -> None:
-        self.pending: list[tuple[Ranker, ParsedRequest, asyncio.Future]] = []
+        # Per event loop: uvicorn runs one, but a test client may run the app on several threads.
+        self.pending: dict[asyncio.AbstractEventLoop, list[tuple[Ranker, ParsedRequest, asyncio.Future]]] = {}
         self.metrics = metrics
 
     def rank(self, ranker: Ranker, parsed: ParsedRequest) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        if not self.pending:
-            loop.call_soon(self._flush)
-        self.pending.append((ranker, parsed, fut))
+        pending = self.pending.setdefault(loop, [])
+        if not pending:
+            loop.call_soon(self._flush, loop)
+        pending.append((ranker, parsed, fut))
         return fut
 
-    def _flush(self) -> None:
-        pending, self.pending = self.pending, []
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = self.pending.pop(loop, [])
         groups: dict[int, list[tuple[Ranker, ParsedRequest, asyncio.Future]]] = {}
         for item in pending:  # one group unless a reload happened in between
             groups.setdefault(id(item[0]), []).append(item)
