@@ -221,6 +221,20 @@ def test_rank_batch_matches_the_training_fusion_path(dirs, table):
             rk.rank_batch(cat, num, worse, mask, 4)
 
 
+def test_large_batches_in_blocks_give_the_same_answer(dirs, table, monkeypatch):
+    import blendrank.serve.ranker as ranker_module
+
+    rk = Ranker.load(dirs[0] / "export")
+    cat, num, inputs, mask, _ids, _ = rk.encode(requests_of(table, 30))
+    mask = mask.copy()
+    mask[3, 2:] = False
+    whole = rk.rank_batch(cat, num, inputs, mask, k=4)
+    monkeypatch.setattr(ranker_module, "BLOCK_ELEMENTS", 1)  # blocks of 8 requests: 4 blocks
+    blocks = rk.rank_batch(cat, num, inputs, mask, k=4)
+    for a, b in zip(whole, blocks):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_ranker_falls_back_when_the_model_is_broken(dirs, tmp_path):
     root, _ = dirs
     bad = tmp_path / "bad"
