@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -48,7 +49,8 @@ def dirs(tmp_path_factory, table):
 @pytest.fixture()
 def client(dirs):
     root, _ = dirs
-    return TestClient(create_app(root / "export", reload_token=TOKEN, max_body_bytes=200_000, max_candidates=50))
+    return TestClient(create_app(root / "export", reload_token=TOKEN, max_body_bytes=200_000, max_candidates=50,
+                                 max_k=20, max_string_chars=16))
 
 
 def requests_of(table, n=None, k=3):
@@ -62,7 +64,7 @@ def requests_of(table, n=None, k=3):
 
 def body(n=5, **user):
     return {"user": {"f_user_type": 1, **user}, "k": 3,
-            "candidates": [{"item_id": i, "pred_click": 0.1 * i, "pred_order": 0.5} for i in range(n)]}
+            "candidates": [{"item_id": i, "pred_click": (0.37 * i) % 1, "pred_order": 0.5} for i in range(n)]}
 
 
 # ------------------------------------------------------------------------------------ export
@@ -85,8 +87,43 @@ def test_export_rejects_bad_fallback_and_missing_policy(dirs, tmp_path):
     root, _ = dirs
     with pytest.raises(DataError, match="fallback weights"):
         export_policy(root / "policy", tmp_path / "x", fallback_weights=[1.0])
+    with pytest.raises(DataError, match=r"no weight for fusion input\(s\) \['order'\]"):
+        export_policy(root / "policy", tmp_path / "x", fallback_weights={"click": 1.0})
     with pytest.raises(DataError, match="not a trained policy"):
         export_policy(tmp_path / "nope", tmp_path / "y")
+
+
+def test_fallback_weights_from_production_files(dirs, tmp_path):
+    """--fallback-weights takes the production formula's weights from the files that hold them;
+    inputs the policy does not fuse are dropped (and said so), the rest renormalised."""
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    root, _ = dirs
+    files = {"summary.json": json.dumps({"production_weights": {"click": 0.5, "order": 0.3, "price": 0.2}}),
+             "production.yaml": "weights:\n  click: 5\n  order: 3\n",
+             "static_weights.json": json.dumps({"objectives": ["click", "order"], "weights": [0.625, 0.375]})}
+    from blendrank.cli.export import _fallback
+    from blendrank.serve.export import fallback_vector
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        weights, source = _fallback(str(tmp_path / name))
+        fb, dropped = fallback_vector(weights, ["click", "order"], source)
+        assert fb == pytest.approx([0.625, 0.375]) and dropped == (["price"] if name == "summary.json" else [])
+    r = CliRunner().invoke(app, ["export", "--policy", str(root / "policy"), "--out", str(tmp_path / "e"),
+                                 "--fallback-weights", str(tmp_path / "summary.json")])
+    assert r.exit_code == 0, r.output
+    assert "dropped: ['price']" in r.output.replace("\n", "")
+    m = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert m["fallback_weights"] == pytest.approx([0.625, 0.375]) and m["fallback_source"] == str(tmp_path / "summary.json")
+    assert Ranker.load(tmp_path / "e").fallback_weights == pytest.approx([0.625, 0.375])
+    (tmp_path / "bad.json").write_text("{}")
+    r = CliRunner().invoke(app, ["export", "--policy", str(root / "policy"), "--out", str(tmp_path / "f"),
+                                 "--fallback-weights", str(tmp_path / "bad.json")])
+    assert r.exit_code == 1 and "expected a 'weights' list or mapping" in r.output
+    assert fallback_vector(None, ["click", "order"]) == ([0.5, 0.5], [])
 
 
 # ------------------------------------------------------------------------------------ ranker
@@ -113,18 +150,89 @@ def test_ranker_onnx_and_torch_match_the_training_path(dirs, table):
     np.testing.assert_allclose(r0.scores, np.sort(s)[::-1][:3], atol=1e-5)
 
 
-def test_rank_batch_tensor_path(dirs, table):
+def columnar(req):
+    """The same request with its candidates as columns."""
+    cands = req["candidates"]
+    fields = ["item_id", "pred_click", "pred_order"]
+    return {**req, "candidates": {f: [c[f] for c in cands] for f in fields}}
+
+
+def test_columnar_and_row_candidates_rank_identically(dirs, table):
+    rk = Ranker.load(dirs[0] / "export")
+    reqs = requests_of(table, 12)
+    rows, cols = rk.rank(reqs), rk.rank([columnar(r) for r in reqs])
+    assert [r.item_ids for r in rows] == [r.item_ids for r in cols]
+    assert [r.weights for r in rows] == [r.weights for r in cols]
+    # One request alone (the unpadded single-request path) gives the batch's answer.
+    single = rk.rank([columnar(reqs[5])])[0]
+    assert single.item_ids == rows[5].item_ids
+    assert single.weights == pytest.approx(rows[5].weights, abs=1e-6)
+
+
+def test_list_stats_np_matches_training_list_stats():
+    from blendrank.fusion.state import list_stats
+    from blendrank.serve.ranker import list_stats_np
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 30):
+        f = rng.normal(size=(6, 3, n)).astype(np.float32)
+        mask = rng.random((6, n)) < 0.6
+        mask[0], mask[1], mask[2] = False, True, np.arange(n) == 0  # empty, full, one candidate
+        ref = list_stats(torch.from_numpy(f.transpose(0, 2, 1).copy()), torch.from_numpy(mask), 10).numpy()
+        np.testing.assert_allclose(list_stats_np(f, mask, 10), ref, atol=1e-5, rtol=0)
+        full = list_stats(torch.from_numpy(f.transpose(0, 2, 1).copy()), torch.ones(6, n, dtype=torch.bool), 10)
+        np.testing.assert_allclose(list_stats_np(f, None, 10), full.numpy(), atol=1e-5, rtol=0)
+
+
+def test_rank_batch_matches_the_training_fusion_path(dirs, table):
+    from blendrank.fusion.formulas import fuse, fusion_features, top_k
+    from blendrank.fusion.state import list_stats
+
     root, _ = dirs
     rk = Ranker.load(root / "export")
+    gp = GradePolicy.load(root / "policy")
     cat, num, inputs, mask, _ids, _ = rk.encode(requests_of(table, 8))
+    mask = mask.copy()
     mask[0, 3:] = False  # request 0 has 3 real candidates
     w, idx, scores = rk.rank_batch(cat, num, inputs, mask, k=4)
     assert w.shape == (8, 2) and idx.shape == (8, 4) and scores.shape == (8, 4)
-    torch.testing.assert_close(w.sum(-1), torch.ones(8))
-    assert torch.isinf(scores[0, 3]) and torch.isfinite(scores[1:]).all()
+    # The reference: the torch functions training and evaluation use.
+    x, m = torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(mask)
+    feats = fusion_features(x, gp.spec.formula, gp.spec.floor).masked_fill(~m.unsqueeze(-1), 0.0)
+    ref_w = gp.policy.eval().mean_weights(torch.from_numpy(cat), torch.from_numpy(num),
+                                          list_stats(feats, m, gp.spec.stats_top)).detach()
+    np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=0)
+    ref_s = fuse(feats, ref_w)
+    ref_idx, valid = top_k(ref_s, m, 4)
+    np.testing.assert_array_equal(idx[valid.numpy()], ref_idx[valid].numpy())
+    assert np.isinf(scores[0, 3]) and np.isfinite(scores[1:]).all()
     assert (scores[:, :-1] >= scores[:, 1:]).all()
-    with pytest.raises(DataError):
+    # CPU tensors are accepted as well as numpy arrays.
+    _, idx_t, _ = rk.rank_batch(torch.from_numpy(cat), torch.from_numpy(num), x, m, k=4)
+    np.testing.assert_array_equal(idx_t, idx)
+    with pytest.raises(DataError, match="out of range"):
         rk.rank_batch(cat + 100, num, inputs, mask, 4)
+    with pytest.raises(DataError, match="inputs must be"):
+        rk.rank_batch(cat, num, inputs[..., :1], mask, 4)
+    for bad in (np.nan, -0.5, np.inf):
+        worse = inputs.copy()
+        worse[2, 1, 0] = bad
+        with pytest.raises(DataError, match="finite and non-negative"):
+            rk.rank_batch(cat, num, worse, mask, 4)
+
+
+def test_large_batches_in_blocks_give_the_same_answer(dirs, table, monkeypatch):
+    import blendrank.serve.ranker as ranker_module
+
+    rk = Ranker.load(dirs[0] / "export")
+    cat, num, inputs, mask, _ids, _ = rk.encode(requests_of(table, 30))
+    mask = mask.copy()
+    mask[3, 2:] = False
+    whole = rk.rank_batch(cat, num, inputs, mask, k=4)
+    monkeypatch.setattr(ranker_module, "BLOCK_ELEMENTS", 1)  # blocks of 8 requests: 4 blocks
+    blocks = rk.rank_batch(cat, num, inputs, mask, k=4)
+    for a, b in zip(whole, blocks):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_ranker_falls_back_when_the_model_is_broken(dirs, tmp_path):
@@ -146,9 +254,14 @@ def test_ranker_rejects_bad_requests(dirs):
         rk.rank([{"user": {}, "candidates": []}])
     with pytest.raises(DataError, match="unknown feature"):
         rk.rank([body(f_user_zzz=1)])
-    with pytest.raises(DataError, match=r"\[0, 1\]"):
+    with pytest.raises(DataError, match=r"candidates\[0\]\.pred_click must be a probability in \[0, 1\]"):
         rk.rank([{**body(), "candidates": [{"item_id": 1, "pred_click": 1.5, "pred_order": 0.1}]}])
+    with pytest.raises(DataError, match=r"request 1: candidates\.pred_order\[2\] must be a probability"):
+        bad = columnar(body())
+        bad["candidates"]["pred_order"][2] = -0.1
+        rk.rank([body(), bad])
     assert rk.rank([{**body(), "candidates": []}])[0].item_ids == []
+    assert rk.rank([columnar({**body(), "candidates": []})])[0].item_ids == []
 
 
 # ------------------------------------------------------------------------------------ HTTP
@@ -171,22 +284,48 @@ def test_rank_weights_health_metrics(client, dirs):
     assert 'blendrank_weight_mean{input="click"}' in text and "blendrank_model_ok 1" in text
 
 
+def with_cols(**cols):
+    req = columnar(body())
+    req["candidates"].update(cols)
+    return req
+
+
 @pytest.mark.serve
 @pytest.mark.parametrize("payload,status,match", [
-    (b"x" * 300_000, 413, "larger than"),
-    (body(51), 422, "limit 50"),
-    ({**body(), "k": "ten"}, 422, "k"),
+    # bounds: body bytes, candidates per request, page size, string sizes
+    (b"x" * 300_000, 413, "larger than 200000 bytes"),
+    (body(51), 422, "candidates: 51 candidates, more than the limit 50"),
+    (columnar(body(51)), 422, "candidates: 51 candidates, more than the limit 50"),
+    ({**body(), "k": 21}, 422, "k must be an integer in [1, 20]"),
+    (with_cols(item_id=["x" * 17, 1, 2, 3, 4]), 422, "candidates.item_id[0]: string of 17 characters, more than the limit 16"),
+    ({**body(), "user": {"f_user_type": "y" * 17}}, 422, "user.f_user_type: string of 17 characters"),
+    (b"[" * 100_000 + b"]" * 100_000, 422, "nested too deeply"),
+    # types and values
+    ({**body(), "k": "ten"}, 422, "k must be an integer"),
     ({"user": {}, "candidates": [], "k": 3}, 422, "missing feature"),
     (body(f_user_nope=3), 422, "unknown feature"),
-    ({**body(), "candidates": [{"item_id": 1, "pred_click": "high", "pred_order": 0.1}]}, 422, "finite number"),
-    ({**body(), "candidates": [{"item_id": [1], "pred_click": 0.1, "pred_order": 0.1}]}, 422, "item_id"),
+    ({**body(), "candidates": [{"item_id": 1, "pred_click": "high", "pred_order": 0.1}]}, 422,
+     "candidates[0].pred_click must be a finite number"),
+    ({**body(), "candidates": [{"item_id": [1], "pred_click": 0.1, "pred_order": 0.1}]}, 422, "candidates[0].item_id"),
+    ({**body(), "candidates": [{"item_id": 1, "pred_click": 0.1}]}, 422, "candidates[0]: missing field(s) ['pred_order']"),
     ({**body(), "user": {"f_user_type": "a"}}, 422, "f_user_type"),
-    (b"{not json", 422, ""),
+    (with_cols(pred_click=[0.1, 0.2]), 422, "candidates.pred_click has 2 values but candidates.item_id has 5"),
+    (with_cols(pred_order=[0.1, 0.2, None, 0.3, 0.4]), 422, "candidates.pred_order[2] must be a finite number"),
+    (with_cols(pred_order=[0.1, 0.2, True, 0.3, 0.4]), 422, "candidates.pred_order[2] must be a finite number"),
+    (with_cols(pred_order=[0.1, 0.2, 0.3, 0.4, 1e400]), 422, "candidates.pred_order[4] must be a probability"),
+    (with_cols(price=[1, 2, 3, 4, 5]), 422, "unknown column(s) ['price']"),
+    ({**body(), "candidates": "many"}, 422, "candidates must be an object of columns"),
+    ({**body(), "extra": 1}, 422, "unknown field(s) ['extra']"),
+    (b"{not json", 422, "not valid JSON"),
+    (b"\xff\xfe", 422, "not valid JSON"),
+    (b"[1, 2]", 422, "must be a JSON object"),
 ])
 def test_bad_input_is_a_4xx_with_a_message(client, payload, status, match):
-    r = client.post("/v1/rank", content=payload) if isinstance(payload, bytes) else client.post("/v1/rank", json=payload)
-    assert r.status_code == status, r.text
-    assert match in r.text
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    for endpoint in ("/v1/rank", "/v1/weights"):
+        r = client.post(endpoint, content=content, headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        assert match in r.json()["detail"]
 
 
 @pytest.mark.serve
@@ -214,6 +353,104 @@ def test_reload_requires_the_token_and_validates_before_swapping(client, dirs, t
     assert off.post("/admin/reload", json={"path": str(new)}, headers=auth).status_code == 403
 
 
+@pytest.mark.serve
+def test_requests_ready_together_are_ranked_in_one_batch(dirs, table):
+    """Concurrent requests share one policy call; a user value the Feature Center rejects fails
+    only its own request; results equal ranking each request alone."""
+    import asyncio
+
+    from blendrank.serve.app import Metrics, _Batcher
+
+    rk = Ranker.load(dirs[0] / "export")
+    reqs = [columnar(r) for r in requests_of(table, 6)]
+    reqs[3] = {**reqs[3], "user": {"f_user_type": "not an int"}}  # passes parse, fails encoding
+    # different candidate counts: the batch is padded and masked
+    reqs[1] = {**reqs[1], "candidates": {f: v[:2] for f, v in reqs[1]["candidates"].items()}}
+    reqs[4] = {**reqs[4], "candidates": {f: [] for f in reqs[4]["candidates"]}}
+    metrics = Metrics()
+    batcher = _Batcher(metrics)
+
+    async def all_at_once():
+        futs = [batcher.rank(rk, rk.parse(r)) for r in reqs]
+        return await asyncio.gather(*futs, return_exceptions=True)
+
+    out = asyncio.run(all_at_once())
+    assert isinstance(out[3], DataError) and "f_user_type" in str(out[3])
+    for i in (0, 1, 2, 4, 5):
+        alone = rk.rank([reqs[i]])[0]
+        assert out[i].item_ids == alone.item_ids and out[i].weights == pytest.approx(alone.weights, abs=1e-6)
+        assert out[i].scores == pytest.approx(alone.scores, abs=1e-5)
+    assert len(out[1].item_ids) == 2 and out[4].item_ids == []
+    assert (metrics.batches, metrics.batched_requests) == (1, 6)
+
+
+@pytest.fixture()
+def live_server(dirs):
+    """The service under uvicorn on a loopback port, in a thread: (base url, app)."""
+    import threading
+
+    import uvicorn
+
+    app = create_app(dirs[0] / "export", reload_token=TOKEN)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.serve
+def test_reload_during_concurrent_requests_gives_no_5xx(live_server, dirs, tmp_path):
+    import threading
+
+    import httpx
+
+    url, app = live_server
+    root, _ = dirs
+    new, corrupt = tmp_path / "new", tmp_path / "corrupt"
+    shutil.copytree(root / "export", new)
+    shutil.copytree(root / "export", corrupt)
+    (corrupt / "model.onnx").write_bytes(b"garbage")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer(seed: int) -> None:
+        req = body(40) if seed % 2 else columnar(body(40))
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                statuses.append(c.post("/v1/rank", json=req).status_code)
+
+    clients = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in clients:
+        t.start()
+    reloads = []
+    try:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as admin:
+            for target in (new, corrupt, root / "export", new, corrupt, root / "export"):
+                before = len(statuses)
+                reloads.append(admin.post("/admin/reload", json={"path": str(target)}).status_code)
+                while len(statuses) < before + 20:  # requests are served between reloads too
+                    time.sleep(0.005)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+    assert reloads == [200, 422, 200, 200, 422, 200]
+    assert len(statuses) > 100 and set(statuses) == {200}, sorted(set(statuses))
+    metrics = app.state.metrics
+    # every answered request went through the batcher (the request counter may lag: it is
+    # updated after the response is sent)
+    assert metrics.batched_requests == len(statuses) and 0 < metrics.batches <= len(statuses)
+    assert app.state.blendrank["ranker"].path == root / "export"
+
+
 json_leaf = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=5)
 json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3), max_leaves=8)
 candidate = st.fixed_dictionaries({"item_id": json_value, "pred_click": json_value, "pred_order": json_value},
@@ -221,25 +458,73 @@ candidate = st.fixed_dictionaries({"item_id": json_value, "pred_click": json_val
 good_candidate = st.fixed_dictionaries({
     "item_id": st.integers(0, 10**6) | st.text(max_size=4),
     "pred_click": st.floats(0, 1), "pred_order": st.floats(0, 1)})
+column = st.lists(json_leaf, max_size=6) | st.lists(st.floats(0, 1), max_size=6) | json_value
+columns = st.fixed_dictionaries({"item_id": st.lists(st.integers(0, 9) | st.text(max_size=20), max_size=6) | json_value,
+                                 "pred_click": column, "pred_order": column},
+                                optional={"price": column, "extra": column})
+user = st.dictionaries(st.sampled_from(["f_user_type", "f_user_x"]), json_value, max_size=2) | json_value
 payloads = st.one_of(
     json_value,
-    st.fixed_dictionaries({"user": st.dictionaries(st.sampled_from(["f_user_type", "f_user_x"]), json_value, max_size=2)
-                           | json_value,
-                           "candidates": st.lists(candidate | good_candidate, max_size=4) | json_value},
+    st.fixed_dictionaries({"user": user, "candidates": st.lists(candidate | good_candidate, max_size=4) | json_value},
+                          optional={"k": json_value}),
+    st.fixed_dictionaries({"user": st.fixed_dictionaries({"f_user_type": json_leaf}), "candidates": columns},
                           optional={"k": json_value}),
     st.fixed_dictionaries({"user": st.fixed_dictionaries({"f_user_type": json_leaf}),
                            "candidates": st.lists(good_candidate, max_size=6), "k": st.integers(-2, 10**12)}),
 )
 
 
+@st.composite
+def valid_payloads(draw):
+    n = draw(st.integers(0, 50))
+    cands = {"item_id": draw(st.lists(st.integers(-2**63, 2**63) | st.text(max_size=16), min_size=n, max_size=n)),
+             "pred_click": draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)),
+             "pred_order": draw(st.lists(st.floats(0, 1) | st.integers(0, 1), min_size=n, max_size=n))}
+    if draw(st.booleans()):
+        cands = [dict(zip(cands, vals)) for vals in zip(*cands.values())]
+    return {"user": {"f_user_type": draw(st.none() | st.integers(-5, 5))}, "candidates": cands,
+            "k": draw(st.integers(1, 20))}
+
+
 @pytest.mark.serve
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(payload=payloads, endpoint=st.sampled_from(["/v1/rank", "/v1/weights"]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=payloads | st.binary(max_size=64), endpoint=st.sampled_from(["/v1/rank", "/v1/weights"]))
 def test_fuzzed_payloads_never_give_a_5xx(client, payload, endpoint):
-    r = client.post(endpoint, content=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    r = client.post(endpoint, content=content, headers={"content-type": "application/json"})
     assert r.status_code < 500, (payload, r.text)
     if r.status_code == 200:
         assert all(np.isfinite(v) for v in r.json()["weights"].values())
+    else:
+        assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
+@pytest.mark.serve
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=valid_payloads())
+def test_fuzzed_valid_payloads_are_ranked(client, payload):
+    r = client.post("/v1/rank", content=json.dumps(payload).encode())
+    assert r.status_code == 200, r.text
+    out = r.json()
+    cands = payload["candidates"]
+    ids = cands["item_id"] if isinstance(cands, dict) else [c["item_id"] for c in cands]
+    assert len(out["item_ids"]) == min(payload["k"], len(ids)) and set(out["item_ids"]) <= set(ids)
+    assert out["scores"] == sorted(out["scores"], reverse=True) and all(np.isfinite(out["scores"]))
+
+
+@pytest.mark.serve
+def test_openapi_documents_both_candidate_layouts(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/rank"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/RankRequest"}
+    comps = spec["components"]["schemas"]
+    layouts = json.dumps(comps["RankRequest"]["properties"]["candidates"])
+    assert "ColumnarCandidates" in layouts and "Candidate" in layouts
+    assert {"ColumnarCandidates", "Candidate", "RankResponse", "WeightsResponse"} <= set(comps)
+    responses = spec["paths"]["/v1/rank"]["post"]["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RankResponse"}
+    assert {"413", "422"} <= set(responses) and "/v1/weights" in spec["paths"] and "/healthz" in spec["paths"]
+    assert client.get("/v1/rank").status_code == 405
 
 
 # ------------------------------------------------------------------------------------ CLI

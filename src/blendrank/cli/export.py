@@ -10,21 +10,34 @@ import typer
 from blendrank.cli.common import fail, out, user_errors
 
 
-def _fallback(value: str | None) -> list[float] | None:
+def _fallback(value: str | None) -> tuple[list[float] | dict[str, float] | None, str | None]:
+    """``--fallback-weights``: comma-separated numbers, or a JSON/YAML file holding the weights:
+    ``static_weights.json`` (``objectives`` + ``weights`` lists, from `blendrank train --method
+    static_search`), ``production.yaml`` (``weights: {objective: w}``, beside a contract log) or a
+    world's ``summary.json`` (``production_weights: {input: w}``)."""
     if value is None:
-        return None
+        return None, None
     path = Path(value)
-    if path.is_file():  # static_weights.json from `blendrank train --method static_search`
+    if not path.is_file():
         try:
-            return [float(x) for x in json.loads(path.read_text())["weights"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            fail(f"--fallback-weights {value}: expected a static_weights.json with a 'weights' list ({exc})")
+            return [float(x) for x in value.split(",")], "--fallback-weights"
+        except ValueError:
+            fail(f"--fallback-weights {value!r}: not a file; give comma-separated numbers (one per fusion input) "
+                 "or a static_weights.json / production.yaml / world summary.json")
     try:
-        return [float(x) for x in value.split(",")]
-    except ValueError:
-        fail(f"--fallback-weights {value!r}: give comma-separated numbers (one per fusion input) "
-             "or a static_weights.json file")
-    return None
+        import yaml
+
+        doc = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        fail(f"--fallback-weights {path}: unreadable ({exc})")
+    doc = doc if isinstance(doc, dict) else {}
+    weights = doc.get("production_weights", doc.get("weights"))
+    if isinstance(weights, list) and isinstance(doc.get("objectives"), list) and len(doc["objectives"]) == len(weights):
+        weights = dict(zip(doc["objectives"], weights))
+    if not isinstance(weights, (dict, list)):
+        fail(f"--fallback-weights {path}: expected a 'weights' list or mapping (static_weights.json, production.yaml) "
+             "or a 'production_weights' mapping (a world's summary.json)")
+    return weights, str(path)
 
 
 @user_errors
@@ -33,12 +46,17 @@ def export(
     out_dir: Path = typer.Option(..., "--out", help="Export directory (model.onnx, manifest.json, feature center, fusion spec)."),
     fallback_weights: str | None = typer.Option(
         None, "--fallback-weights",
-        help="Static weights served when the model cannot be used: comma-separated, one per fusion "
-             "input (e.g. the production weights), or a static_weights.json. Default: uniform."),
+        help="Static weights served when the model cannot be used, normally the production formula's: "
+             "comma-separated (one per fusion input), or a file: a world's summary.json, a production.yaml, "
+             "a static_weights.json. Default: uniform (a policy directory does not record production weights)."),
 ) -> None:
     """Export the policy's deterministic head to ONNX, checked against PyTorch with onnxruntime."""
     from blendrank.serve.export import export_policy
 
-    m = export_policy(policy, out_dir, fallback_weights=_fallback(fallback_weights))
+    weights, source = _fallback(fallback_weights)
+    m = export_policy(policy, out_dir, fallback_weights=weights, fallback_source=source)
     out.print(f"exported {policy} -> {out_dir}/model.onnx ({m['exporter']} exporter, inputs {m['fusion_inputs']}, "
               f"parity max abs error {m['parity_max_abs_error']:.2g}, sha256 {m['model_sha256'][:12]})")
+    fb = dict(zip(m["fusion_inputs"], (round(w, 4) for w in m["fallback_weights"])))
+    dropped = f"; not fused, dropped: {m['fallback_dropped']}" if m["fallback_dropped"] else ""
+    out.print(f"fallback weights {fb} from {m['fallback_source']}{dropped}")

@@ -4,17 +4,20 @@ Endpoints: ``POST /v1/rank``, ``POST /v1/weights``, ``GET /healthz``, ``GET /met
 (Prometheus text format, written by hand) and ``POST /admin/reload`` (bearer token; the new
 directory is loaded with a sha256 and parity check before it is swapped in atomically).
 
-Bad input gets a 4xx with a message, never a 5xx: the body size is bounded (413), the candidate
-count is bounded, and unknown or missing features, wrong types and out-of-range values give 422.
+Bad input gets a 4xx with a message, never a 5xx: the body size is bounded (413); the candidate
+count, page size and string lengths are bounded, and malformed JSON, unknown or missing features,
+wrong types and out-of-range values give 422 with a message naming the field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from blendrank.errors import BlendrankError
+from blendrank.errors import BlendrankError, DataError
+from blendrank.serve.payload import Limits, ParsedRequest
 from blendrank.serve.ranker import Ranker
 
 FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
@@ -32,9 +36,22 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 KNOWN_PATHS = ("/v1/rank", "/v1/weights", "/healthz", "/metrics", "/admin/reload")
 
 
+# The request/response models document the API (OpenAPI schema); the hot path does not build
+# them: the body is decoded with one json.loads and checked column by column in numpy
+# (blendrank.serve.payload), and the response is written as bytes.
+class ColumnarCandidates(BaseModel):
+    """Candidates as columns (the fast path): ``item_id`` and one list per fusion input, all of
+    the same length: ``pred_<objective>`` in [0, 1] for every fused objective, and ``price`` (≥ 0)
+    when the policy fuses price."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "example": {"item_id": ["a", "b"], "pred_click": [0.3, 0.1], "pred_order": [0.02, 0.05]}})
+    item_id: list[ItemId] = Field(description="Candidate ids (integers or strings).")
+
+
 class Candidate(BaseModel):
-    """A candidate: ``item_id`` plus ``pred_<objective>`` for every fused objective (and
-    ``price`` when the policy fuses price). Other fields are rejected."""
+    """A candidate as an object: ``item_id`` plus ``pred_<objective>`` for every fused objective
+    (and ``price`` when the policy fuses price). Other fields are rejected."""
 
     model_config = ConfigDict(extra="allow")
     item_id: ItemId
@@ -43,15 +60,16 @@ class Candidate(BaseModel):
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: dict[str, FeatureValue] = Field(description="Every user/context feature of the model (null = missing).")
-    candidates: list[Candidate] = Field(description="Candidates with their MTL predictions.")
-    k: StrictInt = Field(10, ge=1, description="Page size.")
+    candidates: ColumnarCandidates | list[Candidate] = Field(
+        description="Candidates with their MTL predictions: columns (fast) or a list of objects.")
+    k: StrictInt = Field(10, ge=1, description="Page size (at most the service's --max-k).")
 
 
 class RankResponse(BaseModel):
-    item_ids: list[ItemId]
-    scores: list[float]
-    weights: dict[str, float]
-    fallback: bool
+    item_ids: list[ItemId] = Field(description="The page, best first.")
+    scores: list[float] = Field(description="Fused scores of the page.")
+    weights: dict[str, float] = Field(description="Fusion weights used, per fusion input.")
+    fallback: bool = Field(description="True when the static fallback weights were served.")
 
 
 class WeightsResponse(BaseModel):
@@ -76,6 +94,8 @@ class Metrics:
         self.weight_n = 0
         self.fallback_n = 0
         self.reloads: dict[str, int] = defaultdict(int)
+        self.batches = 0
+        self.batched_requests = 0
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -88,6 +108,11 @@ class Metrics:
             else:
                 b[-1] += 1
             self.lat_sum[endpoint] += seconds
+
+    def batch(self, size: int) -> None:
+        with self.lock:
+            self.batches += 1
+            self.batched_requests += size
 
     def weights(self, w: dict[str, float], fallback: bool) -> None:
         with self.lock:
@@ -123,6 +148,12 @@ class Metrics:
                       "# HELP blendrank_fallback_requests_total Requests served with the static fallback weights.",
                       "# TYPE blendrank_fallback_requests_total counter",
                       f"blendrank_fallback_requests_total {self.fallback_n}",
+                      "# HELP blendrank_rank_batches_total Policy calls of /v1/rank (concurrent requests share one).",
+                      "# TYPE blendrank_rank_batches_total counter",
+                      f"blendrank_rank_batches_total {self.batches}",
+                      "# HELP blendrank_rank_batched_requests_total Requests ranked by those calls.",
+                      "# TYPE blendrank_rank_batched_requests_total counter",
+                      f"blendrank_rank_batched_requests_total {self.batched_requests}",
                       "# HELP blendrank_reloads_total Model reload attempts by result.",
                       "# TYPE blendrank_reloads_total counter"]
             for res, n in sorted(self.reloads.items()):
@@ -132,11 +163,76 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Guard:
-    """ASGI middleware: bounds the request body (413) and records per-endpoint status/latency."""
+FastHandler = Callable[[bytes], Awaitable[bytes]]
 
-    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int):
-        self.app, self.metrics, self.max = app, metrics, max_body_bytes
+
+class _Batcher:
+    """Ranks the requests that become ready in the same event-loop turn with one policy call.
+
+    Under concurrent load several connections' requests are parsed in one turn of the loop; each
+    is validated on its own, then queued here, and a callback scheduled for the next turn ranks
+    the queue as one batch (user encoding, list statistics, the policy and top-K vectorised over
+    it). A request alone waits one loop turn, no timer. A user feature value that the Feature
+    Center rejects fails only its own request: the batch is then ranked request by request.
+    """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        # Per event loop: uvicorn runs one, but a test client may run the app on several threads.
+        self.pending: dict[asyncio.AbstractEventLoop, list[tuple[Ranker, ParsedRequest, asyncio.Future]]] = {}
+        self.metrics = metrics
+
+    def rank(self, ranker: Ranker, parsed: ParsedRequest) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        pending = self.pending.setdefault(loop, [])
+        if not pending:
+            loop.call_soon(self._flush, loop)
+        pending.append((ranker, parsed, fut))
+        return fut
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = self.pending.pop(loop, [])
+        groups: dict[int, list[tuple[Ranker, ParsedRequest, asyncio.Future]]] = {}
+        for item in pending:  # one group unless a reload happened in between
+            groups.setdefault(id(item[0]), []).append(item)
+        for items in groups.values():
+            if self.metrics is not None:
+                self.metrics.batch(len(items))
+            self._run(items)
+
+    def _run(self, items: list[tuple[Ranker, ParsedRequest, asyncio.Future]]) -> None:
+        results: list[Any]
+        try:
+            results = items[0][0].rank_parsed([p for _, p, _ in items])
+        except BlendrankError as exc:
+            if len(items) > 1:  # a user feature value was rejected: one by one, so only its request fails
+                for item in items:
+                    self._run([item])
+                return
+            results = [exc]
+        except Exception as exc:  # noqa: BLE001 - a bug: every request of the batch gets it (a 500)
+            results = [exc] * len(items)
+        for (_, _, fut), res in zip(items, results):
+            if fut.done():  # the client has gone
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+
+class _Guard:
+    """ASGI middleware: bounds the request body (413), records per-endpoint status and latency,
+    and serves the hot endpoints (``POST /v1/rank``, ``POST /v1/weights``) itself.
+
+    The hot endpoints are plain ``body bytes -> response bytes`` functions called right here:
+    routing, dependency solving and response-model handling in FastAPI cost about as much as
+    ranking a request, and these endpoints need none of them (they are still in the OpenAPI
+    schema, see ``_document``). A :class:`BlendrankError` from a handler is a 422 with its message.
+    """
+
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int, fast: dict[str, FastHandler]):
+        self.app, self.metrics, self.max, self.fast = app, metrics, max_body_bytes, fast
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -145,60 +241,130 @@ class _Guard:
         t0 = time.perf_counter()
         path = scope.get("path", "")
         endpoint = path if path in KNOWN_PATHS else "other"
-        status = {"code": 500}
+        status = 500
 
         async def send_wrapped(message: dict) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
-            declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max):
-                await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
+            handler = self.fast.get(path)
+            if handler is not None and scope.get("method") != "POST":
+                await _send_bytes(send_wrapped, 405, b'{"detail":"Method Not Allowed"}', [(b"allow", b"POST")])
                 return
-            # Buffer the (bounded) body, then replay it to the app.
+            for name, value in scope.get("headers") or ():
+                if name == b"content-length" and (not value.isdigit() or int(value) > self.max):
+                    await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
+                    return
+            # Buffer the (bounded) body.
             chunks, size, more = [], 0, True
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                body = message.get("body", b"")
-                size += len(body)
+                chunk = message.get("body", b"")
+                size += len(chunk)
                 if size > self.max:
                     await _send_json(send_wrapped, 413, {"detail": f"request body larger than {self.max} bytes"})
                     return
-                chunks.append(body)
+                chunks.append(chunk)
                 more = message.get("more_body", False)
-            replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            sent = {"done": False}
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if handler is not None:
+                try:
+                    out, code = await handler(body), 200
+                except BlendrankError as exc:
+                    out, code = json.dumps({"detail": str(exc)}).encode(), 422
+                await _send_bytes(send_wrapped, code, out)
+                return
+            replay = {"type": "http.request", "body": body, "more_body": False}
+            sent = False
 
             async def receive_replay() -> dict:
-                if not sent["done"]:
-                    sent["done"] = True
+                nonlocal sent
+                if not sent:
+                    sent = True
                     return replay
                 return await receive()
 
             await self.app(scope, receive_replay, send_wrapped)
         finally:
-            self.metrics.observe(endpoint, status["code"], time.perf_counter() - t0)
+            self.metrics.observe(endpoint, status, time.perf_counter() - t0)
 
 
-async def _send_json(send: Any, status: int, payload: dict) -> None:
-    body = json.dumps(payload).encode()
+async def _send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
+async def _send_json(send: Any, status: int, payload: dict) -> None:
+    await _send_bytes(send, status, json.dumps(payload).encode())
+
+
+def _decode(body: bytes) -> Any:
+    """One ``json.loads`` of the (size-bounded) body; malformed or too deeply nested → DataError."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise DataError("request body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise DataError(f"request body is not valid JSON ({exc})"[:300]) from None
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _document(app: FastAPI) -> None:
+    """Add the hot endpoints, which :class:`_Guard` serves outside FastAPI's router, to the
+    OpenAPI schema with their request and response models."""
+    default_openapi = app.openapi
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = default_openapi()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (RankRequest, RankResponse, WeightsResponse):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[model.__name__] = js
+        comps["Error"] = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path, summary, response in (
+                ("/v1/rank", "Rank candidates: the page (best first), fused scores and the weights used.", RankResponse),
+                ("/v1/weights", "The fusion weights for a request (the state reads list statistics of the candidates).",
+                 WeightsResponse)):
+            schema["paths"][path] = {"post": {
+                "summary": summary, "operationId": path.strip("/").replace("/", "_"),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref(RankRequest)}}},
+                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ref(response)}}},
+                              "413": {"description": "Body larger than --max-body-bytes", **error},
+                              "422": {"description": "Invalid request; the message names the field", **error}}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None, *, backend: str = "onnx",
-               max_body_bytes: int = 2_000_000, max_candidates: int = 1000, threads: int = 1) -> Any:
+               max_body_bytes: int = 2_000_000, max_candidates: int = 1000, max_k: int | None = None,
+               max_string_chars: int = 256, threads: int = 1) -> Any:
     """Build the service for an export directory (or an already loaded :class:`Ranker`).
 
     ``reload_token``: bearer token for ``POST /admin/reload``; reload is disabled (403) without
-    one. ``max_body_bytes`` bounds the request body (413), ``max_candidates`` a request's
-    candidate list (422).
+    one. ``max_body_bytes`` bounds the request body (413); ``max_candidates`` a request's
+    candidates, ``max_k`` its page size (default: ``max_candidates``) and ``max_string_chars``
+    the length of item ids and string feature values (422 naming the field).
     """
+    limits = Limits(max_candidates=max_candidates, max_k=max_k or max_candidates, max_string_chars=max_string_chars)
     ranker = export_dir if isinstance(export_dir, Ranker) else Ranker.load(export_dir, backend=backend, threads=threads)
     metrics = Metrics()
     state = {"ranker": ranker}
@@ -207,6 +373,7 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
                   description="Personalized multi-task fusion: per-request fusion weights and blended ranking.")
     app.state.blendrank = state
     app.state.metrics = metrics
+    app.state.limits = limits
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -218,27 +385,23 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
     async def _user_error(_: Request, exc: BlendrankError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    def _as_dict(req: RankRequest) -> dict[str, Any]:
-        if len(req.candidates) > max_candidates:
-            raise BlendrankError(f"{len(req.candidates)} candidates, more than the limit {max_candidates}")
-        return {"user": req.user, "k": req.k, "candidates": [{"item_id": c.item_id, **(c.model_extra or {})} for c in req.candidates]}
+    # The hot endpoints, served by _Guard on the event loop: ranking takes a fraction of a
+    # millisecond, less than a hop to the thread pool. Reload swaps state["ranker"] in one
+    # assignment, so a request uses one ranker from start to end.
+    batcher = _Batcher(metrics)
 
-    @app.post("/v1/rank", response_model=RankResponse)
-    def rank(req: RankRequest) -> RankResponse:
-        """Rank candidates: the page (best first), fused scores and the weights used."""
-        r = state["ranker"]
-        res = r.rank([_as_dict(req)], max_candidates=max_candidates)[0]
+    async def rank(body: bytes) -> bytes:
+        ranker = state["ranker"]
+        res = await batcher.rank(ranker, ranker.parse(_decode(body), limits))
         metrics.weights(res.weights, res.fallback)
-        return RankResponse(item_ids=res.item_ids, scores=res.scores, weights=res.weights, fallback=res.fallback)
+        return _dumps({"item_ids": res.item_ids, "scores": res.scores, "weights": res.weights, "fallback": res.fallback})
 
-    @app.post("/v1/weights", response_model=WeightsResponse)
-    def weights(req: RankRequest) -> WeightsResponse:
-        """The fusion weights for a request (candidates are needed: the state reads list statistics)."""
+    async def weights(body: bytes) -> bytes:
         r = state["ranker"]
-        w, fb = r.weights([_as_dict(req)], max_candidates=max_candidates)
+        w, fb = r.weights([_decode(body)], limits)
         out = dict(zip(r.inputs, w[0].tolist()))
         metrics.weights(out, fb)
-        return WeightsResponse(weights=out, fallback=fb)
+        return _dumps({"weights": out, "fallback": fb})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -251,7 +414,8 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
 
     @app.post("/admin/reload")
     def reload(body: ReloadRequest, request: Request) -> JSONResponse:
-        """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export."""
+        """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export.
+        Runs in the thread pool: requests keep being served by the old model meanwhile."""
         auth = request.headers.get("authorization", "")
         if reload_token is None:
             return JSONResponse(status_code=403, content={"detail": "reload is disabled (no reload token configured)"})
@@ -271,9 +435,11 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
                 metrics.reloads["rejected"] += 1
                 return JSONResponse(status_code=422, content={
                     "detail": f"reload rejected, still serving {old.path}: {type(exc).__name__}: {exc}"})
-            state["ranker"] = new
+            state["ranker"] = new  # one reference swap: in-flight requests finish on the old ranker
             metrics.reloads["ok"] += 1
         return JSONResponse(content={"status": "reloaded", **new.status()})
 
-    app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes)
+    _document(app)
+    app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes,
+                       fast={"/v1/rank": rank, "/v1/weights": weights})
     return app

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,29 @@ def onnx_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def run_session(session: Any, cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """Run a head session; inputs the graph dropped (e.g. an empty ``cat``) are not fed."""
-    feeds = {"cat": np.ascontiguousarray(cat, dtype=np.int64), "num": np.ascontiguousarray(num, dtype=np.float32),
-             "stats": np.ascontiguousarray(stats, dtype=np.float32)}
+def session_runner(session: Any):
+    """``run(cat, num, stats) -> weights`` for a head session; inputs the graph dropped (e.g. an
+    empty ``cat``) are not fed. The input names are read once: serving calls this per request."""
     names = {i.name for i in session.get_inputs()}
-    return session.run([OUTPUT_NAME], {k: v for k, v in feeds.items() if k in names})[0]
+    feed_cat, feed_num, feed_stats = "cat" in names, "num" in names, "stats" in names
+    output = [OUTPUT_NAME]
+
+    def run(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        feeds = {}
+        if feed_cat:
+            feeds["cat"] = np.ascontiguousarray(cat, dtype=np.int64)
+        if feed_num:
+            feeds["num"] = np.ascontiguousarray(num, dtype=np.float32)
+        if feed_stats:
+            feeds["stats"] = np.ascontiguousarray(stats, dtype=np.float32)
+        return session.run(output, feeds)[0]
+
+    return run
+
+
+def run_session(session: Any, cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """Run a head session once (see :func:`session_runner`)."""
+    return session_runner(session)(cat, num, stats)
 
 
 def parity_error(head: nn.Module, session: Any, cardinalities: list[int], n_num: int,
@@ -137,12 +155,44 @@ def _export_onnx(head: nn.Module, example: tuple[Tensor, Tensor, Tensor], path: 
     raise ExportError("ONNX export failed with both exporters: " + "; ".join(errors))
 
 
+def fallback_vector(weights: Sequence[float] | Mapping[str, float] | None, inputs: list[str],
+                    source: str = "fallback weights") -> tuple[list[float], list[str]]:
+    """The static fallback weights over the fusion ``inputs`` (normalised to sum 1) and the names
+    dropped from a mapping.
+
+    ``weights``: one value per input in order, or a mapping ``{input: weight}`` such as the
+    production formula's weights (names the policy does not fuse, e.g. ``price`` for a policy
+    trained without it, are dropped and reported); ``None`` gives uniform weights.
+    """
+    k = len(inputs)
+    if weights is None:
+        return [1.0 / k] * k, []
+    dropped: list[str] = []
+    if isinstance(weights, Mapping):
+        missing = [n for n in inputs if n not in weights]
+        if missing:
+            raise ExportError(f"{source}: no weight for fusion input(s) {missing}; the policy fuses {inputs}")
+        dropped = sorted(str(n) for n in weights if n not in inputs)
+        weights = [weights[n] for n in inputs]
+    try:
+        fb = [float(x) for x in weights]
+    except (TypeError, ValueError):
+        fb = []
+    if len(fb) != k or not all(np.isfinite(fb)) or min(fb) < 0 or sum(fb) <= 0:
+        raise ExportError(f"{source} {list(weights)}: need {k} non-negative finite values "
+                          f"(one per fusion input {inputs}) with a positive sum")
+    return [x / sum(fb) for x in fb], dropped
+
+
 def export_policy(policy_dir: str | Path, out_dir: str | Path,
-                  fallback_weights: list[float] | None = None, tol: float = PARITY_TOL) -> dict[str, Any]:
+                  fallback_weights: Sequence[float] | Mapping[str, float] | None = None, tol: float = PARITY_TOL,
+                  fallback_source: str | None = None) -> dict[str, Any]:
     """Export a trained GRADE/LTR policy directory to a serving directory; returns the manifest.
 
-    ``fallback_weights`` (one per fusion input, e.g. the production weights) are served when
-    the model cannot be used; uniform weights when not given.
+    ``fallback_weights`` (see :func:`fallback_vector`; e.g. the production formula's weights) are
+    served when the model cannot be used; uniform weights when not given — a trained policy
+    directory does not record the production weights, so they must be passed here.
+    ``fallback_source`` (e.g. the file they came from) is recorded in the manifest.
     """
     from blendrank.algos.grade.data import POLICY_ROLES
     from blendrank.algos.grade.trainer import GradePolicy
@@ -154,14 +204,7 @@ def export_policy(policy_dir: str | Path, out_dir: str | Path,
     k = len(inputs)
     if pol.k != k:
         raise ExportError(f"{policy_dir}: policy has {pol.k} outputs but fusion.json lists {k} inputs {inputs}")
-    if fallback_weights is None:
-        fb = [1.0 / k] * k
-    else:
-        fb = [float(x) for x in fallback_weights]
-        if len(fb) != k or not all(np.isfinite(fb)) or min(fb) < 0 or sum(fb) <= 0:
-            raise ExportError(f"fallback weights {fallback_weights}: need {k} non-negative finite values "
-                              f"(one per fusion input {inputs}) with a positive sum")
-        fb = [x / sum(fb) for x in fb]
+    fb, dropped = fallback_vector(fallback_weights, inputs, fallback_source or "fallback weights")
     cards = list(gp.center.cardinalities.values())
     cat_names = gp.center.categorical_names(POLICY_ROLES)
     num_names = gp.center.numeric_names(POLICY_ROLES)
@@ -206,6 +249,8 @@ def export_policy(policy_dir: str | Path, out_dir: str | Path,
         "cardinalities": cards,
         "n_stats": int(pol.stats_mean.numel()),
         "fallback_weights": fb,
+        "fallback_source": (fallback_source or "given") if fallback_weights is not None else "uniform (none given)",
+        "fallback_dropped": dropped,
         "exporter": exporter,
         "torch_version": torch.__version__,
         "parity_max_abs_error": err,
