@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from blendrank.cli.common import ConfigOption, SetOption, out, user_errors
+from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, out, user_errors
 from blendrank.errors import ConfigError
 
 app = typer.Typer(
@@ -67,6 +67,21 @@ def _metrics_table(test: dict[str, dict[str, object]], title: str) -> Table:
     return table
 
 
+def _undefined_auc_notes(test: dict[str, dict[str, object]]) -> list[str]:
+    """Say why an AUC is '-': a constant test label has no positive/negative pair to order."""
+    notes = []
+    for name, m in test.items():
+        auc = m.get("auc")
+        if m.get("kind") == "regression" or not (isinstance(auc, float) and math.isnan(auc)):
+            continue
+        rate = m.get("rate")
+        why = (f"every test label is {rate:g}" if isinstance(rate, float) and rate in (0.0, 1.0)
+               else "no test rows with both outcomes")
+        notes.append(f"note: AUC/GAUC of {name} undefined ({why}); reported as NaN in metrics.json, "
+                     "not 0.5")
+    return notes
+
+
 @app.command("train")
 @user_errors
 def train(
@@ -91,6 +106,7 @@ def train(
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
     from blendrank.mtl.train import METRICS_FILE, train_mtl
 
+    check_writable_dir(out_dir)
     overrides: list[str] = []
     if model is not None:
         if model not in MODEL_NAMES:
@@ -109,6 +125,8 @@ def train(
         highlight=False,
     )
     out.print(_metrics_table(metrics["test"], "test (predictions as served: position 1)"))
+    for note in _undefined_auc_notes(metrics["test"]):
+        out.print(note, highlight=False)
     if metrics.get("test_as_shown"):
         out.print(
             _metrics_table(metrics["test_as_shown"], "test, as shown (with the position tower)")
@@ -136,6 +154,8 @@ def predict(
     from blendrank.mtl.train import MTLPredictor, predict_parquet
     from blendrank.progress import progress_bar
 
+    file_out = data.is_file() and out_path.suffix.lower() in (".parquet", ".pq")
+    check_writable_dir(out_path.parent if file_out else out_path)
     predictor = MTLPredictor.load(model_dir)
     total = 0
     for f in parquet_files(data):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
+from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, out, user_errors
+from blendrank.jsonio import write_json
 
 TRAIN_METHODS = ("grade", "ltr", "static_search")
 
@@ -28,6 +28,7 @@ def train(
     """
     if method not in TRAIN_METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(TRAIN_METHODS)}")
+    check_writable_dir(out_dir)
     from blendrank.algos.grade.config import GRADEConfig
     from blendrank.algos.static_search.config import StaticSearchConfig
     from blendrank.config import load_config
@@ -51,7 +52,7 @@ def train(
         res = tune_static(splits["valid"], objectives, prod, lam, LogBenchConfig(static_search=cfg))
         result = {"method": "static_search", "objectives": objectives, "weights": res.best_weights.round(6).tolist(),
                   "valid_composite_ndcg": res.best_value, "config": cfg.model_dump(mode="json")}
-        (out_dir / "static_weights.json").write_text(json.dumps(result, indent=2))
+        write_json(out_dir / "static_weights.json", result)
         out.print(f"static_search: {dict(zip(objectives, res.best_weights.round(3).tolist()))} "
                   f"(valid composite NDCG {res.best_value:.4f}) -> {out_dir}")
         return
