@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, payload, start, tiny_export  # noqa: E402
+from serve_load import free_port, payload, start, tiny_export
 
 TOKEN = "soak-token"
 #: Candidate counts of /v1/rank requests, drawn uniformly (the service's default cap is 1000).
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Warm-up excluded from the growth bound (default 10%% of the run, 10..60 s).")
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period.")
     ap.add_argument("--max-growth-mb", type=float, default=50.0, help="Allowed RSS growth after warm-up.")
-    ap.add_argument("--reload-every-s", type=float, default=30.0, help="Period of /admin/reload calls.")
+    ap.add_argument("--reload-every-s", type=float, default=30.0,
+                    help="Period of /admin/reload calls (0 disables them).")
     ap.add_argument("--json-out", type=Path, help="Also write the summary here.")
     args = ap.parse_args(argv)
     duration = args.minutes * 60
@@ -181,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append((time.time() - t_start, rss_mb(server.pid)))
 
         with ThreadPoolExecutor(args.concurrency + 2) as ex:
-            futures = [ex.submit(sampler), ex.submit(reload_loop, base, good, corrupt, stop_at,
-                                                     args.reload_every_s, stats)]
+            futures = [ex.submit(sampler)]
+            if args.reload_every_s > 0:
+                futures.append(ex.submit(reload_loop, base, good, corrupt, stop_at, args.reload_every_s, stats))
             futures += [ex.submit(client_loop, base, export, stop_at, seed, stats)
                         for seed in range(args.concurrency)]
             for f in futures:
