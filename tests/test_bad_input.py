@@ -286,10 +286,11 @@ CASES: list[Case] = [
          ["not a trained policy directory (missing policy.pt)", "blendrank train --method grade"],
          **corrupt("policy", "policy.pt", None)),
     Case("export: corrupt policy.pt", "model dir", "policy.pt overwritten with garbage", EXPORT,
-         ["policy.pt: corrupt policy weights", "re-train with `blendrank train --method grade`"],
+         ["policy.pt: corrupt or truncated policy weights (not a PyTorch weights file)",
+          "re-train with `blendrank train --method grade`"],
          **corrupt("policy", "policy.pt", b"garbage\x00")),
     Case("export: truncated policy.pt", "model dir", "policy.pt cut in half", EXPORT,
-         ["policy.pt: corrupt policy weights"], **corrupt("policy", "policy.pt", b"half")),
+         ["policy.pt: corrupt or truncated policy weights"], **corrupt("policy", "policy.pt", b"half")),
     Case("export: corrupt config.json", "model dir", "config.json overwritten with garbage", EXPORT,
          ["config.json: corrupt or not a blendrank config.json", "Invalid JSON"],
          **corrupt("policy", "config.json", b"garbage")),
@@ -302,10 +303,10 @@ CASES: list[Case] = [
     Case("mtl predict: missing model.pt", "model dir", "MTL model directory without model.pt", PREDICT,
          ["not a saved MTL model (missing ['model.pt'])", "blendrank mtl train"], **corrupt("mtl", "model.pt", None)),
     Case("mtl predict: corrupt model.pt", "model dir", "model.pt overwritten with garbage", PREDICT,
-         ["model.pt: cannot load weights, the file is corrupt", "re-train with `blendrank mtl train`"],
+         ["model.pt: cannot load weights, the file is corrupt or truncated (not a PyTorch weights file)", "re-train with `blendrank mtl train`"],
          **corrupt("mtl", "model.pt", b"garbage\x00")),
     Case("mtl predict: corrupt meta.json", "model dir", "meta.json overwritten with garbage", PREDICT,
-         ["meta.json: not valid JSON"], **corrupt("mtl", "meta.json", b"garbage")),
+         ["meta.json: not valid JSON", "restore it or write it again"], **corrupt("mtl", "meta.json", b"garbage")),
     Case("mtl predict: no such model", "model dir", "--model pointing nowhere",
          ["mtl", "predict", "--data", "{mtl_log}", "--out", "{tmp}/pred", "--model", "{tmp}/nope"],
          ["nope: no such model directory"]),
@@ -404,7 +405,7 @@ def test_failing_export_keeps_the_existing_export(tmp_path: Path, models: dict[s
     broken = tmp_path / "policy"
     shutil.copytree(models["policy"], broken)
     (broken / "policy.pt").write_bytes(b"garbage")
-    assert_user_error(invoke("export", "--policy", broken, "--out", out), "corrupt policy weights")
+    assert_user_error(invoke("export", "--policy", broken, "--out", out), "corrupt or truncated policy weights")
     assert_user_error(invoke("export", "--policy", models["policy"], "--out", out, "--fallback-weights", "1"),
                       "fallback weights")
     assert tree_digest(out) == before

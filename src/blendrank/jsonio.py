@@ -23,7 +23,8 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+        raise DataError(f"{path}: not valid JSON ({exc}); the file is corrupt or truncated, "
+                        "restore it or write it again") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data

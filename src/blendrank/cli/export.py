@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import typer
@@ -35,8 +36,9 @@ def _check_policy_files(policy: Path) -> None:
         try:
             torch.load(path, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - whatever torch raises, the file is unusable
-            raise DataError(f"{path}: corrupt policy weights ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160]}); {fix}") from None
+            detail = ("not a PyTorch weights file" if isinstance(exc, pickle.UnpicklingError)
+                      else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            raise DataError(f"{path}: corrupt or truncated policy weights ({detail}); {fix}") from None
 
 
 def _fallback(value: str | None) -> list[float] | None:

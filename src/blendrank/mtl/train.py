@@ -268,10 +268,14 @@ class MTLPredictor:
             state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            detail = (
+                "not a PyTorch weights file"
+                if isinstance(exc, pickle.UnpicklingError)
+                else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            )
             raise DataError(
-                f"{directory / WEIGHTS_FILE}: cannot load weights, the file is corrupt or not "
-                f"a blendrank model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                "re-train with `blendrank mtl train`"
+                f"{directory / WEIGHTS_FILE}: cannot load weights, the file is corrupt or "
+                f"truncated ({detail}); re-train with `blendrank mtl train`"
             ) from None
         model.to(device).eval()
         moments = {k: (float(v[0]), float(v[1])) for k, v in meta["target_moments"].items()}
