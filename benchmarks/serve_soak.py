@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    # SIGTERM (e.g. a CI timeout) unwinds through `finally`, so the server never outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="serve_soak_"))
     export = args.model or tiny_export(tmp)
     good, corrupt = tmp / "reload_good", tmp / "reload_corrupt"
@@ -219,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    "end": round(float(rss[-1]), 1), "max": round(float(np.nanmax(rss)), 1)},
         "growth_after_warmup_mb": round(growth, 1), "slope_after_warmup_mb_per_min": round(slope, 3),
         "max_growth_mb": args.max_growth_mb, "rss_samples": len(samples),
+        "rss_per_minute_mb": [round(float(rss[np.argmin(np.abs(t - 60 * m))]), 1)
+                              for m in range(int(duration // 60) + 1)],
         "load_average": list(os.getloadavg()),
     }
     problems = []
