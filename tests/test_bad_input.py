@@ -623,3 +623,20 @@ def test_serving_a_corrupt_model_degrades_to_the_fallback(models: dict[str, Path
     assert health["status"] == "degraded" and health["model_ok"] is False
     r = c.post("/v1/rank", json=rank_body())
     assert r.status_code == 200 and r.json()["fallback"] is True
+
+
+# ------------------------------------------------------------------------- the real executable
+def test_real_cli_process_prints_no_traceback(tmp_path: Path) -> None:
+    """Through the installed entry point (not CliRunner): exit 1, one `error:` line on stderr."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "in.parquet").write_bytes(b"PAR1 not really")
+    proc = subprocess.run([sys.executable, "-m", "blendrank.cli.main", "train", "--method", "grade",
+                           "--data", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "o")],
+                          check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert flat(proc.stderr).startswith(f"error: {tmp_path / 'in.parquet'}: {NOT_PARQUET}")
