@@ -398,6 +398,18 @@ def test_failing_retrain_keeps_the_existing_policy(tmp_path: Path, models: dict[
         assert tree_digest(out) == before
 
 
+def test_replacing_outputs_is_announced(tmp_path: Path, models: dict[str, Path]) -> None:
+    """A successful re-run into the same --out replaces its outputs, but never silently."""
+    args = ["train", "--method", "static_search", "--data", models["log"], "--out", tmp_path / "s", "--set", "budget=3"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert "note:" not in first.output
+    second = invoke(*args)
+    assert second.exit_code == 0, second.output
+    assert f"note: {tmp_path / 's'} already holds static_weights.json; replaced when this run succeeds" in flat(
+        second.output)
+
+
 def test_failing_export_keeps_the_existing_export(tmp_path: Path, models: dict[str, Path]) -> None:
     out = tmp_path / "export"
     shutil.copytree(models["export"], out)

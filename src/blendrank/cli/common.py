@@ -44,6 +44,14 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def note_replaced(out_dir: Path, names: tuple[str, ...], when: str = "when this run succeeds") -> None:
+    """Say so when ``out_dir`` already holds outputs that this command will replace (never silent)."""
+    present = [n for n in names if (out_dir / n).exists()]
+    if present:
+        out.print(f"note: {out_dir} already holds {', '.join(present)}; replaced {when} "
+                  "(use a new --out to keep them)", highlight=False)
+
+
 def check_writable_dir(path: Path, option: str = "--out") -> None:
     """Fail fast, before any work, when ``path`` cannot become an output directory: it is a
     file, an ancestor is a file, or the nearest existing ancestor is not writable (probed by

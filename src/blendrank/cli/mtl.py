@@ -10,7 +10,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, out, user_errors
+from blendrank.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_writable_dir,
+    note_replaced,
+    out,
+    user_errors,
+)
 from blendrank.errors import ConfigError
 
 app = typer.Typer(
@@ -104,7 +111,7 @@ def train(
     test metrics (per-task AUC and GAUC) to --out."""
     from blendrank.config import load_config
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
-    from blendrank.mtl.train import METRICS_FILE, train_mtl
+    from blendrank.mtl.train import METRICS_FILE, WEIGHTS_FILE, train_mtl
 
     check_writable_dir(out_dir)
     overrides: list[str] = []
@@ -115,6 +122,7 @@ def train(
     if seed is not None:
         overrides.append(f"seed={seed}")
     cfg = load_config(MTLConfig, config, overrides + list(set_ or []))
+    note_replaced(out_dir, (WEIGHTS_FILE, METRICS_FILE), "from the first epoch that improves")
     log = None if quiet else (lambda msg: out.print(msg, highlight=False))
     _, metrics = train_mtl(data, out_dir, cfg, log=log)
     tr = metrics["training"]

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, out, user_errors
+from blendrank.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_writable_dir,
+    fail,
+    note_replaced,
+    out,
+    user_errors,
+)
 from blendrank.jsonio import write_json
 
 TRAIN_METHODS = ("grade", "ltr", "static_search")
@@ -44,6 +52,7 @@ def train(
         fail(f"{data}: no pred_<objective> columns to fuse; add predictions first "
              "(`blendrank mtl predict`), or compare methods with `blendrank bench --data`, which fits a baseline predictor")
     objectives, prod, lam = production_setup(data, splits, LogBenchConfig(), log=lambda s: out.print(s))
+    note_replaced(out_dir, ("static_weights.json",) if method == "static_search" else ("policy.pt", "config.json"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "static_search":
         from blendrank.eval.offline_bench import tune_static
