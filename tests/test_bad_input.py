@@ -471,14 +471,23 @@ def test_mtl_predict_checks_every_shard_before_writing(tmp_path: Path, models: d
 
 
 def test_write_json_is_atomic(tmp_path: Path, monkeypatch) -> None:
-    """A serialisation failure half-way leaves the previous file intact and no temp file."""
-    from blendrank.jsonio import read_json, write_json
+    """A failure while serialising or while swapping the file in leaves the previous file intact
+    and no temp file behind."""
+    import blendrank.jsonio as jsonio
 
     path = tmp_path / "bench.json"
-    write_json(path, {"a": 1})
+    jsonio.write_json(path, {"a": 1})
     with pytest.raises(TypeError):
-        write_json(path, {"a": object()})
-    assert read_json(path) == {"a": 1}
+        jsonio.write_json(path, {"a": object()})
+
+    def fail_replace(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(jsonio.os, "replace", fail_replace)
+    with pytest.raises(OSError, match="No space left"):
+        jsonio.write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert jsonio.read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
 
 
