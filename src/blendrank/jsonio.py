@@ -11,11 +11,17 @@ from blendrank.errors import DataError
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same directory + ``os.replace``)."""
+    """Write JSON atomically (temp file in the same directory + ``os.replace``): a failure at any
+    point leaves the previous file, if any, and no temp file."""
+    text = json.dumps(data, indent=1, allow_nan=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -23,7 +29,8 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+        raise DataError(f"{path}: not valid JSON ({exc}); the file is corrupt or truncated, "
+                        "restore it or write it again") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
+from blendrank.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_writable_dir,
+    fail,
+    note_replaced,
+    out,
+    user_errors,
+)
 from blendrank.config import load_config
 
 
@@ -28,6 +36,8 @@ def bench(
     """Run the methods, write bench.json and a report, and print the comparison table."""
     if (world is None) == (data is None):
         fail("give exactly one of --world NAME (simulated A/B) or --data PATH (offline on logs)")
+    check_writable_dir(out_dir)
+    note_replaced(out_dir, ("bench.json", "report.md", "report.html"))
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     if world is not None:
         from blendrank.eval.bench import BenchConfig, run_world_bench

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -33,8 +36,41 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except BlendrankError as exc:
             fail(str(exc))
+        except OSError as exc:  # disk full, permissions, a file where a directory should be, ...
+            where = exc.filename if exc.filename is not None else "file system"
+            fail(f"{where}: {exc.strerror or exc}; check that the path exists, is the right kind "
+                 "(file or directory) and is writable")
 
     return wrapper  # type: ignore[return-value]
+
+
+def note_replaced(out_dir: Path, names: tuple[str, ...], when: str = "when this run succeeds") -> None:
+    """Say so when ``out_dir`` already holds outputs that this command will replace (never silent)."""
+    present = [n for n in names if (out_dir / n).exists()]
+    if present:
+        out.print(f"note: {out_dir} already holds {', '.join(present)}; replaced {when} "
+                  "(use a new --out to keep them)", highlight=False)
+
+
+def check_writable_dir(path: Path, option: str = "--out") -> None:
+    """Fail fast, before any work, when ``path`` cannot become an output directory: it is a
+    file, an ancestor is a file, or the nearest existing ancestor is not writable (probed by
+    creating and removing a temp file, which also catches read-only mounts and root)."""
+    if path.exists() and not path.is_dir():
+        raise BlendrankError(f"{option} {path}: exists and is not a directory; choose a directory path")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BlendrankError(f"{option} {path}: {parent} is a file, so the directory cannot be created; "
+                             "choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".blendrank-write-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BlendrankError(f"{option} {path}: {parent} is not writable ({exc.strerror or exc}); "
+                             "choose a writable directory") from None
 
 
 SetOption = typer.Option(

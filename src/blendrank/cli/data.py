@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from blendrank.cli.common import fail, out, user_errors
+from blendrank.cli.common import check_writable_dir, fail, out, user_errors
 from blendrank.data.contract import (
     REQUEST_KINDS,
     STRUCTURAL_KINDS,
@@ -134,6 +134,7 @@ def kuairand(
     """Convert the vendored KuaiRand-Pure log to contract Parquet (train/valid/test by date)."""
     from blendrank.data.kuairand import build_kuairand, format_summary
 
+    check_writable_dir(out_dir)
     summary = build_kuairand(out_dir, min_items=min_items)
     out.print(format_summary(summary))
     out.print(f"wrote {', '.join(summary['files'])} to {out_dir} (data: KuaiRand, CC BY-SA 4.0)")

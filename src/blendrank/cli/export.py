@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import typer
 
-from blendrank.cli.common import fail, out, user_errors
+from blendrank.cli.common import check_writable_dir, fail, out, user_errors
+from blendrank.errors import DataError
+
+
+def _check_policy_files(policy: Path) -> None:
+    """Name the corrupt file of a policy directory before loading it (the loader would surface a
+    raw JSON/pickle error). Missing files are reported by the loader itself."""
+    import torch
+    from pydantic import ValidationError
+
+    from blendrank.algos.grade.config import GRADEConfig
+    from blendrank.algos.grade.data import FusionSpec
+
+    fix = "restore it or re-train with `blendrank train --method grade`"
+    for name, model in (("config.json", GRADEConfig), ("fusion.json", FusionSpec)):
+        path = policy / name
+        if path.is_file():
+            try:
+                model.model_validate_json(path.read_bytes())
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise DataError(f"{path}: corrupt or not a blendrank {name} "
+                                f"({'.'.join(map(str, first['loc'])) or 'file'}: {first['msg']}); {fix}") from None
+    path = policy / "policy.pt"
+    if path.is_file():
+        try:
+            torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - whatever torch raises, the file is unusable
+            detail = ("not a PyTorch weights file" if isinstance(exc, pickle.UnpicklingError)
+                      else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            raise DataError(f"{path}: corrupt or truncated policy weights ({detail}); {fix}") from None
 
 
 def _fallback(value: str | None) -> tuple[list[float] | dict[str, float] | None, str | None]:
@@ -53,6 +84,8 @@ def export(
     """Export the policy's deterministic head to ONNX, checked against PyTorch with onnxruntime."""
     from blendrank.serve.export import export_policy
 
+    check_writable_dir(out_dir)
+    _check_policy_files(policy)
     weights, source = _fallback(fallback_weights)
     m = export_policy(policy, out_dir, fallback_weights=weights, fallback_source=source)
     out.print(f"exported {policy} -> {out_dir}/model.onnx ({m['exporter']} exporter, inputs {m['fusion_inputs']}, "

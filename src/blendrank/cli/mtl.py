@@ -10,7 +10,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from blendrank.cli.common import ConfigOption, SetOption, out, user_errors
+from blendrank.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_writable_dir,
+    note_replaced,
+    out,
+    user_errors,
+)
 from blendrank.cli.train import ResumeOption, checkpoint_every_option
 from blendrank.errors import ConfigError
 
@@ -68,6 +75,21 @@ def _metrics_table(test: dict[str, dict[str, object]], title: str) -> Table:
     return table
 
 
+def _undefined_auc_notes(test: dict[str, dict[str, object]]) -> list[str]:
+    """Say why an AUC is '-': a constant test label has no positive/negative pair to order."""
+    notes = []
+    for name, m in test.items():
+        auc = m.get("auc")
+        if m.get("kind") == "regression" or not (isinstance(auc, float) and math.isnan(auc)):
+            continue
+        rate = m.get("rate")
+        why = (f"every test label is {rate:g}" if isinstance(rate, float) and rate in (0.0, 1.0)
+               else "no test rows with both outcomes")
+        notes.append(f"note: AUC/GAUC of {name} undefined ({why}); reported as NaN in metrics.json, "
+                     "not 0.5")
+    return notes
+
+
 @app.command("train")
 @user_errors
 def train(
@@ -112,8 +134,9 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
     from blendrank import distributed as dist
     from blendrank.config import load_config
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
-    from blendrank.mtl.train import METRICS_FILE, train_mtl
+    from blendrank.mtl.train import METRICS_FILE, WEIGHTS_FILE, train_mtl
 
+    check_writable_dir(out_dir)
     overrides: list[str] = []
     if model is not None:
         if model not in MODEL_NAMES:
@@ -122,6 +145,7 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
     if seed is not None:
         overrides.append(f"seed={seed}")
     cfg = load_config(MTLConfig, config, overrides + list(set_ or []))
+    note_replaced(out_dir, (WEIGHTS_FILE, METRICS_FILE), "from the first epoch that improves")
     log = None if quiet else (lambda msg: out.print(msg, highlight=False))
     _, metrics = train_mtl(
         data, out_dir, cfg, log=log, checkpoint_every=checkpoint_every, resume=resume, lanes=lanes
@@ -136,6 +160,8 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
         highlight=False,
     )
     out.print(_metrics_table(metrics["test"], "test (predictions as served: position 1)"))
+    for note in _undefined_auc_notes(metrics["test"]):
+        out.print(note, highlight=False)
     if metrics.get("test_as_shown"):
         out.print(
             _metrics_table(metrics["test_as_shown"], "test, as shown (with the position tower)")
@@ -163,6 +189,8 @@ def predict(
     from blendrank.mtl.train import MTLPredictor, predict_parquet
     from blendrank.progress import progress_bar
 
+    file_out = data.is_file() and out_path.suffix.lower() in (".parquet", ".pq")
+    check_writable_dir(out_path.parent if file_out else out_path)
     predictor = MTLPredictor.load(model_dir)
     total = 0
     for f in parquet_files(data):

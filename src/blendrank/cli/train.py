@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
+from blendrank.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_writable_dir,
+    fail,
+    note_replaced,
+    out,
+    user_errors,
+)
+from blendrank.jsonio import write_json
 
 TRAIN_METHODS = ("grade", "ltr", "static_search")
 
@@ -58,6 +66,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
     main = dist.is_main()
     if method not in TRAIN_METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(TRAIN_METHODS)}")
+    check_writable_dir(out_dir)
     from blendrank.algos.grade.config import GRADEConfig
     from blendrank.algos.static_search.config import StaticSearchConfig
     from blendrank.config import load_config
@@ -73,6 +82,8 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
         fail(f"{data}: no pred_<objective> columns to fuse; add predictions first "
              "(`blendrank mtl predict`), or compare methods with `blendrank bench --data`, which fits a baseline predictor")
     objectives, prod, lam = production_setup(data, splits, LogBenchConfig(), log=lambda s: out.print(s) if main else None)
+    if main:
+        note_replaced(out_dir, ("static_weights.json",) if method == "static_search" else ("policy.pt", "config.json"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "static_search":
         if not main:  # a weight search does not shard: rank 0 alone runs it
@@ -83,7 +94,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
         res = tune_static(splits["valid"], objectives, prod, lam, LogBenchConfig(static_search=cfg))
         result = {"method": "static_search", "objectives": objectives, "weights": res.best_weights.round(6).tolist(),
                   "valid_composite_ndcg": res.best_value, "config": cfg.model_dump(mode="json")}
-        (out_dir / "static_weights.json").write_text(json.dumps(result, indent=2))
+        write_json(out_dir / "static_weights.json", result)
         out.print(f"static_search: {dict(zip(objectives, res.best_weights.round(3).tolist()))} "
                   f"(valid composite NDCG {res.best_value:.4f}) -> {out_dir}")
         return

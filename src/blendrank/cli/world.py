@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from blendrank.cli.common import ConfigOption, SetOption, fail, out, user_errors
+from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, out, user_errors
 from blendrank.progress import progress_bar
 from blendrank.worlds.generate import generate_world
 from blendrank.worlds.presets import PRESETS, world_config
@@ -38,6 +38,7 @@ def generate(
     if world not in WORLDS:
         fail(f"--world {world!r}: unknown world; choose one of {', '.join(WORLDS)}")
     cfg = world_config(preset, str(config) if config else None, overrides, seed=seed)
+    check_writable_dir(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"--out {out_dir}: directory is not empty; choose a new directory (nothing was overwritten)")
     with progress_bar() as bar:

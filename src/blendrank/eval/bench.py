@@ -6,7 +6,6 @@ Request sets come from independent streams of the world's generator: ``valid`` (
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
 from blendrank.config import BaseConfig, apply_overrides
 from blendrank.errors import ConfigError
+from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import fit_mtl
 from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
@@ -327,5 +327,5 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         bench["timings_s"]["sessions"] = round(timings["sessions"], 3)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2))
+    write_json(out / "bench.json", bench)  # atomic: a failed run never leaves half a bench.json
     return bench

@@ -8,7 +8,6 @@ Logs without ``pred_*`` columns get predictions from a per-task logistic model f
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from blendrank.data.slates import Slates, to_slates
 from blendrank.errors import ConfigError, DataError
 from blendrank.eval.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
 from blendrank.fusion.formulas import Formula, fuse, fusion_features
+from blendrank.jsonio import write_json
 
 LOG_METHODS = ("production", "static_search", "ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
 SPLITS = ("train", "valid", "test")
@@ -245,5 +245,5 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2))
+    write_json(out / "bench.json", bench)  # atomic: a failed run never leaves half a bench.json
     return bench

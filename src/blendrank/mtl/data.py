@@ -226,6 +226,11 @@ def time_cutoffs(files: Sequence[Path], fractions: Sequence[float]) -> tuple[int
         for batch in iter_record_batches(path, [REQUEST_ID, TS], 262_144):
             req = batch.column(REQUEST_ID)
             ts = batch.column(TS)
+            if not pa.types.is_integer(ts.type):
+                raise DataError(
+                    f"{path}: column 'ts' is {ts.type}; it must be an integer (ms since the epoch), "
+                    "see docs/data_contract.md"
+                )
             if ts.null_count:
                 raise DataError(f"{path}: column 'ts' has nulls; every row needs a request time")
             req_np = np.asarray(req.to_numpy(zero_copy_only=False))
@@ -386,7 +391,15 @@ class LabelScan:
     def update(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
         for column in self.columns:
-            self.acc.setdefault(column, _LabelAcc()).update(label_values(batch, column))
+            values = label_values(batch, column)
+            # NaN is a missing label (masked); -1 or inf are errors in the data, not targets.
+            bad = values[np.isinf(values) | (values < 0)]
+            if len(bad):
+                raise DataError(
+                    f"{column}: value {float(bad[0]):g}; labels are 0/1 or a non-negative finite amount "
+                    "(data contract). Fix or drop these rows; `blendrank data validate` lists them"
+                )
+            self.acc.setdefault(column, _LabelAcc()).update(values)
         if POSITION in batch.schema.names:
             pos = batch.column(POSITION)
             if pos.null_count < len(pos):

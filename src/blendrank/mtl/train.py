@@ -15,6 +15,7 @@ import contextlib
 import copy
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -270,8 +271,16 @@ class MTLPredictor:
         try:
             state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except (RuntimeError, OSError, KeyError, EOFError) as exc:
-            raise DataError(f"{directory / WEIGHTS_FILE}: cannot load weights ({exc})") from None
+        except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            detail = (
+                "not a PyTorch weights file"
+                if isinstance(exc, pickle.UnpicklingError)
+                else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            )
+            raise DataError(
+                f"{directory / WEIGHTS_FILE}: cannot load weights, the file is corrupt or "
+                f"truncated ({detail}); re-train with `blendrank mtl train`"
+            ) from None
         model.to(device).eval()
         moments = {k: (float(v[0]), float(v[1])) for k, v in meta["target_moments"].items()}
         return cls(model, center, config, moments, list(meta.get("history", [])))
@@ -959,8 +968,9 @@ def predict_parquet(
     if clash:
         raise DataError(f"{clash[0]}: the output would overwrite its input; choose another --out")
     needed = predictor.center.schema.names
-    written: list[Path] = []
-    for src, dst in zip(files, targets):
+    # Check every input's footer and columns before writing anything, so a bad shard never
+    # leaves the output half old, half new.
+    for src in files:
         try:
             names = pq.read_schema(src).names
         except (pa.ArrowException, OSError) as exc:
@@ -972,6 +982,8 @@ def predict_parquet(
             raise DataError(
                 f"{src}: missing feature column(s) {missing} that the model was trained on"
             )
+    written: list[Path] = []
+    for src, dst in zip(files, targets):
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
         os.close(fd)

@@ -52,7 +52,8 @@ class GRPOConfig(BaseConfig):
     num_generations: int = Field(16, ge=2, description="G: weight vectors sampled per request.")
     num_iterations: int = Field(2, ge=1, description="μ: inner optimisation epochs per sampled batch.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    epsilon: float = Field(0.2, gt=0, description="Lower clip range of the importance ratio.")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Lower clip range of the importance ratio: ratios below "
+                           "1 − epsilon are clipped, so it must be in (0, 1) (TRL's default 0.2).")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (default = epsilon).")
     beta: float = Field(0.04, ge=0, description="KL coefficient to the Stage-1 reference policy (0 = no KL).")
     kl_estimator: Literal["exact", "k3"] = Field("exact", description="Exact Dirichlet KL or the k3 sample estimator.")
