@@ -62,6 +62,8 @@ class BenchConfig(BaseConfig):
         "or an MTL model trained on the logs (integrated_rl always uses the world's).")
     mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
+    eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
+    valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
 
 
 Predict = Callable[[Requests], dict[str, np.ndarray]]
@@ -157,6 +159,10 @@ def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRA
 def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every method and write ``bench.json``; returns its content."""
     methods = _parse_methods(cfg.methods)
+    if cfg.world == "kuairand-sim":
+        from blendrank.worlds.kuairand_sim_bench import run_kuairand_sim_bench
+
+        return run_kuairand_sim_bench(cfg, out_dir, methods, log=log)
     wcfg = world_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()

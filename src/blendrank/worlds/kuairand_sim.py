@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
 from blendrank.config import BaseConfig
 from blendrank.data.kuairand import PRODUCTION_WEIGHTS, SPLITS
 from blendrank.errors import ConfigError
+from blendrank.jsonio import write_json
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, top_k
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import MTLPredictor, fit_mtl
@@ -526,3 +529,33 @@ class KuaiRandSimWorld:
                 "users": len(self.user_ids), "fusion_inputs": list(FUSION_INPUTS),
                 "production_weights": dict(zip(FUSION_INPUTS, self.production_weights().round(4).tolist())),
                 "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd]}
+
+
+def generate_kuairand_sim(config, out_dir: str | Path, n_sessions: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``world generate --world kuairand-sim``: logged sessions (logging policy, student
+    predictions as ``pred_*``) in ``logs/``, ``world.json`` and ``summary.json``."""
+    t0 = time.perf_counter()
+    world = KuaiRandSimWorld(config, log=log)
+    n = n_sessions or config.log_sessions
+    logs = world.logged_sessions(n, predictor="student") if n != config.log_sessions else \
+        world.models["student"].add_predictions(world.student_logs)
+    out = Path(out_dir)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    pq.write_table(logs, out / "logs" / "part-00000.parquet", compression="zstd")
+    shown = logs.filter(logs["position"].is_valid())
+    sessions = np.unique(logs["session_id"].to_numpy(), return_counts=False)
+    per_session = np.bincount(np.unique(shown["session_id"].to_numpy(), return_inverse=True)[1])
+    summary = {
+        **{k: v for k, v in world.describe().items() if k != "teacher_metrics"},
+        "sessions": int(len(sessions)), "requests": int(len(np.unique(logs["request_id"].to_numpy()))),
+        "rows": logs.num_rows, "impressions": shown.num_rows,
+        "impressions_per_session": {"mean": float(per_session.mean()), "median": float(np.median(per_session)),
+                                    "p90": float(np.percentile(per_session, 90))},
+        "rates": {k: float(shown[f"label_{k}"].to_numpy().mean()) for k in FEEDBACKS},
+        "watch_s_per_impression": float(shown["label_play_time_ms"].to_numpy().mean() / 1000.0),
+        "teacher_metrics": world.teacher.metrics,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(out / "world.json", {"world": "kuairand-sim", "config": config.model_dump(mode="json")})
+    write_json(out / "summary.json", summary)
+    return summary

@@ -62,8 +62,8 @@ class TeacherConfig(BaseConfig):
     """How the teacher is fitted (changing any field refits it; fits are cached by its hash)."""
 
     mtl: MTLConfig = Field(default_factory=_teacher_mtl, description="The teacher network (MMoE with id embeddings).")
-    max_train_rows: int | None = Field(None, ge=1000, description="Subsample the training days to this many "
-                                       "impressions (tests); null uses all of them.")
+    max_train_rows: int | None = Field(None, ge=1000, description="Subsample the training (and validation) days "
+                                       "to at most this many impressions (tests); null uses all of them.")
     seed: int = Field(0, description="Seed of the training-row subsample.")
 
     def digest(self) -> str:
@@ -167,8 +167,9 @@ class Teacher:
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in res.items()}
 
 
-def _held_out_metrics(teacher_pred: MTLPredictor, table: pa.Table) -> dict[str, Any]:
-    """AUC per feedback over the test days' impressions, and GAUC over user-days."""
+def _held_out_metrics(teacher_pred: MTLPredictor, table: pa.Table, base_rates: dict[str, float]) -> dict[str, Any]:
+    """AUC, GAUC over user-days and log loss (with the training base rate's log loss beside it)
+    per feedback over the test days' impressions."""
     preds = teacher_pred.predict(table)
     rid = table["user_id"].to_numpy() * 100_000_000 + table["date"].to_numpy()
     order = np.argsort(rid, kind="stable")
@@ -191,6 +192,10 @@ def _held_out_metrics(teacher_pred: MTLPredictor, table: pa.Table) -> dict[str, 
         out[f"gauc_{k}"] = float(g.mean)
         out[f"gauc_requests_{k}"] = g.n_used
         out[f"rate_{k}"] = float(y.mean())
+        p = np.clip(preds[k].astype(np.float64), 1e-7, 1 - 1e-7)
+        b = min(max(base_rates[k], 1e-7), 1 - 1e-7)
+        out[f"logloss_{k}"] = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+        out[f"base_logloss_{k}"] = float(-(y * np.log(b) + (1 - y) * np.log(1 - b)).mean())
         out[f"mean_pred_{k}"] = float(preds[k].mean())
     return out
 
@@ -211,6 +216,9 @@ def fit_teacher(config: TeacherConfig | None = None, cache_dir: str | Path | Non
     if cfg.max_train_rows is not None and train.num_rows > cfg.max_train_rows:
         pick = np.sort(np.random.default_rng(cfg.seed).choice(train.num_rows, cfg.max_train_rows, replace=False))
         train = train.take(pa.array(pick))
+        if valid.num_rows > cfg.max_train_rows:
+            pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(valid.num_rows, cfg.max_train_rows, replace=False))
+            valid = valid.take(pa.array(pick))
     model_dir.mkdir(parents=True, exist_ok=True)
     schema = model_dir / "features.yaml"
     schema.write_text(schema_yaml())
@@ -218,7 +226,7 @@ def fit_teacher(config: TeacherConfig | None = None, cache_dir: str | Path | Non
     pred = fit_mtl(train, valid, cfg.mtl, features_file=schema, progress=False)
     m_valid = Teacher(pred, WatchLaw(0, 0, 0, 0, 0, 0), {}).outputs(valid)["watch_m"]
     watch = WatchLaw.fit(m_valid.astype(np.float64), valid[f"label_{WATCH}"].to_numpy() / 1000.0, valid["label_click"].to_numpy())
-    metrics = _held_out_metrics(pred, test)
+    metrics = _held_out_metrics(pred, test, {k: float(train[f"label_{k}"].to_numpy().mean()) for k in TEACHER_BINARY})
     metrics["train_impressions"] = train.num_rows
     metrics["epochs"] = len(pred.history)
     pred.save(model_dir / "mtl")
