@@ -54,7 +54,7 @@ def test_teacher_beats_the_base_rate(world):
 @pytest.mark.slow
 def test_sessions_are_deterministic_and_keyed_by_stream(world, cache):
     prod = torch.from_numpy(world.production_weights()).float()
-    policy = lambda c: world.rank(c.inputs, prod)  # noqa: E731
+    policy = lambda c: world.rank(c.inputs, prod)
     a = world.run_sessions(policy, 40, STREAM_EVAL).totals
     b = world.run_sessions(policy, 40, STREAM_EVAL).totals
     c = world.run_sessions(policy, 40, STREAM_EVAL + 10).totals

@@ -4,6 +4,6 @@ A light two-tower model (user and item embeddings plus an item bias) trained on 
 impressions, with a popularity fallback for cold users and when no model is fitted.
 """
 
-from blendrank.prerank.model import PrerankConfig, Prerank, fit_prerank, recall_at_n
+from blendrank.prerank.model import Prerank, PrerankConfig, fit_prerank, recall_at_n
 
-__all__ = ["PrerankConfig", "Prerank", "fit_prerank", "recall_at_n"]
+__all__ = ["Prerank", "PrerankConfig", "fit_prerank", "recall_at_n"]

@@ -103,7 +103,7 @@ class Prerank:
     @classmethod
     def load(cls, path: str | Path) -> Prerank:
         z = np.load(path)
-        get = lambda k: z[k] if k in z.files else None  # noqa: E731
+        get = lambda k: z[k] if k in z.files else None
         return cls(popularity=z["popularity"], user_vec=get("user_vec"), item_vec=get("item_vec"),
                    item_bias=get("item_bias"), user_warm=get("user_warm"), temperature=float(z["temperature"]))
 

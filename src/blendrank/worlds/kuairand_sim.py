@@ -37,13 +37,21 @@ from pydantic import Field
 from blendrank.config import BaseConfig
 from blendrank.data.kuairand import PRODUCTION_WEIGHTS, SPLITS
 from blendrank.errors import ConfigError
-from blendrank.jsonio import write_json
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, top_k
+from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import MTLPredictor, fit_mtl
 from blendrank.prerank import Prerank, PrerankConfig, fit_prerank
 from blendrank.worlds.kuairand_sim_teacher import (
-    POST_CLICK, WATCH, KuaiRandTables, Teacher, TeacherConfig, default_cache_dir, fit_teacher, schema_yaml)
+    POST_CLICK,
+    WATCH,
+    KuaiRandTables,
+    Teacher,
+    TeacherConfig,
+    default_cache_dir,
+    fit_teacher,
+    schema_yaml,
+)
 from blendrank.worlds.logging_policy import dirichlet_log_density
 
 #: Fusion inputs: the deployed predictor's unconditional probabilities, in this order.
@@ -190,14 +198,14 @@ class KuaiRandSimWorld:
         if len(self.pool) < cfg.candidates + cfg.page_size:
             raise ConfigError(f"kuairand-sim: pool of {len(self.pool)} videos is too small for candidates={cfg.candidates}")
         rng = np.random.default_rng([cfg.seed, 0])
-        users, days = np.unique(np.stack([uid, date], 1), axis=0).T
+        user_days = np.unique(np.stack([uid, date], 1), axis=0)[:, 0]
         all_users = np.unique(uid)
         if cfg.max_users is not None and cfg.max_users < len(all_users):
             all_users = np.sort(rng.choice(all_users, cfg.max_users, replace=False))
         self.user_ids = all_users
         # Real activity: impressions per active day (log, shrunk towards the mean for few days).
         n_imp = np.bincount(np.searchsorted(all_users, uid[np.isin(uid, all_users)]), minlength=len(all_users))
-        n_days = np.bincount(np.searchsorted(all_users, users[np.isin(users, all_users)]), minlength=len(all_users))
+        n_days = np.bincount(np.searchsorted(all_users, user_days[np.isin(user_days, all_users)]), minlength=len(all_users))
         rate = np.log(n_imp / np.maximum(n_days, 1))
         z = (rate - rate.mean()) / max(rate.std(), 1e-9) * n_days / (n_days + 2.0)
         s = cfg.session
@@ -275,7 +283,7 @@ class KuaiRandSimWorld:
             return MTLPredictor.load(path)
         ids = np.unique(logs["session_id"].to_numpy())
         cut = ids[int(0.85 * len(ids))]
-        keep = [c for c in logs.column_names if c.startswith("f_") or c.startswith("label_") or c == "position"]
+        keep = [c for c in logs.column_names if c.startswith(("f_", "label_")) or c == "position"]
         train = logs.filter(pc.less(logs["session_id"], cut)).select(keep)
         valid = logs.filter(pc.greater_equal(logs["session_id"], cut)).select(keep)
         train = train.drop_columns([f"label_{k}" for k in ("hate", WATCH)])
@@ -516,7 +524,7 @@ class KuaiRandSimWorld:
 
     def request_table(self, ctx: StepContext) -> pa.Table:
         """Serving-time contract rows of one step (what a learned policy sees)."""
-        B, N = ctx.cand.shape
+        N = ctx.cand.shape[1]
         t = self.tables.pair_table(np.repeat(self.user_ids[ctx.user], N), self.pool[ctx.cand.ravel()])
         rid = np.repeat(ctx.session * 10_000 + ctx.step, N).astype(np.int64)
         t = t.append_column("request_id", pa.array(rid)).append_column("ts", pa.array(rid * 1000))
@@ -547,7 +555,7 @@ def generate_kuairand_sim(config, out_dir: str | Path, n_sessions: int | None = 
     per_session = np.bincount(np.unique(shown["session_id"].to_numpy(), return_inverse=True)[1])
     summary = {
         **{k: v for k, v in world.describe().items() if k != "teacher_metrics"},
-        "sessions": int(len(sessions)), "requests": int(len(np.unique(logs["request_id"].to_numpy()))),
+        "sessions": len(sessions), "requests": len(np.unique(logs["request_id"].to_numpy())),
         "rows": logs.num_rows, "impressions": shown.num_rows,
         "impressions_per_session": {"mean": float(per_session.mean()), "median": float(np.median(per_session)),
                                     "p90": float(np.percentile(per_session, 90))},

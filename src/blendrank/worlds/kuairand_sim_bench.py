@@ -26,7 +26,15 @@ from blendrank.config import apply_overrides
 from blendrank.errors import ConfigError
 from blendrank.eval.ab import compare_arms, oracle_share
 from blendrank.worlds.kuairand_sim import (
-    FEEDBACKS, FUSION_INPUTS, POST_CLICK, STREAM_EVAL, STREAM_VALID, TRUTH, KuaiRandSimWorld, StepContext)
+    FEEDBACKS,
+    FUSION_INPUTS,
+    POST_CLICK,
+    STREAM_EVAL,
+    STREAM_VALID,
+    TRUTH,
+    KuaiRandSimWorld,
+    StepContext,
+)
 from blendrank.worlds.oracle import candidate_vectors
 from blendrank.worlds.presets import kuairand_sim_config
 
@@ -86,6 +94,33 @@ def user_signature(world: KuaiRandSimWorld, users: np.ndarray, probe_items: np.n
     p = np.clip(t[..., : 1 + len(POST_CLICK)], 1e-6, 1 - 1e-6)
     logits = np.log(p / (1 - p)).mean(1)
     return np.column_stack([logits, t[..., TRUTH.index("watch_m")].mean(1), world.user_theta[users]])
+
+
+def segment_policy(world: KuaiRandSimWorld, rec: RecordedRequests, grid: np.ndarray, prod: np.ndarray,
+                   seed: int) -> tuple[Callable[[StepContext], np.ndarray], dict[str, Any]]:
+    """The segment oracle: k-means clusters of the recorded users' ground-truth signatures, the
+    best grid vector per cluster on the recorded requests, served by nearest centroid."""
+    probe = np.random.default_rng([seed, 9]).choice(len(world.pool), size=min(64, len(world.pool)), replace=False)
+    req_users = np.concatenate(rec.user)
+    uniq = np.unique(req_users)
+    sig = user_signature(world, uniq, probe)
+    mu, sd = sig.mean(0), sig.std(0) + 1e-9
+    cent = _kmeans((sig - mu) / sd, N_CLUSTERS, seed)
+
+    def cluster(users: np.ndarray) -> np.ndarray:
+        z = (user_signature(world, users, probe) - mu) / sd
+        return ((z[:, None] - cent[None]) ** 2).sum(-1).argmin(1)
+
+    cluster_of = dict(zip(uniq.tolist(), cluster(uniq).tolist()))
+    req_cluster = np.array([cluster_of[u] for u in req_users.tolist()])
+    values = rec.values(world, grid)
+    seg_w = np.stack([grid[values[req_cluster == j].mean(0).argmax()] if (req_cluster == j).any() else prod
+                      for j in range(len(cent))])
+
+    def policy(c: StepContext) -> np.ndarray:
+        return world.rank(c.inputs, torch.from_numpy(seg_w[cluster(c.user)]).float())
+
+    return policy, {f"cluster_{j}": dict(zip(FUSION_INPUTS, w.round(4).tolist())) for j, w in enumerate(seg_w)}
 
 
 def _grade_config(base: GRADEConfig, world: KuaiRandSimWorld, method: str) -> GRADEConfig:
@@ -149,33 +184,16 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Ca
         elif m == "static_search":
             rec = tuning_set()
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
-            res = search_weights(lambda W: rec.values(world, W).mean(0), K, ss)
+            res = search_weights(lambda W, rec=rec: rec.values(world, W).mean(0), K, ss)
             weights_used[m] = dict(zip(FUSION_INPUTS, np.round(res.best_weights, 4).tolist()))
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {weights_used[m]}")
             policy = fixed(res.best_weights)
         elif m == "segment_oracle":
-            rec = tuning_set()
-            probe = np.random.default_rng([wcfg.seed, 9]).choice(len(world.pool), size=min(64, len(world.pool)), replace=False)
-            req_users = np.concatenate(rec.user)
-            uniq = np.unique(req_users)
-            sig = user_signature(world, uniq, probe)
-            mu, sd = sig.mean(0), sig.std(0) + 1e-9
-            cent = _kmeans((sig - mu) / sd, N_CLUSTERS, wcfg.seed)
-            assign = lambda users: (((user_signature(world, users, probe) - mu) / sd)[:, None] - cent[None]) ** 2  # noqa: E731
-            cluster_of = dict(zip(uniq.tolist(), assign(uniq).sum(-1).argmin(1).tolist()))
-            req_cluster = np.array([cluster_of[u] for u in req_users.tolist()])
-            values = rec.values(world, grid)
-            seg_w = np.stack([grid[values[req_cluster == j].mean(0).argmax()] if (req_cluster == j).any() else prod
-                              for j in range(len(cent))])
-            weights_used[m] = {f"cluster_{j}": dict(zip(FUSION_INPUTS, w.round(4).tolist())) for j, w in enumerate(seg_w)}
-
-            def policy(c: StepContext, seg_w=seg_w) -> np.ndarray:
-                cl = assign(c.user).sum(-1).argmin(1)
-                return world.rank(c.inputs, torch.from_numpy(seg_w[cl]).float())
+            policy, weights_used[m] = segment_policy(world, tuning_set(), grid, prod, wcfg.seed)
         elif m == "oracle":
             policy = oracle
         elif m == "true_score":
-            policy = lambda c: np.argsort(-c.item_value, axis=1, kind="stable")[:, : wcfg.page_size]  # noqa: E731
+            policy = lambda c: np.argsort(-c.item_value, axis=1, kind="stable")[:, : wcfg.page_size]
         elif m == "ltr" or m.split(":")[0] == "grade":
             logs = world.models["student"].add_predictions(world.student_logs)
             gcfg = _grade_config(cfg.grade, world, m)

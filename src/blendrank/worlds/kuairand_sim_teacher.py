@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,14 @@ import yaml
 from pydantic import Field
 
 from blendrank.config import BaseConfig
-from blendrank.data.kuairand import BINARY_LABELS, FEATURES, SPLITS, _finish_feature, _lookup, load_vendored
-from blendrank.errors import DataError
+from blendrank.data.kuairand import (
+    BINARY_LABELS,
+    FEATURES,
+    SPLITS,
+    _finish_feature,
+    _lookup,
+    load_vendored,
+)
 from blendrank.eval.metrics import auc, gauc
 from blendrank.jsonio import read_json, write_json
 from blendrank.mtl.config import MTLConfig
@@ -233,6 +238,3 @@ def fit_teacher(config: TeacherConfig | None = None, cache_dir: str | Path | Non
     write_json(model_dir / "teacher.json", {"config": cfg.model_dump(mode="json"), "watch": watch.__dict__, "metrics": metrics})
     return Teacher(pred, watch, metrics)
 
-
-def _nan_to_none(x: float) -> float | None:
-    return None if isinstance(x, float) and math.isnan(x) else x
