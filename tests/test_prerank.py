@@ -8,12 +8,12 @@ from blendrank.prerank import Prerank, PrerankConfig, fit_prerank, recall_at_n
 
 
 def _synthetic(seed: int = 0, n_users: int = 300, n_items: int = 400, per_user: int = 40):
-    """Users and items in 8 latent clusters; a user clicks mostly items of their own cluster."""
+    """Users and items in 4 latent clusters; a user clicks mostly items of their own cluster."""
     rng = np.random.default_rng(seed)
-    u_cl, i_cl = rng.integers(8, size=n_users), rng.integers(8, size=n_items)
+    u_cl, i_cl = rng.integers(4, size=n_users), rng.integers(4, size=n_items)
     users = np.repeat(np.arange(n_users), per_user)
     items = rng.integers(n_items, size=len(users))
-    p = np.where(u_cl[users] == i_cl[items], 0.6, 0.03)
+    p = np.where(u_cl[users] == i_cl[items], 0.8, 0.02)
     labels = (rng.random(len(users)) < p).astype(np.int8)
     # Held-out positives: one fresh in-cluster item per user.
     held = np.array([rng.choice(np.flatnonzero(i_cl == u_cl[u])) for u in range(n_users)])
@@ -22,17 +22,17 @@ def _synthetic(seed: int = 0, n_users: int = 300, n_items: int = 400, per_user: 
 
 def test_two_tower_recall_beats_random_and_popularity():
     users, items, labels, hu, hi, nu, ni = _synthetic()
-    model = fit_prerank(users, items, labels, nu, ni, PrerankConfig(epochs=5, batch_size=256, lr=0.05, seed=0))
+    model = fit_prerank(users, items, labels, nu, ni, PrerankConfig(epochs=10, batch_size=128, min_user_positives=1, seed=0))
     n = 50
     recall = recall_at_n(model, hu, hi, n)
     pop = recall_at_n(Prerank(popularity=model.popularity), hu, hi, n)
-    assert recall > 1.5 * n / ni  # random recall@N is N / I
-    assert recall > pop + 0.05
+    assert recall > 2 * n / ni  # random recall@N is N / I
+    assert recall > pop + 0.1
 
 
 def test_cold_users_and_missing_model_use_popularity():
     users, items, labels, _, _, nu, ni = _synthetic(n_users=50, n_items=100, per_user=20)
-    model = fit_prerank(users, items, labels, nu + 5, ni, PrerankConfig(epochs=1))
+    model = fit_prerank(users, items, labels, nu + 5, ni, PrerankConfig(epochs=1, min_user_positives=1))
     cold_user = nu + 2  # in the index space, never logged
     assert model.is_cold(np.array([cold_user, 0, -1, 10_000])).tolist() == [True, False, True, True]
     s = model.scores(np.array([cold_user, 0]))

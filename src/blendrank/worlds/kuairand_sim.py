@@ -41,7 +41,7 @@ from blendrank.fusion.formulas import Formula, fuse, fusion_features, top_k
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import MTLPredictor, fit_mtl
-from blendrank.prerank import Prerank, PrerankConfig, fit_prerank
+from blendrank.prerank import Prerank, PrerankConfig, fit_prerank, recall_at_n
 from blendrank.worlds.kuairand_sim_teacher import (
     POST_CLICK,
     WATCH,
@@ -216,6 +216,7 @@ class KuaiRandSimWorld:
         # Utility normalisation under real production (the log): z(u) = (u − μ) / σ.
         self.utility_mean, self.utility_sd = self._log_utility_moments()
         self.prerank = self._fit_prerank(uid, vid, date)
+        self.prerank_recall = self._prerank_recall(uid, vid, date)
         self._truth: dict[int, np.ndarray] = {}
         self._preds: dict[str, dict[int, np.ndarray]] = {"logger": {}, "student": {}}
         self.models: dict[str, MTLPredictor] = {"logger": self._fit_logger()}
@@ -248,6 +249,19 @@ class KuaiRandSimWorld:
         path.parent.mkdir(parents=True, exist_ok=True)
         pr.save(path)
         return pr
+
+    def _prerank_recall(self, uid, vid, date) -> dict[str, float]:
+        """Recall@N of the test days' clicked pool videos: two-tower (with fallback) vs popularity."""
+        lo, hi = SPLITS["test"]
+        sel = ((date >= lo) & (date <= hi) & np.isin(uid, self.user_ids) & np.isin(vid, self.pool)
+               & (self.tables.log["is_click"].to_numpy() > 0))
+        pool_index = {int(v): i for i, v in enumerate(self.pool)}
+        items = np.array([pool_index[int(v)] for v in vid[sel]], dtype=np.int64)
+        users = np.searchsorted(self.user_ids, uid[sel])
+        N = self.config.candidates
+        return {"n": N, "pairs": int(sel.sum()), "two_tower": recall_at_n(self.prerank, users, items, N),
+                "popularity": recall_at_n(Prerank(popularity=self.prerank.popularity), users, items, N),
+                "random": N / len(self.pool), "cold_share": float(self.prerank.is_cold(users).mean())}
 
     def _fit_logger(self) -> MTLPredictor:
         """The logging policy's predictor: a small MTL fitted on the real log's training days."""
@@ -536,7 +550,7 @@ class KuaiRandSimWorld:
         return {"world": "kuairand-sim", "seed": self.config.seed, "pool_videos": len(self.pool),
                 "users": len(self.user_ids), "fusion_inputs": list(FUSION_INPUTS),
                 "production_weights": dict(zip(FUSION_INPUTS, self.production_weights().round(4).tolist())),
-                "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd]}
+                "prerank_recall": self.prerank_recall, "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd]}
 
 
 def generate_kuairand_sim(config, out_dir: str | Path, n_sessions: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
