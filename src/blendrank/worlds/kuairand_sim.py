@@ -293,10 +293,11 @@ class KuaiRandSimWorld:
         path = self.cache / f"kuairand-sim-student-{cfg.digest()}"
         logs = self.logged_sessions(cfg.log_sessions)
         self.student_logs = logs
-        if (path / "meta.json").is_file():
-            return MTLPredictor.load(path)
         ids = np.unique(logs["session_id"].to_numpy())
         cut = ids[int(0.85 * len(ids))]
+        self.student_valid = logs.filter(pc.and_(pc.greater_equal(logs["session_id"], cut), logs["position"].is_valid()))
+        if (path / "meta.json").is_file():
+            return MTLPredictor.load(path)
         keep = [c for c in logs.column_names if c.startswith(("f_", "label_")) or c == "position"]
         train = logs.filter(pc.less(logs["session_id"], cut)).select(keep)
         valid = logs.filter(pc.greater_equal(logs["session_id"], cut)).select(keep)
@@ -546,11 +547,28 @@ class KuaiRandSimWorld:
             t = t.append_column(f"pred_{k}", pa.array(ctx.inputs[..., j].numpy().ravel()))
         return t
 
+    def student_quality(self) -> dict[str, Any]:
+        """AUC and mean prediction vs rate of the student on the watched rows of its held-out
+        logged sessions, next to the teacher's AUC on the same rows (the ceiling)."""
+        from blendrank.eval.metrics import auc
+
+        rows = self.student_valid
+        student = self.models["student"].predict(rows)
+        teacher = self.teacher.predictor.predict(rows)
+        out: dict[str, Any] = {"rows": rows.num_rows}
+        for k in ("click", "long_view", "like"):
+            y = torch.from_numpy(rows[f"label_{k}"].to_numpy().astype(np.float32))[None]
+            out[k] = {"student_auc": auc(torch.from_numpy(student[k])[None], y, None),
+                      "teacher_auc": auc(torch.from_numpy(teacher[k])[None], y, None),
+                      "student_mean": float(student[k].mean()), "rate": float(y.mean())}
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {"world": "kuairand-sim", "seed": self.config.seed, "pool_videos": len(self.pool),
                 "users": len(self.user_ids), "fusion_inputs": list(FUSION_INPUTS),
                 "production_weights": dict(zip(FUSION_INPUTS, self.production_weights().round(4).tolist())),
-                "prerank_recall": self.prerank_recall, "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd]}
+                "prerank_recall": self.prerank_recall, "student_quality": self.student_quality(),
+                "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd]}
 
 
 def generate_kuairand_sim(config, out_dir: str | Path, n_sessions: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
