@@ -71,7 +71,11 @@ def generate(
 
 @app.command("presets")
 def presets() -> None:
-    """List the marketplace presets."""
+    """List the marketplace and kuairand-sim presets."""
+    for name in KUAIRAND_SIM_PRESETS:
+        k = kuairand_sim_config(name)
+        out.print(f"[bold]kuairand-sim {name}[/]: pool {k.max_pool or 'all'} videos (>= {k.pool_min_rows} rows), "
+                  f"users {k.max_users or 'all'}, N {k.candidates}, page {k.page_size}, {k.log_sessions} logged sessions")
     for name in PRESETS:
         cfg = world_config(name)
         segs = ", ".join(f"{s.name} {s.share:.0%}" for s in cfg.segments)
