@@ -28,6 +28,8 @@ def test_watch_law_recovers_a_linear_log_watch():
 def test_bad_preset_and_unavailable_method_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="kuairand-sim preset"):
         kuairand_sim_config("nope")
+    with pytest.raises(ConfigError, match="missing: \\['hate', 'no_click'\\]"):
+        kuairand_sim_config("tiny", overrides=["session.utility={watch: 1}"])
     cfg = BenchConfig(world="kuairand-sim", preset="tiny", methods=["integrated_rl"])
     with pytest.raises(ConfigError, match="integrated_rl not available in kuairand-sim"):
         run_world_bench(cfg, tmp_path, log=lambda s: None)

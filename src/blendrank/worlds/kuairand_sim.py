@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from blendrank.config import BaseConfig
 from blendrank.data.kuairand import PRODUCTION_WEIGHTS, SPLITS
@@ -93,6 +93,16 @@ class SessionSpec(BaseConfig):
         default_factory=lambda: {"watch": 1.0, "like": 2.0, "follow": 4.0, "comment": 3.0, "forward": 3.0,
                                  "profile_enter": 1.0, "hate": -6.0, "no_click": -0.3},
         description="Per-impression utility u = watch·log(1+s)/log(61) + Σ w_k·feedback_k (+ no_click if not clicked).")
+
+    @field_validator("utility")
+    @classmethod
+    def _utility_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        allowed = {"watch", "hate", "no_click", *POST_CLICK}
+        unknown, missing = set(value) - allowed, {"watch", "hate", "no_click"} - set(value)
+        if unknown or missing:
+            raise ValueError(f"utility keys must be among {sorted(allowed)} and include watch, hate and no_click "
+                             f"(unknown: {sorted(unknown)}, missing: {sorted(missing)})")
+        return value
 
 
 class ValueSpec(BaseConfig):
