@@ -21,7 +21,7 @@ from blendrank.config import load_config
 @user_errors
 def bench(
     out_dir: Path = typer.Option(..., "--out", help="Output directory for bench.json and the report."),
-    world: str | None = typer.Option(None, "--world", help="World to run the simulated A/B in (e.g. marketplace)."),
+    world: str | None = typer.Option(None, "--world", help="World to run the simulated A/B in: marketplace or kuairand-sim."),
     preset: str = typer.Option("default", "--preset", help="World preset."),
     data: Path | None = typer.Option(None, "--data", help="Contract log (file or directory) for an offline bench."),
     mapping: Path | None = typer.Option(None, "--mapping", help="YAML column mapping for --data."),
@@ -29,7 +29,7 @@ def bench(
         None, "--methods", help="Comma-separated methods (production is always the baseline). Default: "
         "production,static_search,segment_oracle,oracle,true_score in a world; production,static_search on logs."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (world seed, or split/search seed on logs)."),
-    eval_requests: int | None = typer.Option(None, "--eval-requests", min=10, help="Held-out A/B requests (world)."),
+    eval_requests: int | None = typer.Option(None, "--eval-requests", min=10, help="Held-out A/B requests (world; sessions in kuairand-sim)."),
     config: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
 ) -> None:
@@ -46,10 +46,10 @@ def bench(
         if method_list:
             base["methods"] = method_list
         if eval_requests is not None:
-            base["eval_requests"] = eval_requests
+            base["eval_sessions" if world == "kuairand-sim" else "eval_requests"] = eval_requests
         cfg = load_config(BenchConfig, config, overrides, base=base)
-        if world != "marketplace":
-            fail(f"--world {world!r}: unknown world; available: marketplace")
+        if world not in ("marketplace", "kuairand-sim"):
+            fail(f"--world {world!r}: unknown world; available: marketplace, kuairand-sim")
         result = run_world_bench(cfg, out_dir, log=lambda s: out.print(s, highlight=False))
     else:
         from blendrank.eval.offline_bench import LogBenchConfig, run_log_bench

@@ -10,11 +10,11 @@ from rich.table import Table
 from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, out, user_errors
 from blendrank.progress import progress_bar
 from blendrank.worlds.generate import generate_world
-from blendrank.worlds.presets import PRESETS, world_config
+from blendrank.worlds.presets import KUAIRAND_SIM_PRESETS, PRESETS, kuairand_sim_config, world_config
 
 app = typer.Typer(help="Generate logs from a simulated world with known ground truth.", no_args_is_help=True)
 
-WORLDS = ("marketplace",)
+WORLDS = ("marketplace", "kuairand-sim")
 
 
 @app.command("generate")
@@ -22,8 +22,11 @@ WORLDS = ("marketplace",)
 def generate(
     out_dir: Path = typer.Option(..., "--out", help="Output directory (logs/ shards, world.json, summary.json)."),
     world: str = typer.Option("marketplace", "--world", help=f"World: {', '.join(WORLDS)}."),
-    preset: str = typer.Option("default", "--preset", help=f"Preset: {', '.join(PRESETS)}."),
-    requests: int = typer.Option(20_000, "--requests", min=1, help="Logged requests (each has `candidates` rows)."),
+    preset: str = typer.Option("default", "--preset", help=f"Preset: {', '.join(PRESETS)} (marketplace); "
+                               f"{', '.join(KUAIRAND_SIM_PRESETS)} (kuairand-sim)."),
+    requests: int = typer.Option(20_000, "--requests", min=1, help="Logged requests (each has `candidates` rows); marketplace."),
+    sessions: int | None = typer.Option(None, "--sessions", min=1, help="kuairand-sim: logged sessions (default: the "
+                                        "preset's log_sessions, the student's training logs)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the preset's)."),
     config: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
@@ -37,10 +40,21 @@ def generate(
     """Generate logged traffic (production policy + Dirichlet exploration) and the headroom report."""
     if world not in WORLDS:
         fail(f"--world {world!r}: unknown world; choose one of {', '.join(WORLDS)}")
-    cfg = world_config(preset, str(config) if config else None, overrides, seed=seed)
     check_writable_dir(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"--out {out_dir}: directory is not empty; choose a new directory (nothing was overwritten)")
+    if world == "kuairand-sim":
+        from blendrank.worlds.kuairand_sim import generate_kuairand_sim
+
+        kcfg = kuairand_sim_config(preset, str(config) if config else None, overrides, seed=seed)
+        s = generate_kuairand_sim(kcfg, out_dir, sessions, log=lambda m: out.print(m, highlight=False))
+        out.print(f"[bold]kuairand-sim[/] preset={preset} seed={kcfg.seed}: {s['sessions']:,} sessions, "
+                  f"{s['requests']:,} requests, {s['impressions']:,} impressions "
+                  f"({s['impressions_per_session']['mean']:.1f} per session) -> {out_dir}")
+        out.print("per-impression rates: " + ", ".join(f"{k} {v:.4f}" for k, v in s["rates"].items())
+                  + f"; watch {s['watch_s_per_impression']:.1f} s")
+        return
+    cfg = world_config(preset, str(config) if config else None, overrides, seed=seed)
     with progress_bar() as bar:
         task = bar.add_task("generating", total=requests)
         summary = generate_world(cfg, requests, out_dir, shard_requests, eval_requests,
@@ -60,7 +74,11 @@ def generate(
 
 @app.command("presets")
 def presets() -> None:
-    """List the marketplace presets."""
+    """List the marketplace and kuairand-sim presets."""
+    for name in KUAIRAND_SIM_PRESETS:
+        k = kuairand_sim_config(name)
+        out.print(f"[bold]kuairand-sim {name}[/]: pool {k.max_pool or 'all'} videos (>= {k.pool_min_rows} rows), "
+                  f"users {k.max_users or 'all'}, N {k.candidates}, page {k.page_size}, {k.log_sessions} logged sessions")
     for name in PRESETS:
         cfg = world_config(name)
         segs = ", ".join(f"{s.name} {s.share:.0%}" for s in cfg.segments)

@@ -75,6 +75,8 @@ class BenchConfig(BaseConfig):
         description="Business guard rails: A/B metric -> largest allowed relative loss against production, e.g. "
         "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
         "GRADE enforces them on its predicted pages (reward.guardrails). The oracles stay unconstrained.")
+    eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
+    valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
 
 
 Predict = Callable[[Requests], dict[str, np.ndarray]]
@@ -212,6 +214,10 @@ def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRA
 def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every method and write ``bench.json``; returns its content."""
     methods = _parse_methods(cfg.methods)
+    if cfg.world == "kuairand-sim":
+        from blendrank.worlds.kuairand_sim_bench import run_kuairand_sim_bench
+
+        return run_kuairand_sim_bench(cfg, out_dir, methods, log=log)
     wcfg = world_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()

@@ -67,3 +67,45 @@ def world_config(preset: str = "default", config_path: str | None = None, overri
     if seed is not None:
         base["seed"] = seed
     return load_config(MarketplaceConfig, config_path, overrides, base=base)
+
+
+# ----------------------------------------------------------------------------- kuairand-sim
+#: Small world sizes (pool, users, candidates, logged sessions, session cap) for fast runs.
+_KSIM_SMALL: dict[str, Any] = dict(max_pool=500, candidates=30, log_sessions=300,
+                                   session=dict(max_impressions=60, exit_base=-3.3))
+#: A teacher fitted in seconds on a subsample (tests); its AUCs are well below the full teacher's.
+_KSIM_TINY_TEACHER: dict[str, Any] = dict(
+    max_train_rows=6000,
+    mtl=dict(model="mmoe", objectives=["click", "long_view", "like", "follow", "comment", "forward", "profile_enter",
+                                       "hate", "play_time_ms"], regression=["play_time_ms"],
+             esmm={k: "click" for k in ("long_view", "like", "follow", "comment", "forward", "profile_enter")},
+             id_features=["user_id", "item_id"], embedding_dim=4, expert_dims=[16], n_experts=2, tower_dims=[8],
+             min_count=3, epochs=2, patience=1, batch_size=512, position_bias_tower=False))
+
+KUAIRAND_SIM_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quick": dict(_KSIM_SMALL),
+    "tiny": dict(_KSIM_SMALL, max_pool=300, max_users=1500, candidates=20, log_sessions=150,
+                 session=dict(max_impressions=30, exit_base=-3.0), teacher=_KSIM_TINY_TEACHER, logger_max_rows=6000,
+                 student=dict(objectives=["click", "long_view", "like", "follow", "comment", "forward", "profile_enter"],
+                              esmm={k: "click" for k in ("long_view", "like", "follow", "comment", "forward", "profile_enter")},
+                              embedding_dim=4, expert_dims=[16], n_experts=2, tower_dims=[8], epochs=2, patience=1,
+                              position_bias_tower=False),
+                 logger=dict(objectives=["click", "long_view", "like", "follow", "comment", "forward", "profile_enter"],
+                             esmm={k: "click" for k in ("long_view", "like", "follow", "comment", "forward", "profile_enter")},
+                             embedding_dim=4, expert_dims=[8], n_experts=1, tower_dims=[8], epochs=1, patience=1,
+                             position_bias_tower=False)),
+}
+
+
+def kuairand_sim_config(preset: str = "default", config_path: str | None = None, overrides: list[str] | None = None,
+                        seed: int | None = None):
+    """kuairand-sim config: preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
+    from blendrank.worlds.kuairand_sim import KuaiRandSimConfig
+
+    if preset not in KUAIRAND_SIM_PRESETS:
+        raise ConfigError(f"unknown kuairand-sim preset {preset!r}; choose one of {', '.join(KUAIRAND_SIM_PRESETS)}")
+    base = dict(KUAIRAND_SIM_PRESETS[preset])
+    if seed is not None:
+        base["seed"] = seed
+    return load_config(KuaiRandSimConfig, config_path, overrides, base=base)
