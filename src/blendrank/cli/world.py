@@ -10,7 +10,12 @@ from rich.table import Table
 from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, out, user_errors
 from blendrank.progress import progress_bar
 from blendrank.worlds.generate import generate_world
-from blendrank.worlds.presets import KUAIRAND_SIM_PRESETS, PRESETS, kuairand_sim_config, world_config
+from blendrank.worlds.presets import (
+    KUAIRAND_SIM_PRESETS,
+    PRESETS,
+    kuairand_sim_config,
+    world_config,
+)
 
 app = typer.Typer(help="Generate logs from a simulated world with known ground truth.", no_args_is_help=True)
 

@@ -25,14 +25,25 @@ from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
 from blendrank.config import BaseConfig, apply_overrides
 from blendrank.errors import ConfigError
+from blendrank.eval.ab import (
+    CommonRandomNumbers,
+    compare_arms,
+    metric_defs,
+    oracle_share,
+    realised_page,
+)
+from blendrank.eval.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import fit_mtl
-from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, oracle_share, realised_page
-from blendrank.eval.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
-from blendrank.worlds.oracle import candidate_vectors, per_request_oracle, vector_metrics, vector_values
+from blendrank.worlds.oracle import (
+    candidate_vectors,
+    per_request_oracle,
+    vector_metrics,
+    vector_values,
+)
 from blendrank.worlds.presets import world_config
 
 STREAM_VALID, STREAM_EVAL, STREAM_CRN, STREAM_SESSIONS = 3, 4, 5, 6
