@@ -428,7 +428,7 @@ def test_failing_export_keeps_the_existing_export(tmp_path: Path, models: dict[s
     (broken / "policy.pt").write_bytes(b"garbage")
     assert_user_error(invoke("export", "--policy", broken, "--out", out), "corrupt or truncated policy weights")
     assert_user_error(invoke("export", "--policy", models["policy"], "--out", out, "--fallback-weights", "1"),
-                      "fallback weights")
+                      "--fallback-weights", "one per fusion input")
     assert tree_digest(out) == before
 
 
