@@ -136,3 +136,9 @@ def test_cli_generate_bad_input_is_a_clear_error(tmp_path, bad):
     r = CliRunner().invoke(app, ["world", "generate", "--out", str(tmp_path / "x"), "--requests", "10", *bad])
     assert r.exit_code == 1
     assert "error" in r.output and "Traceback" not in r.output
+
+
+def test_overrides_never_edit_the_shared_presets():
+    before = repr(PRESETS)
+    world_config("default", overrides=["session.enabled=true", "value.click=0.9"])
+    assert repr(PRESETS) == before

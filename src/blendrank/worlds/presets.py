@@ -7,6 +7,7 @@ of objectives and are not used for tuning any method.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from blendrank.config import load_config
@@ -63,7 +64,7 @@ def world_config(preset: str = "default", config_path: str | None = None, overri
     """Preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown marketplace preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = dict(PRESETS[preset])
+    base = copy.deepcopy(PRESETS[preset])  # overrides must never edit the shared preset
     if seed is not None:
         base["seed"] = seed
     return load_config(MarketplaceConfig, config_path, overrides, base=base)
@@ -105,7 +106,7 @@ def kuairand_sim_config(preset: str = "default", config_path: str | None = None,
 
     if preset not in KUAIRAND_SIM_PRESETS:
         raise ConfigError(f"unknown kuairand-sim preset {preset!r}; choose one of {', '.join(KUAIRAND_SIM_PRESETS)}")
-    base = dict(KUAIRAND_SIM_PRESETS[preset])
+    base = copy.deepcopy(KUAIRAND_SIM_PRESETS[preset])  # overrides must never edit the shared preset
     if seed is not None:
         base["seed"] = seed
     return load_config(KuaiRandSimConfig, config_path, overrides, base=base)
