@@ -139,6 +139,9 @@ def test_cli_generate_bad_input_is_a_clear_error(tmp_path, bad):
 
 
 def test_overrides_never_edit_the_shared_presets():
-    before = repr(PRESETS)
+    from blendrank.worlds.presets import KUAIRAND_SIM_PRESETS, kuairand_sim_config
+
+    before = repr(PRESETS), repr(KUAIRAND_SIM_PRESETS)
     world_config("default", overrides=["session.enabled=true", "value.click=0.9"])
-    assert repr(PRESETS) == before
+    kuairand_sim_config("quick", overrides=["session.max_impressions=7"])
+    assert (repr(PRESETS), repr(KUAIRAND_SIM_PRESETS)) == before
