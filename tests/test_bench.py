@@ -138,7 +138,7 @@ def test_world_bench_with_mtl_predictions(tmp_path):
 
 def test_guardrails_constrain_static_search_and_reach_grade(tmp_path):
     free = small_bench(tmp_path / "free", methods=["production", "static_search"])
-    guarded = small_bench(tmp_path / "g", methods=["production", "static_search", "grade"], log_requests=400,
+    guarded = small_bench(tmp_path / "g", methods=["production", "static_search", "grade", "segment_oracle"], log_requests=400,
                           guardrails={"ctr": 0.0, "opm": 0.0},
                           grade={"stage1": {"epochs": 1}, "stage2": {"steps": 3}}, probe_requests=0)
     assert guarded["bench_config"]["guardrails"] == {"ctr": 0.0, "opm": 0.0}
@@ -147,6 +147,9 @@ def test_guardrails_constrain_static_search_and_reach_grade(tmp_path):
     lifts = guarded["lifts"]["static_search"]
     assert lifts["ctr"]["rel"] > -0.01 and lifts["opm"]["rel"] > -0.01
     assert free["arms"]["static_search"]["value"] >= guarded["arms"]["static_search"]["value"] - 1e-9
+    # The segment oracle picks on the eval requests themselves, so its guard rails hold exactly.
+    seg = guarded["lifts"]["segment_oracle"]
+    assert seg["ctr"]["rel"] >= -1e-9 and seg["opm"]["rel"] >= -1e-9
     assert any("guard/click/lambda" in r for r in guarded["learning_curves"]["grade"])
 
 

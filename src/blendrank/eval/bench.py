@@ -85,7 +85,8 @@ class BenchConfig(BaseConfig):
         default_factory=lambda: {"ctr": 0.005, "cvr": 0.005, "opm": 0.0},
         description="Business guard rails: A/B metric -> largest allowed relative loss against production, e.g. "
         "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
-        "GRADE enforces them on its predicted pages (reward.guardrails). The oracles stay unconstrained.")
+        "GRADE enforces them on its predicted pages (reward.guardrails); segment_oracle keeps them within each segment. "
+        "The per-request oracle and true_score stay unconstrained.")
     eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
     valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
 
@@ -184,22 +185,20 @@ def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
     return probe
 
 
-def _guarded_objective(valid: WorldBatch, prod: np.ndarray, guardrails: dict[str, float]) -> Callable[[np.ndarray], np.ndarray]:
-    """Mean value of ``[M, K]`` vectors on ``valid``, minus a steep penalty for every guard rail
-    they break relative to production (exact penalty method: feasible vectors keep their value)."""
-    base = {k: v.sum() for k, v in vector_metrics(valid.world, valid.inputs, valid.truth, prod[None]).items()}
-    scale = base["value"] / len(valid.req)
+def _guarded_value(metrics: dict[str, np.ndarray], base: dict[str, np.ndarray], guardrails: dict[str, float]) -> np.ndarray:
+    """``[M]`` mean value of ``M`` vectors (``metrics``: name -> ``[B, M]``) minus a steep penalty
+    for every guard rail broken against production's totals (``base``: name -> ``[B]``) — an exact
+    penalty: vectors that keep the guard rails keep their value. No guard rails: the mean value."""
+    totals = {k: v.sum(0) for k, v in metrics.items()}
+    ref = {k: v.sum() for k, v in base.items()}
 
-    def ratio_of(totals: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    def ratio_of(t: dict[str, np.ndarray], metric: str) -> np.ndarray:
         num, den = GUARDED[metric]
-        return totals[num] / totals[den] if den else totals[num]
+        return t[num] / t[den] if den else t[num]
 
-    def objective(W: np.ndarray) -> np.ndarray:
-        totals = {k: v.sum(0) for k, v in vector_metrics(valid.world, valid.inputs, valid.truth, W).items()}
-        penalty = sum(np.maximum(0.0, (1 - tol) - ratio_of(totals, m) / ratio_of(base, m)) for m, tol in guardrails.items())
-        return totals["value"] / len(valid.req) - 100.0 * scale * penalty
-
-    return objective
+    n = len(metrics["value"])
+    penalty = sum(np.maximum(0.0, (1 - tol) - ratio_of(totals, m) / ratio_of(ref, m)) for m, tol in guardrails.items())
+    return totals["value"] / n - 100.0 * (ref["value"] / n) * penalty
 
 
 def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRADEConfig:
@@ -256,18 +255,22 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         elif m == "static_search":
             valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
-            objective = _guarded_objective(valid, prod, cfg.guardrails) if cfg.guardrails else (lambda W: valid.values(W).mean(0))
-            res = search_weights(objective, K, ss)
+            base = {k: v[:, 0] for k, v in vector_metrics(world, valid.inputs, valid.truth, prod[None]).items()}
+            res = search_weights(lambda W: _guarded_value(vector_metrics(world, valid.inputs, valid.truth, W), base, cfg.guardrails), K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
             session_pages[m] = _weights_pages(world, predict, res.best_weights)
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
         elif m in ("segment_oracle", "oracle"):
             grid = candidate_vectors(K, extra=prod, max_points=cfg.oracle_grid_points, seed=wcfg.seed)
-            values = ev.values(grid)
-            if m == "segment_oracle":
+            grid_metrics = vector_metrics(world, ev.inputs, ev.truth, grid)
+            values = grid_metrics["value"]
+            if m == "segment_oracle":  # under the same guard rails, held within each segment
+                base = {k: v[:, 0] for k, v in vector_metrics(world, ev.inputs, ev.truth, prod[None]).items()}
                 best = np.tile(prod, (len(wcfg.segments), 1))  # [S, K]; segments absent from eval keep production
                 for s in np.unique(ev.segment):
-                    best[s] = grid[values[ev.segment == s].mean(0).argmax()]
+                    rows = ev.segment == s
+                    seg_metrics = {k: v[rows] for k, v in grid_metrics.items()}
+                    best[s] = grid[_guarded_value(seg_metrics, {k: v[rows] for k, v in base.items()}, cfg.guardrails).argmax()]
                 w = best[ev.segment]
                 session_pages[m] = _segment_pages(world, predict, best)
             else:
