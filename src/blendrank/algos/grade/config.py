@@ -60,6 +60,10 @@ class GRPOConfig(BaseConfig):
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage scaling (TRL scale_rewards).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    ema_decay: float = Field(0.98, ge=0, lt=1, description="Exponential (Polyak) average of the policy parameters over "
+                             "Stage-2 steps, returned as the trained policy; 0 returns the last iterate. With guard rails the "
+                             "policy and its Lagrange multipliers cycle around the constraint: the last iterate is wherever "
+                             "the cycle stopped, the average settles near the constrained optimum.")
 
 
 class GRADEConfig(BaseConfig):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch import nn
 
 from blendrank import distributed as dist
@@ -268,15 +269,20 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
         raise DataError("reward.guardrails need the production (anchor) weights: pass --production-weights")
     # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
     multipliers = torch.zeros(len(guardrails))
+    ema = (AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(s2.ema_decay), use_buffers=True)
+           if s2.ema_decay > 0 else None)
     first_step = 0
     if (state := run.resumed(2)) is not None:
         policy.load_state_dict(state["model"])
         ref.load_state_dict(state["ref"])
         opt.load_state_dict(state["optimizer"])
         first_step, multipliers = state["step"], state["multipliers"]
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
     else:  # the Stage-2 starting point (Stage 1 done): resuming from here skips Stage 1
-        run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers)
+        run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers,
+                 ema=ema.state_dict() if ema is not None else None)
     objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
     for step in range(first_step, s2.steps):
         idx_all = torch.randint(len(data), (n_global,))
@@ -324,6 +330,8 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             check_finite(dist.all_reduce_mean(out.loss.detach().clone()), policy.parameters(),
                          f"GRADE stage 2 step {step} (iteration {it}, requests {idx_all[:4].tolist()}...)", norm=norm)
             opt.step()
+        if ema is not None:
+            ema.update_parameters(policy)
         if step % cfg.log_every == 0 or step == s2.steps - 1:
             z, kappa = z.detach(), kappa.detach()
             # Means over the global batch (averaged over equal shards); kappa min/max are this rank's.
@@ -343,9 +351,12 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                      "mean_weights": mean_w.tolist(), "step_ms": 1000 * (time.perf_counter() - t0),
                      **{f"guard/{name}/lambda": float(lam) for name, lam in zip(guardrails, multipliers)},
                      **({f"guard/{name}/margin": float(v) for name, v in zip(guardrails, margin)} if guardrails else {}),
-                     **(probe(policy) if probe else {})})
+                     **(probe(ema.module if ema is not None else policy) if probe else {})})
         if run.due(step + 1):
-            run.save(2, policy, opt, step=step + 1, ref=ref.state_dict(), multipliers=multipliers)
+            run.save(2, policy, opt, step=step + 1, ref=ref.state_dict(), multipliers=multipliers,
+                     ema=ema.state_dict() if ema is not None else None)
+    if ema is not None and s2.steps > first_step:  # return the averaged policy
+        policy.load_state_dict(ema.module.state_dict())
 
 
 def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,
