@@ -6,6 +6,7 @@ Request sets come from independent streams of the world's generator: ``valid`` (
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,8 +75,7 @@ class BenchConfig(BaseConfig):
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (progressive explore-then-train rounds in the world).")
     predictor: Literal["world", "mtl"] = Field(
         "mtl", description="Predictions every arm fuses (but true_score): an MTL model trained on the logs (the "
-        "deployed model), or the world's simulated deployed predictor (true logits + noise; faster). integrated_rl "
-        "always uses the world's.")
+        "deployed model), or the world's simulated deployed predictor (true logits + noise; faster).")
     mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
     session_requests: int = Field(0, ge=0, description="Sessions per arm of the session-level A/B (whole sessions of the "
@@ -280,9 +280,14 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             pages[m] = world.true_score_page(ev.truth)
             session_pages[m] = lambda req, ctx: world.true_score_page(world.truth(req))
         elif m == "integrated_rl":
-            irl = fit_integrated_rl(world, cfg.integrated_rl, log=log)
-            pages[m] = irl.pages(world, ev.req)
-            session_pages[m] = irl.session_pages(world)
+            # The same predictions as every other arm: a shallow copy of the world whose deployed
+            # predictor is the MTL model (truth, features and fusion stay the world's).
+            irl_world = copy.copy(world)
+            if predict is not None:
+                irl_world.predictions = predict  # type: ignore[method-assign]
+            irl = fit_integrated_rl(irl_world, cfg.integrated_rl, log=log)
+            pages[m] = irl.pages(irl_world, ev.req)
+            session_pages[m] = irl.session_pages(irl_world)
             curves[m] = irl.history
         elif m in LEARNED_METHODS:
             if logs is None:
