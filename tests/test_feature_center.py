@@ -130,6 +130,7 @@ def test_numeric_transforms_std_floor_and_all_missing() -> None:
     assert out[:, 2].tolist() == [1.0, 2.0, 3.0]  # "none": raw, missing -> train mean
     assert out[:, 3].tolist() == [0.0, 0.0, 0.0]
     assert center.numeric_state("f_empty").missing == 3
+    assert_same(center.transform(table), center.transform_rows(table.to_pylist()))  # every transform kind
 
 
 # ------------------------------------------------------------------------------------- streaming
