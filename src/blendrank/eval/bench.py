@@ -256,7 +256,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
             base = {k: v[:, 0] for k, v in vector_metrics(world, valid.inputs, valid.truth, prod[None]).items()}
-            res = search_weights(lambda W: _guarded_value(vector_metrics(world, valid.inputs, valid.truth, W), base, cfg.guardrails), K, ss)
+            res = search_weights(lambda W, valid=valid, base=base: _guarded_value(
+                vector_metrics(world, valid.inputs, valid.truth, W), base, cfg.guardrails), K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
             session_pages[m] = _weights_pages(world, predict, res.best_weights)
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")

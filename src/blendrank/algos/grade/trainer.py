@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blendrank import distributed as dist
 from blendrank.algos.grade.config import GRADEConfig
@@ -266,7 +266,8 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
                              rc.k) if rc.ips and rc.a_post > 0 else None
     guardrails = rc.active_guardrails
     if guardrails and anchor is None:
-        raise DataError("reward.guardrails need the production (anchor) weights: pass --production-weights")
+        raise DataError("reward.guardrails need the production weights they are measured against: pass anchor= to fit_grade "
+                        "(blendrank train reads them from production.yaml beside the log)")
     # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
     multipliers = torch.zeros(len(guardrails))
     ema = (AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(s2.ema_decay), use_buffers=True)
