@@ -1,7 +1,10 @@
 """GRADE Stage 2 throughput: requests/s of a full GRPO step (sampling, re-ranking, composite
 reward, advantages, ``num_iterations`` updates), and how it grows with G and with candidates.
 
-    python benchmarks/grade_throughput.py [--steps 30] [--batch 512]
+    python benchmarks/grade_throughput.py [--steps 30] [--batch 512] [--guardrails]
+
+``--guardrails`` adds the world bench's default guard rails (CTR, CVR, orders against a
+production anchor): two more fusions and top-Ks per step (anchor and mean-policy pages).
 
 Synthetic logged requests (random predictions, labels and positions) with K = 3 fusion inputs;
 one intra-op thread (the CLI default).
@@ -39,20 +42,25 @@ def synthetic_log(n: int, L: int, seed: int = 0) -> pa.Table:
     })
 
 
-def measure(n_req: int, L: int, G: int, steps: int, batch: int) -> float:
+GUARDRAILS = {"click": 0.005, "order/click": 0.005, "order": 0.0}
+
+
+def measure(n_req: int, L: int, G: int, steps: int, batch: int, guardrails: bool = False) -> float:
     table = synthetic_log(n_req, L)
     spec = FusionSpec.fit(table)
     data = build_batch(table, spec, fit_policy_features(table))
     cfg = GRADEConfig.model_validate({"stage2": {"steps": steps, "batch_size": batch, "num_generations": G},
                                       "reward": {"prior_coefs": {"click": 0.4, "order*price": 1.0},
                                                  "post_objective_weights": {"click": 0.4, "gmv": 1.0},
-                                                 "post_gain": "linear"}})
+                                                 "post_gain": "linear",
+                                                 "guardrails": GUARDRAILS if guardrails else {}}})
+    anchor = torch.tensor([0.5, 0.35, 0.15]) if guardrails else None
     policy = make_policy(cfg, list(data.cat.max(0).values + 1), data.num.shape[1], data.stats.shape[1], data.inputs.shape[-1])
     policy.set_stats_normalizer(data.stats)
     torch.manual_seed(0)
-    train_stage2(policy, data, cfg, spec, None, lambda r: None)  # warm-up (allocator, first-call overheads)
+    train_stage2(policy, data, cfg, spec, anchor, lambda r: None)  # warm-up (allocator, first-call overheads)
     t = time.perf_counter()
-    train_stage2(policy, data, cfg, spec, None, lambda r: None)
+    train_stage2(policy, data, cfg, spec, anchor, lambda r: None)
     return steps * batch / (time.perf_counter() - t)
 
 
@@ -60,11 +68,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--guardrails", action="store_true", help="with the bench's default guard rails")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print("| G | candidates | requests/s |\n|---|---|---|")
     for G, L in [(4, 50), (8, 50), (16, 50), (32, 50), (16, 20), (16, 100), (16, 200)]:
-        rps = measure(4000, L, G, args.steps, args.batch)
+        rps = measure(4000, L, G, args.steps, args.batch, args.guardrails)
         print(f"| {G} | {L} | {rps:,.0f} |", flush=True)
 
 

@@ -354,18 +354,18 @@ def guardrail_margins(
     if anchor_order.dim() == 2:
         anchor_order = anchor_order.unsqueeze(1)
 
-    def metric(pages: Tensor, term: str) -> Tensor:
-        return prior_reward(pages, preds, price, {term: 1.0}, discount, price_scale=price_scale, mask=mask)
-
+    terms = {t for name in guardrails for t in name.split("/")}  # each page total computed once
+    page = {t: prior_reward(order, preds, price, {t: 1.0}, discount, price_scale=price_scale, mask=mask) for t in terms}
+    anchor = {t: prior_reward(anchor_order, preds, price, {t: 1.0}, discount, price_scale=price_scale, mask=mask)[:, 0]
+              for t in terms}  # [N]
     out = []
     for name, tol in guardrails.items():
         num, _, den = name.partition("/")
-        num_a = metric(anchor_order, num)[:, 0]  # [N]
-        scale = num_a.mean().clamp_min(1e-12)
+        scale = anchor[num].mean().clamp_min(1e-12)
         if den:
-            ratio_a = num_a.sum() / metric(anchor_order, den)[:, 0].sum().clamp_min(1e-12)
-            floor = (1.0 - tol) * ratio_a * metric(order, den)
+            ratio_a = anchor[num].sum() / anchor[den].sum().clamp_min(1e-12)
+            floor = (1.0 - tol) * ratio_a * page[den]
         else:
-            floor = (1.0 - tol) * num_a[:, None]
-        out.append((metric(order, num) - floor) / scale)
+            floor = (1.0 - tol) * anchor[num][:, None]
+        out.append((page[num] - floor) / scale)
     return torch.stack(out, dim=-1)
