@@ -105,7 +105,8 @@ def _group_mean(values: Tensor, starts: Tensor) -> Tensor:
     return (sums / counts.clamp_min(1)).gather(-1, gid)
 
 
-def _gain(labels: Tensor, gain: Gain) -> Tensor:
+def gain_values(labels: Tensor, gain: Gain | str) -> Tensor:
+    """NDCG gain of graded labels: ``2^y - 1`` (exp2) or ``y`` (linear); shared by metrics, LambdaLoss and R_post."""
     if gain == "exp2":
         return torch.exp2(labels) - 1.0
     if gain == "linear":
@@ -170,7 +171,7 @@ def dcg_at_k(
     labels, mask = _check(scores, labels, mask)
     _check_k(k)
     order = _order(scores, mask)
-    gains = _gain(labels, gain).gather(-1, order)
+    gains = gain_values(labels, gain).gather(-1, order)
     if ties == "average":
         gains = _group_mean(gains, _tie_starts(scores.gather(-1, order), mask.gather(-1, order)))
     elif ties != "sort":
@@ -235,7 +236,7 @@ def ndcg_of_ranking(
     k = order_index.shape[1]
     index = order_index.long().clamp(0, labels.shape[1] - 1)
     shown = mask.gather(-1, index) & (order_index >= 0) & (order_index < labels.shape[1])
-    gains = _gain(labels, gain).gather(-1, index).where(shown, 0.0)
+    gains = gain_values(labels, gain).gather(-1, index).where(shown, 0.0)
     dcg = (gains * _discount(k, None, gains)).sum(-1)
     idcg = dcg_at_k(labels, labels, mask, max(k, 1), gain=gain, ties="sort")
     return _normalise(dcg, idcg, empty)

@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from blendrank.eval.metrics import gain_values
+
 Weighting = Literal["ndcgLoss1", "ndcgLoss2", "ndcgLoss2PP", "lambdaRank", "rankNet"]
 Reduction = Literal["mean", "sum", "none"]
 Gain = Literal["exp2", "linear"]
@@ -47,14 +49,6 @@ def _scheme_name(weighting: str) -> str:
     if name not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
     return name
-
-
-def _gain(y: Tensor, gain: str) -> Tensor:
-    if gain == "exp2":
-        return torch.exp2(y) - 1.0
-    if gain == "linear":
-        return y
-    raise ValueError(f"gain must be 'exp2' or 'linear'; got {gain!r}")
 
 
 def _check(y_pred: Tensor, y_true: Tensor, mask: Tensor | None) -> Tensor:
@@ -127,8 +121,8 @@ def _rows(
     ranks = torch.arange(1, n + 1, device=y_pred.device, dtype=dtype)
     disc = torch.log2(1.0 + ranks)
     ideal = torch.topk(y_real, kk, dim=-1).values
-    max_dcg = (_gain(ideal, gain) / disc[:kk]).sum(-1, keepdim=True).clamp_min(eps)
-    G = _gain(y, gain) / max_dcg  # [..., B, L]
+    max_dcg = (gain_values(ideal, gain) / disc[:kk]).sum(-1, keepdim=True).clamp_min(eps)
+    G = gain_values(y, gain) / max_dcg  # [..., B, L]
 
     def block(rows: slice, cols: slice) -> Tensor:
         """Summed pair losses over ranks ``rows`` x ``cols`` -> ``[..., B]``."""

@@ -41,6 +41,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from blendrank.checkpoint import atomic_torch_save
 from blendrank.config import BaseConfig
 from blendrank.data.columns import label_values, put_column
 from blendrank.errors import DataError
@@ -366,7 +367,7 @@ class LogisticPredictor:
         """Write weights, feature center, config and metadata into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), directory / WEIGHTS_FILE)
+        atomic_torch_save(self.model.state_dict(), directory / WEIGHTS_FILE)
         self.center.save(directory / CENTER_FILE)
         write_json(directory / CONFIG_FILE, self.config.model_dump(mode="json"))
         meta = {

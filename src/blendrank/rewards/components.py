@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from blendrank.eval.metrics import gain_values
+
 Gain = Literal["exp2", "linear"]
 RatioRules = Mapping[tuple[int, int], float] | Sequence[tuple[int, int, float]]
 
@@ -28,14 +30,6 @@ __all__ = [
     "prior_reward",
     "rule_penalty",
 ]
-
-
-def _gain(y: Tensor, gain: str) -> Tensor:
-    if gain == "exp2":
-        return torch.exp2(y) - 1.0
-    if gain == "linear":
-        return y
-    raise ValueError(f"gain must be 'exp2' or 'linear'; got {gain!r}")
 
 
 def _check_order(order: Tensor, n: int) -> None:
@@ -115,7 +109,7 @@ def posterior_reward(
     for name in names:  # T is small; each step is [N, L] work plus one top-k
         g_name = gain if isinstance(gain, str) else gain.get(name, "exp2")
         y = labels[name].to(dtype).where(mask, 0.0)
-        gains = _gain(y, g_name)
+        gains = gain_values(y, g_name)
         if propensity_weights is not None:
             gains = gains * propensity_weights.to(dtype).where(mask, 0.0)
         idcg = torch.topk(gains, kk, dim=-1).values @ disc  # [N]
