@@ -225,10 +225,16 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     for m in methods:
         offline[m], composite[m] = _evaluate(test, f_test, weights[m], objectives, lam, cfg)
     value_metric = f"composite_ndcg@{cfg.k}"
-    lifts = {}
-    for m in methods[1:]:
-        rel, lo, hi = paired_bootstrap_rel_lift(composite[m], composite["production"], cfg.n_boot, cfg.seed)
-        lifts[m] = {value_metric: {"rel": rel, "ci95": [lo, hi]}}
+
+    def lifts_vs(base: str) -> dict[str, dict[str, dict[str, Any]]]:
+        out = {}
+        for m in methods:
+            if m != base:
+                rel, lo, hi = paired_bootstrap_rel_lift(composite[m], composite[base], cfg.n_boot, cfg.seed)
+                out[m] = {value_metric: {"rel": rel, "ci95": [lo, hi]}}
+        return out
+
+    lifts = lifts_vs("production")
     bench = {
         "data": str(data), "config": "logs", "seed": cfg.seed, "n_eval_requests": len(test),
         "baseline_arm": "production", "value_metric": value_metric,
@@ -243,6 +249,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         "ci_method": "percentile bootstrap over test requests (paired for lifts)",
         "bench_config": cfg.model_dump(mode="json"),
     }
+    if "static_search" in methods:
+        bench["lifts_vs_static"] = lifts_vs("static_search")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", bench)  # atomic: a failed run never leaves half a bench.json

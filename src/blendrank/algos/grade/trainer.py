@@ -236,6 +236,16 @@ def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
 
 
 # ---------------------------------------------------------------------------------- Stage 2
+def _shown_prefix(scores: torch.Tensor, shown: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores[..., :S]`` and ``shown[:, :S]`` with ``S`` the most shown candidates of a request
+    (at least ``k``): build_batch puts shown candidates first, so R_post's re-ranking of them
+    needs no top-K over the whole list."""
+    s = min(max(int(shown.sum(1).max()), k), shown.shape[1])
+    if bool(shown[:, s:].any()):  # not in build_batch order: rank the whole list
+        return scores, shown
+    return scores[..., :s], shown[:, :s]
+
+
 def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
                  anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
                  probe: Callable[[DirichletPolicy], dict[str, float]] | None = None,
@@ -305,7 +315,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             w = policy.to_weights(actions)
             scores = fuse(b.features, w)  # [N, G, L]
             page, _ = top_k(scores, b.mask, rc.k)
-            page_shown, _ = top_k(scores, b.shown, rc.k)
+            page_shown, _ = top_k(*_shown_prefix(scores, b.shown, rc.k), rc.k)
             preds = {o: p[idx] for o, p in preds_all.items()}
             anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
