@@ -266,7 +266,7 @@ def test_ranker_rejects_bad_requests(dirs):
 
 def test_numpy_head_matches_onnxruntime_and_serves_small_batches(dirs):
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     import blendrank.serve.ranker as ranker_module
     from blendrank.serve.export import onnx_session, session_runner
@@ -286,6 +286,26 @@ def test_numpy_head_matches_onnxruntime_and_serves_small_batches(dirs):
     np.testing.assert_array_equal(run(*small), head(*small))  # the numpy head serves one request...
     np.testing.assert_array_equal(run(*big), ort_run(*big))  # ...and onnxruntime a large batch
     assert big[0].shape[0] > ranker_module.NUMPY_HEAD_MAX_BATCH
+    copies = [x.copy() for x in small]
+    head(*small)
+    for x, c in zip(small, copies):  # the in-place steps only overwrite the head's own temporaries
+        np.testing.assert_array_equal(x, c)
+    # A hand-written graph with the other forms: a constant first operand, Gemm without bias and
+    # without transB, Relu of an input (not overwritten), nested Concat, a Constant node.
+    w = rng.normal(size=(6, 3)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.float32(1.0), "one")),
+             helper.make_node("Sub", ["one", "stats"], ["a"]), helper.make_node("Relu", ["stats"], ["r"]),
+             helper.make_node("Concat", ["a", "r"], ["ar"], axis=1), helper.make_node("Concat", ["ar", "r"], ["arr"], axis=1),
+             helper.make_node("Gemm", ["arr", "w"], ["g"]), helper.make_node("Div", ["g", "one"], ["weights"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("stats", TensorProto.FLOAT, ["b", 2])],
+                              [helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["b", 3])],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "forms.onnx")
+    forms, forms_ort = compile_head(root / "forms.onnx"), session_runner(onnx_session(root / "forms.onnx"))
+    x = rng.normal(size=(5, 2)).astype(np.float32)
+    x_copy = x.copy()
+    np.testing.assert_allclose(forms(None, None, x), forms_ort(None, None, x), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(x, x_copy)
     # An operator the numpy head does not implement: no numpy head (onnxruntime serves).
     graph = helper.make_graph([helper.make_node("Tanh", ["stats"], ["weights"])], "g",
                               [helper.make_tensor_value_info("stats", TensorProto.FLOAT, ["b", 2])],
