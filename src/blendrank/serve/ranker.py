@@ -435,6 +435,9 @@ def _with_numpy_head(run_onnx: Any, onnx_path: Path, cards: list[int], n_num: in
     return run
 
 
+_sum_reduce = np.add.reduce
+
+
 def list_stats_np(features: np.ndarray, mask: np.ndarray | None, top: int = 10) -> np.ndarray:
     """numpy twin of :func:`blendrank.fusion.state.list_stats` in the serving layout.
 
@@ -449,14 +452,16 @@ def list_stats_np(features: np.ndarray, mask: np.ndarray | None, top: int = 10) 
     """
     n = features.shape[-1]
     t = min(top, n)
-    if mask is None:  # (sum * 1/n rather than .mean: this runs per request, .mean's overhead shows)
-        mean = features.sum(-1) * np.float32(1.0 / n)
+    if mask is None:  # (add.reduce * 1/n rather than .mean/.sum: this runs per request and
+        # their Python-level wrappers show; add.reduce is what .sum runs, so the same bits)
+        mean = _sum_reduce(features, axis=-1) * np.float32(1.0 / n)
         d = features - mean[..., None]
         std = np.sqrt(np.einsum("bkl,bkl->bk", d, d) * np.float32(1.0 / n))
         # A full sort is the cheapest way to the top-t here: numpy's SIMD sort of float32 rows
         # beats partition-based selection for rows of a few hundred.
-        srt = np.sort(features, axis=-1)
-        mx, top_mean = srt[..., -1], srt[..., n - t:].sum(-1) * np.float32(1.0 / t)
+        srt = features.copy()
+        srt.sort(axis=-1)
+        mx, top_mean = srt[..., -1], _sum_reduce(srt[..., n - t:], axis=-1) * np.float32(1.0 / t)
     else:
         m = mask[:, None, :]
         cnt = mask.sum(-1, dtype=np.float32)[:, None]  # [B, 1]
