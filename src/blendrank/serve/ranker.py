@@ -4,7 +4,9 @@ One code path with training: user/context features go through the saved Feature 
 (``transform_rows``, bit-identical to the table path); list statistics, fusion and top-K are the
 numpy twins of :func:`blendrank.fusion.state.list_stats` and
 :func:`blendrank.fusion.formulas.fusion_features` / ``fuse`` / ``top_k`` (checked against them in
-tests), in a ``[B, K, L]`` layout that keeps each request's candidates contiguous.
+tests), in a ``[B, K, L]`` layout that keeps each request's candidates contiguous. Small batches
+(``NUMPY_HEAD_MAX_BATCH``) run the ONNX head with numpy and one request's top-K with numpy, when
+that gives the same answer (see :func:`_with_numpy_head`, :func:`_top_single`).
 
 A request (the columnar candidates are the fast path; a list of candidate objects is accepted
 too, see :mod:`blendrank.serve.payload`)::
