@@ -312,6 +312,12 @@ def test_numpy_head_matches_onnxruntime_and_serves_small_batches(dirs):
                               [helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["b", 2])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "tanh.onnx")
     assert compile_head(root / "tanh.onnx") is None
+    # No parity with onnxruntime (here: an impossible tolerance): onnxruntime serves every batch.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ranker_module, "NUMPY_HEAD_TOL", -1.0)
+        rk = Ranker.load(root / "export")
+        assert rk.model_ok and not getattr(rk.model.run, "numpy_head", False)
+        np.testing.assert_array_equal(rk.model.run(*small), ort_run(*small))
 
 
 def test_single_request_fast_path_matches_the_onnxruntime_torch_topk_path(dirs, table, monkeypatch):

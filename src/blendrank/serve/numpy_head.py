@@ -194,9 +194,9 @@ def compile_head(model_path: str | Path, input_names: Sequence[str] = ("cat", "n
     """``run(cat, num, stats) -> weights`` evaluating ``model_path`` with numpy (inputs the graph
     does not read are ignored), or ``None`` when the graph uses an operator or attribute not
     implemented here. ``run.source`` is the generated code."""
-    import onnx
-
     try:
+        import onnx
+
         nodes, _, feeds = _read_graph(onnx.load(str(model_path)), input_names, output_name)
         _flatten_concats(nodes)
         nodes = _live(nodes, output_name)
@@ -204,8 +204,8 @@ def compile_head(model_path: str | Path, input_names: Sequence[str] = ("cat", "n
             raise Unsupported("the output is not computed by the graph")
         source, ns = _emit(nodes, input_names, feeds, output_name)
         exec(compile(source, f"<numpy head of {Path(model_path).name}>", "exec"), ns)  # noqa: S102 - our own code
-    except (Unsupported, KeyError, ValueError, IndexError, TypeError, AttributeError):
-        return None
+    except (Unsupported, ImportError, OSError, KeyError, ValueError, IndexError, TypeError, AttributeError):
+        return None  # (ImportError: the onnx package is optional at serving time; onnxruntime serves)
     run = ns["run"]
     run.source = source
     return run

@@ -169,14 +169,30 @@ class Ranker:
                                    pol.stats_mean, pol.stats_std, batches=(1, 33))
                 if not err <= tol:
                     raise DataError(f"ONNX/PyTorch parity check failed (max abs error {err:.3g} > {tol:g})")
-            model = _Model(_with_numpy_head(session_runner(session), onnx_path, list(m["cardinalities"]),
-                                            len(m["numeric"]), int(m["n_stats"])), "onnx")
+            model = _Model(_with_numpy_head(session_runner(session), onnx_path, self._parity_states()), "onnx")
         # Smoke run: one state of the right shape must give K finite weights.
         w = model.run(np.zeros((1, len(m["categorical"])), np.int64), np.zeros((1, len(m["numeric"])), np.float32),
                       np.zeros((1, int(m["n_stats"])), np.float32))
         if w.shape != (1, k) or not np.isfinite(w).all():
             raise DataError(f"model gives weights of shape {w.shape}, expected (1, {k})")
         return model
+
+    def _parity_states(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Random policy states for comparing two evaluations of the head: valid category
+        indices, standard-normal numerics, and list statistics of random candidate lists (as
+        served) or standard-normal ones; batches of 1 to 33."""
+        m, k, rng = self.manifest, len(self.spec.inputs), np.random.default_rng(0)
+        out = []
+        for b, realistic in ((1, True), (2, True), (NUMPY_HEAD_MAX_BATCH, True), (33, True), (1, False), (33, False)):
+            cat = np.stack([rng.integers(c, size=b) for c in m["cardinalities"]] or [np.zeros(b, np.int64)], 1)
+            num = rng.normal(size=(b, len(m["numeric"]))).astype(np.float32)
+            if realistic:
+                values = rng.uniform(0.0, 1.0, size=(b, k, 50)).astype(np.float32)
+                stats = list_stats_np(self._features(values), None, self.spec.stats_top)
+            else:
+                stats = rng.normal(size=(b, int(m["n_stats"]))).astype(np.float32)
+            out.append((cat[:, :len(m["cardinalities"])], num, stats))
+        return out
 
     # ------------------------------------------------------------------ status
     @property
@@ -408,32 +424,25 @@ def _top_single(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray] 
     return order[None, :page], best[None, :page]
 
 
-def _with_numpy_head(run_onnx: Any, onnx_path: Path, cards: list[int], n_num: int, n_stats: int) -> Any:
+def _with_numpy_head(run_onnx: Any, onnx_path: Path, states: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
     """``run_onnx`` for large batches, the same ONNX graph evaluated with numpy for batches up to
     ``NUMPY_HEAD_MAX_BATCH`` — when :func:`~blendrank.serve.numpy_head.compile_head` supports the
-    graph and agrees with onnxruntime to ``NUMPY_HEAD_TOL`` on random states (else onnxruntime
-    only). One request spends ~20-45 µs in onnxruntime's call overhead; the numpy head is a
-    dozen array operations."""
+    graph and agrees with onnxruntime to ``NUMPY_HEAD_TOL`` on ``states`` (else onnxruntime
+    only). One request spends 20-45 µs in onnxruntime's per-call overhead; the numpy head is
+    about twenty small array operations."""
     from blendrank.serve.numpy_head import compile_head, max_abs_diff
 
-    head = compile_head(onnx_path)
-    if head is None:
-        return run_onnx
-    rng = np.random.default_rng(0)
-    states = [(np.stack([rng.integers(c, size=b) for c in cards] or [np.zeros(b, np.int64)], 1)[:, :len(cards)],
-               rng.normal(size=(b, n_num)).astype(np.float32), rng.normal(size=(b, n_stats)).astype(np.float32))
-              for b in (1, 2, NUMPY_HEAD_MAX_BATCH, 33)]
     try:
-        err = max_abs_diff(head, run_onnx, states)
-    except Exception:  # noqa: BLE001 - any numpy failure: keep onnxruntime
-        return run_onnx
-    if not err <= NUMPY_HEAD_TOL:
+        head = compile_head(onnx_path)
+        if head is None or not max_abs_diff(head, run_onnx, states) <= NUMPY_HEAD_TOL:
+            return run_onnx
+    except Exception:  # noqa: BLE001 - the numpy head is optional: any failure keeps onnxruntime
         return run_onnx
 
     def run(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
         return head(cat, num, stats) if stats.shape[0] <= NUMPY_HEAD_MAX_BATCH else run_onnx(cat, num, stats)
 
-    run.numpy_head = True  # type: ignore[attr-defined]  (tests and status: which path serves)
+    run.numpy_head = True  # type: ignore[attr-defined]  (for tests: which path serves)
     return run
 
 
