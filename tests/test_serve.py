@@ -355,6 +355,7 @@ def test_single_request_fast_path_matches_the_onnxruntime_torch_topk_path(dirs, 
     assert _top_single(np.array([[0.5, 0.2, 0.5]], np.float32), 1) is None  # tie for the single slot
     assert _top_single(np.array([[0.5, 0.2, 0.2]], np.float32), 1) is not None  # tie below the page + 1
     assert _top_single(np.array([[0.5, 0.2, 0.2]], np.float32), 2) is None
+    assert _top_single(np.array([[0.5, 0.2, np.nan, 0.1]], np.float32), 1) is None  # torch ranks NaN first
 
 
 @pytest.mark.parametrize("value,match", [

@@ -24,6 +24,7 @@ weights from the manifest (the production weights given at export, else uniform)
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -413,13 +414,14 @@ class Ranker:
 
 def _top_single(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``(index [1, page], scores [1, page])`` of one request's best candidates with numpy, or
-    None when two of the ``page + 1`` best scores are equal (then the caller's ``torch.topk``
-    decides, whose order among equal scores is its own). Without such ties the page is unique,
-    so this is exactly ``torch.topk``'s answer; for one request it avoids torch's per-call cost
-    (~10-30 µs with the cache effects of a whole request)."""
+    None when two of the ``page + 1`` best scores are equal or a score is NaN (then the caller's
+    ``torch.topk`` decides, whose order among equal scores is its own and which ranks NaN first).
+    Otherwise the page is unique, so this is exactly ``torch.topk``'s answer; for one request it
+    avoids torch's per-call cost (~10-30 µs with the cache effects of a whole request)."""
     order = np.argsort(-scores[0], kind="stable")
     best = scores[0, order[:page + 1]]
-    if (best[1:] == best[:-1]).any():
+    # NaN sorts last: the last score is NaN iff any is
+    if math.isnan(scores[0, order[-1]]) or (best[1:] == best[:-1]).any():
         return None
     return order[None, :page], best[None, :page]
 
