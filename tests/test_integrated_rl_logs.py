@@ -167,3 +167,34 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
     r = CliRunner().invoke(app, [*args, "--data", str(data), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1, r.output
     assert message in r.output and "Traceback" not in r.output
+
+
+def test_interrupted_round_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from blendrank.algos.integrated_rl import trainer
+
+    t, cfg = _log(), FAST.model_copy(update={"steps_per_round": 30})
+    clean = fit_integrated_rl_logs(t, None, _setup(cfg), cfg)
+    step = trainer.Learner.step
+
+    def crash_at_25(self, b, n_global=None):
+        if self.n_steps == 25:
+            raise KeyboardInterrupt
+        return step(self, b, n_global)
+
+    monkeypatch.setattr(trainer.Learner, "step", crash_at_25)
+    with pytest.raises(KeyboardInterrupt):
+        fit_integrated_rl_logs(t, None, _setup(cfg), cfg, checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert (tmp_path / "checkpoint.pt").exists()  # written at step 20
+    calls = []
+
+    def counted(self, b, n_global=None):
+        calls.append(self.n_steps)
+        return step(self, b, n_global)
+
+    monkeypatch.setattr(trainer.Learner, "step", counted)
+    resumed = fit_integrated_rl_logs(t, None, _setup(cfg), cfg, checkpoint_dir=tmp_path, checkpoint_every=10)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert calls == list(range(20, 30))  # it continued from step 20, it did not start over
+    for a, b in zip(clean.actor.state_dict().values(), resumed.actor.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert clean.history[0]["trace"] == resumed.history[0]["trace"]
