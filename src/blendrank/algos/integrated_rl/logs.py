@@ -35,7 +35,7 @@ from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fi
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.integrated_rl.networks import Actor
 from blendrank.algos.integrated_rl.rollout import Transitions, action_box, product_scores
-from blendrank.algos.integrated_rl.trainer import Learner, _to_torch, step_trace
+from blendrank.algos.integrated_rl.trainer import Learner, _to_torch, step_trace, tail_mean
 from blendrank.checkpoint import (
     Checkpointer,
     fingerprint,
@@ -292,12 +292,10 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
                        "batch_rng": generator_state(batch_rng), "rng": rng_state()})
 
     tail = stats[-max(1, len(stats) // 5):]
-    agg = lambda k: float(np.mean([s[k] for s in tail if k in s])) if any(k in s for s in tail) else float("nan")
     rec: dict[str, Any] = {"round": 0, "transitions": len(data), "requests": len(batch), "sessions": sess.n_sessions,
                            "mean_session_length": len(batch) / max(1, sess.n_sessions),
                            "explore_value_per_request": float(data.value.mean()),
-                           "critic_loss": agg("critic_loss"), "q_mean": agg("q_mean"), "actor_loss": agg("actor_loss"),
-                           "bound_penalty": agg("bound_penalty")}
+                           **{k: tail_mean(tail, k) for k in ("critic_loss", "q_mean", "actor_loss", "bound_penalty")}}
     if valid is not None:
         vb, vstate, _ = policy.states(valid)
         act = policy.act(vstate)
