@@ -27,6 +27,7 @@ from blendrank.algos.integrated_rl.logs import (
 )
 from blendrank.cli.main import app
 from blendrank.data.synthetic import two_type_log
+from blendrank.errors import DataError
 from blendrank.eval.metrics import ndcg_at_k
 from blendrank.fusion.formulas import fuse, fusion_features
 
@@ -198,3 +199,10 @@ def test_interrupted_round_resumes_to_the_uninterrupted_result(tmp_path, monkeyp
     for a, b in zip(clean.actor.state_dict().values(), resumed.actor.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert clean.history[0]["trace"] == resumed.history[0]["trace"]
+
+
+def test_scoring_a_table_without_labels_is_a_clear_error():
+    t = _log(200, 60)
+    pol = fit_integrated_rl_logs(t, None, _setup(), FAST.model_copy(update={"steps_per_round": 2}))
+    with pytest.raises(DataError, match="label_click"):
+        pol.scores(t.drop_columns(["label_click"]))

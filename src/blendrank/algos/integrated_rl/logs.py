@@ -207,6 +207,10 @@ def _box(cfg: IntegratedRLConfig, K: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _states(table: pa.Table, batch: RequestBatch, center: FeatureCenter, setup: LogSetup,
             cfg: IntegratedRLConfig) -> tuple[np.ndarray, Sessions]:
+    missing = [f"label_{o}" for o in setup.objectives if o not in batch.labels]
+    if missing:  # the session context reads the feedback of the user's earlier requests
+        raise DataError(f"IntegratedRL on logs needs the logged labels {missing} (the session context is built from "
+                        "each user's earlier requests); pass the log with its label_* columns")
     sess = log_sessions(table, batch.request_id, cfg.log_session_gap_s)
     ctx = session_context(label_counts(batch, setup.objectives), np.asarray(setup.weights), sess)
     state = np.concatenate([one_hot(batch.cat, list(center.cardinalities.values())), batch.num.numpy(),
