@@ -720,10 +720,11 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
             "IntegratedRL-MTF rounds",
             [
                 "One row per training round (progressive rounds in a world; one offline round on "
-                "logs). A/B value: in a world, the expected page value of the deterministic policy "
-                "on held-out requests at session step 0; on logs, the objective-weighted NDCG@k on "
-                "the validation split. Critic loss and Q: mean over the last fifth of each round "
-                "in the table, every step window in the plot."
+                "logs). A/B value of the deterministic policy and of production: in the "
+                "marketplace world, the expected page value on held-out requests at session step "
+                "0; in kuairand-sim, the realised value per held-out session; on logs, the "
+                "objective-weighted NDCG@k on the validation split. Critic loss and Q: mean over "
+                "the last fifth of each round in the table, every step window in the plot."
             ],
         )
         keys = [k for k in IRL_ROUND_KEYS if any(k in r for r in rounds)]
