@@ -12,7 +12,12 @@ of the GAUC difference.
 impressions; a pointwise model does not need long lists). The validation table is what the
 MMoE settings were chosen on; the test table was not looked at for any choice.
 
-    python benchmarks/mtl_kuairand.py [--train-min-items 5] [--seeds 0,1,2] [--set key=value …]
+``--ids user_id,item_id`` adds the ids as categorical features ``f_user_id`` / ``f_item_id`` to
+*both* models (MMoE: an embedding and a wide weight per id seen ``--id-min-count`` times in
+training, the rest share the OOV row; logistic: one weight per id); the logistic model still
+sees exactly the MMoE's feature set.
+
+    python benchmarks/mtl_kuairand.py [--train-min-items 5] [--seeds 0,1,2] [--ids user_id,item_id] [--set key=value …]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 from blendrank.config import apply_overrides
 from blendrank.data.kuairand import build_kuairand
@@ -56,6 +62,24 @@ def logistic_view(table: pa.Table, schema: FeatureSchema) -> pa.Table:
     return table.select(keep)
 
 
+def with_ids(table: pa.Table, ids: list[str]) -> pa.Table:
+    """``table`` with each id column copied to a categorical feature ``f_<id>``."""
+    for name in ids:
+        table = table.append_column(f"f_{name}", table[name])
+    return table
+
+
+def schema_with_ids(path: Path, ids: list[str], min_count: int) -> Path:
+    """A copy of the features.yaml at ``path`` declaring ``f_<id>`` categoricals (min_count)."""
+    data = yaml.safe_load(path.read_text())
+    role = {"user_id": "user", "item_id": "item"}
+    data["features"] += [{"name": f"f_{n}", "kind": "categorical", "role": role.get(n, "item"),
+                          "min_count": min_count} for n in ids]
+    out = path.with_name("features_ids.yaml")
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 def per_request_gauc(table: pa.Table, pred: np.ndarray, objective: str) -> np.ndarray:
     t = table.select(["request_id", "position", f"label_{objective}"]).append_column(
         "_p", pa.array(pred.astype(np.float32))
@@ -74,6 +98,8 @@ def main() -> None:
     ap.add_argument("--model", default="mmoe", choices=["mmoe", "ple", "shared_bottom"])
     ap.add_argument("--set", action="append", default=[], help="extra MTLConfig overrides")
     ap.add_argument("--splits", default="valid,test", help="splits to report")
+    ap.add_argument("--ids", default="", help="comma-separated id columns given to both models as features")
+    ap.add_argument("--id-min-count", type=int, default=3, help="MMoE: ids seen fewer times share the OOV row")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mtl_kuairand_"))
@@ -83,10 +109,12 @@ def main() -> None:
     if args.train_min_items != 5:
         train_dir = tmp / f"min{args.train_min_items}"
         build_kuairand(train_dir, min_items=args.train_min_items)
-    schema = load_schema(std / "features.yaml")
-    train = pq.read_table(train_dir / "train.parquet")
-    valid_fit = pq.read_table(train_dir / "valid.parquet")  # early stopping
-    tables = {s: pq.read_table(std / f"{s}.parquet") for s in args.splits.split(",")}
+    ids = [c for c in args.ids.split(",") if c]
+    features = schema_with_ids(std / "features.yaml", ids, args.id_min_count) if ids else std / "features.yaml"
+    schema = load_schema(features)
+    train = with_ids(pq.read_table(train_dir / "train.parquet"), ids)
+    valid_fit = with_ids(pq.read_table(train_dir / "valid.parquet"), ids)  # early stopping
+    tables = {s: with_ids(pq.read_table(std / f"{s}.parquet"), ids) for s in args.splits.split(",")}
 
     # ---- logistic baseline on the same features
     t0 = time.perf_counter()
@@ -105,7 +133,7 @@ def main() -> None:
     for seed in seeds:
         cfg = MTLConfig.model_validate(apply_overrides({**overrides, "seed": seed}, args.set))
         t0 = time.perf_counter()
-        p = fit_mtl(train, valid_fit, cfg, features_file=std / "features.yaml", progress=False)
+        p = fit_mtl(train, valid_fit, cfg, features_file=features, progress=False)
         fits.append((time.perf_counter() - t0, p.training))
         for k, t in tables.items():
             mtl_pred[k].append(p.predict(t))
@@ -114,7 +142,7 @@ def main() -> None:
     print(
         f"KuaiRand, training rows: pseudo-requests with >= {args.train_min_items} videos on "
         f"04-25…05-03 ({n_train:,} impressions); {args.model} settings {overrides} "
-        f"{args.set or ''}; seeds {seeds}"
+        f"{args.set or ''}; seeds {seeds}; id features {ids or 'none'}"
     )
     print(
         f"logistic fit {lr_seconds:.1f}s; {args.model} fit "
