@@ -98,13 +98,13 @@ class SessionSpec(BaseConfig):
     beta: float = Field(0.9, ge=0, lt=1, description="Memory of the satisfaction S ← β·S + (1−β)·z(u).")
     exit_satisfaction: float = Field(1.0, ge=0, description="λ: exit-logit decrease per unit of satisfaction.")
     # κ, θ̄, σ_θ, η and ρ: fitted to the log's impressions per user-day (kuairand_sim_calibrate; docs/worlds.md).
-    fatigue: float = Field(0.5, ge=0, description="κ: exit-logit increase per log(1 + impressions so far).")
-    exit_base: float = Field(-5.04, description="θ̄: mean exit logit at zero satisfaction and no fatigue.")
-    exit_user_sd: float = Field(1.5, ge=0, description="σ_θ: per-user random exit-logit offset.")
-    exit_activity: float = Field(0.5, ge=0, description="η: exit-logit decrease per SD of the user's real "
+    fatigue: float = Field(0.0, ge=0, description="κ: exit-logit increase per log(1 + impressions so far).")
+    exit_base: float = Field(-3.76, description="θ̄: mean exit logit at zero satisfaction and no fatigue.")
+    exit_user_sd: float = Field(0.0, ge=0, description="σ_θ: per-user random exit-logit offset.")
+    exit_activity: float = Field(1.0, ge=0, description="η: exit-logit decrease per SD of the user's real "
                                  "(shrunk, log) impressions per active day.")
     max_impressions: int = Field(600, ge=1, description="Cap on impressions per session.")
-    thinning: float = Field(0.0113, gt=0, le=1, description="ρ: share of a session's impressions the real log keeps "
+    thinning: float = Field(0.0105, gt=0, le=1, description="ρ: share of a session's impressions the real log keeps "
                             "(KuaiRand-Pure is a sample of each user-day); not used by the simulation, only to "
                             "compare simulated session lengths with the log's impressions per user-day.")
     utility: dict[str, float] = Field(

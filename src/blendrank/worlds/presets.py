@@ -73,7 +73,7 @@ def world_config(preset: str = "default", config_path: str | None = None, overri
 # ----------------------------------------------------------------------------- kuairand-sim
 #: Small world sizes (pool, users, candidates, logged sessions, session cap) for fast runs.
 _KSIM_SMALL: dict[str, Any] = dict(max_pool=500, candidates=30, log_sessions=300,
-                                   session=dict(max_impressions=60, exit_base=-3.84))
+                                   session=dict(max_impressions=60, exit_base=-2.7))
 #: A teacher fitted in seconds on a subsample (tests); its AUCs are well below the full teacher's.
 _KSIM_TINY_TEACHER: dict[str, Any] = dict(
     max_train_rows=6000,
