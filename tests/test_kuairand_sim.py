@@ -10,8 +10,14 @@ import torch
 
 from blendrank.errors import ConfigError
 from blendrank.eval.bench import BenchConfig, run_world_bench
-from blendrank.worlds.kuairand_sim import STREAM_EVAL, KuaiRandSimWorld
-from blendrank.worlds.kuairand_sim_teacher import WatchLaw
+from blendrank.worlds.kuairand_sim import STREAM_EVAL, KuaiRandSimWorld, _solve_offset
+from blendrank.worlds.kuairand_sim_calibrate import (
+    day_length_histogram,
+    exit_trace,
+    replay_lengths,
+    thinned_histogram,
+)
+from blendrank.worlds.kuairand_sim_teacher import WatchLaw, calibration_deciles, fit_platt
 from blendrank.worlds.presets import kuairand_sim_config
 
 
@@ -23,6 +29,37 @@ def test_watch_law_recovers_a_linear_log_watch():
     law = WatchLaw.fit(m, np.expm1(y), click.astype(int))
     assert law.b1 == pytest.approx(0.3, abs=0.03) and law.sd1 == pytest.approx(0.8, abs=0.03)
     assert law.b0 == pytest.approx(0.05, abs=0.02) and law.sd0 == pytest.approx(0.3, abs=0.02)
+
+
+def test_platt_recovers_slope_and_bias():
+    rng = np.random.default_rng(0)
+    logit = rng.normal(0, 2, size=50_000)
+    y = rng.random(50_000) < 1 / (1 + np.exp(-(0.6 * logit - 0.4)))
+    a, b = fit_platt(logit, y)
+    assert a == pytest.approx(0.6, abs=0.03) and b == pytest.approx(-0.4, abs=0.03)
+    rows = calibration_deciles(1 / (1 + np.exp(-(a * logit + b))), y.astype(float))
+    assert len(rows) == 10 and max(abs(r["pred"] - r["observed"]) for r in rows) < 0.03
+
+
+def test_offset_hits_the_target_rate_with_and_without_a_parent():
+    rng = np.random.default_rng(1)
+    logit, parent = rng.normal(1, 1.5, size=5000), rng.random(5000)
+    d = _solve_offset(logit, None, 0.3)
+    assert (1 / (1 + np.exp(-(logit + d)))).mean() == pytest.approx(0.3, abs=1e-6)
+    d = _solve_offset(logit, parent, 0.1)
+    assert (parent / (1 + np.exp(-(logit + d)))).mean() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_thinned_histogram_matches_binomial_thinning():
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 120, size=400)
+    weights = rng.integers(1, 5, size=400).astype(float)
+    rho = 0.05
+    kept = rng.binomial(np.repeat(lengths, 400), rho)
+    w = np.repeat(weights, 400)
+    sim = np.array([w[(np.minimum(kept, 8) == k) & (kept > 0)].sum() for k in range(1, 9)])
+    np.testing.assert_allclose(thinned_histogram(lengths, weights, rho), sim / sim.sum(), atol=0.01)
+    np.testing.assert_array_equal(day_length_histogram(np.array([1, 1, 2, 9, 30])), [2, 1, 0, 0, 0, 0, 0, 2])
 
 
 def test_bad_preset_and_utility_are_config_errors():
@@ -102,3 +139,25 @@ def test_bench_runs_every_method_and_orders_the_ceilings(world, cache, tmp_path)
     assert set(bench["lifts"]) == set(methods) - {"production"}
     assert (tmp_path / "bench.json").is_file()
     assert [r["round"] for r in bench["learning_curves"]["integrated_rl"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_teacher_is_calibrated_to_the_logs_rates(world):
+    """Platt scaling is fitted, and logging-policy sessions reproduce the log's click rate
+    (realised over ~1,000 impressions of the tiny world: ± 0.05)."""
+    assert set(world.teacher.platt) >= {"click", "like", "hate"} and world.offsets["click"] != 0
+    rates = world.calibration["rounds"][-1]
+    assert rates["click"] == pytest.approx(world.log_rates["click"], abs=0.05)
+
+
+@pytest.mark.slow
+def test_replayed_exits_equal_simulated_session_lengths(world):
+    """The exit calibration's replay of a no-exit trace gives exactly the lengths that
+    run_sessions gives with exits (deterministic policy, same stream)."""
+    prod = torch.from_numpy(world.production_weights()).float()
+    policy = lambda c: world.rank(c.inputs, prod)
+    trace = exit_trace(world, 60, STREAM_EVAL, policy=policy, predictor="student")
+    real = world.run_sessions(policy, 60, STREAM_EVAL).totals["impressions"]
+    np.testing.assert_array_equal(replay_lengths(world, trace, world.config.session), real)
+    longer = world.config.session.model_copy(update={"exit_base": world.config.session.exit_base - 2})
+    assert replay_lengths(world, trace, longer).mean() > real.mean()

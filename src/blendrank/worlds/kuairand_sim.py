@@ -38,7 +38,7 @@ from blendrank.config import BaseConfig
 from blendrank.data.kuairand import PRODUCTION_WEIGHTS, SPLITS
 from blendrank.errors import ConfigError
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, top_k
-from blendrank.jsonio import write_json
+from blendrank.jsonio import read_json, write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import MTLPredictor, fit_mtl
 from blendrank.prerank import Prerank, PrerankConfig, fit_prerank, recall_at_n
@@ -60,12 +60,26 @@ FUSION_INPUTS: tuple[str, ...] = tuple(PRODUCTION_WEIGHTS)
 TRUTH = ("click", *POST_CLICK, "hate", "watch_m")
 #: Feedbacks realised per impression (and reported as per-impression rates).
 FEEDBACKS = ("click", *POST_CLICK, "hate")
-STREAM_LOGS, STREAM_VALID, STREAM_EVAL = 1, 3, 4
+STREAM_LOGS, STREAM_VALID, STREAM_EVAL, STREAM_CALIBRATION = 1, 3, 4, 5
 _N_UNIFORMS = 3 + len(POST_CLICK)  # click, watch, hate, post-click feedbacks (+ exit drawn apart)
 
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _solve_offset(logit: np.ndarray, weight: np.ndarray | None, target: float) -> float:
+    """The δ with mean(weight · sigmoid(logit + δ)) = target (bisection; ``weight`` None = 1).
+    ``[R]`` arrays; the mean is monotone in δ, so the root is unique when reachable."""
+    w = np.ones(len(logit)) if weight is None else weight
+    lo, hi = -20.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if (w * _sigmoid(logit + mid)).mean() < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _student_mtl() -> MTLConfig:
@@ -83,12 +97,16 @@ class SessionSpec(BaseConfig):
 
     beta: float = Field(0.9, ge=0, lt=1, description="Memory of the satisfaction S ← β·S + (1−β)·z(u).")
     exit_satisfaction: float = Field(1.0, ge=0, description="λ: exit-logit decrease per unit of satisfaction.")
-    fatigue: float = Field(0.25, ge=0, description="κ: exit-logit increase per log(1 + impressions so far).")
-    exit_base: float = Field(-4.6, description="θ̄: mean exit logit at zero satisfaction and no fatigue.")
-    exit_user_sd: float = Field(0.5, ge=0, description="σ_θ: per-user random exit-logit offset.")
-    exit_activity: float = Field(0.5, ge=0, description="η: exit-logit decrease per SD of the user's real "
+    # κ, θ̄, σ_θ, η and ρ: fitted to the log's impressions per user-day (kuairand_sim_calibrate; docs/worlds.md).
+    fatigue: float = Field(0.0, ge=0, description="κ: exit-logit increase per log(1 + impressions so far).")
+    exit_base: float = Field(-3.76, description="θ̄: mean exit logit at zero satisfaction and no fatigue.")
+    exit_user_sd: float = Field(0.0, ge=0, description="σ_θ: per-user random exit-logit offset.")
+    exit_activity: float = Field(1.0, ge=0, description="η: exit-logit decrease per SD of the user's real "
                                  "(shrunk, log) impressions per active day.")
-    max_impressions: int = Field(200, ge=1, description="Cap on impressions per session.")
+    max_impressions: int = Field(600, ge=1, description="Cap on impressions per session.")
+    thinning: float = Field(0.0105, gt=0, le=1, description="ρ: share of a session's impressions the real log keeps "
+                            "(KuaiRand-Pure is a sample of each user-day); not used by the simulation, only to "
+                            "compare simulated session lengths with the log's impressions per user-day.")
     utility: dict[str, float] = Field(
         default_factory=lambda: {"watch": 1.0, "like": 2.0, "follow": 4.0, "comment": 3.0, "forward": 3.0,
                                  "profile_enter": 1.0, "hate": -6.0, "no_click": -0.3},
@@ -103,6 +121,19 @@ class SessionSpec(BaseConfig):
             raise ValueError(f"utility keys must be among {sorted(allowed)} and include watch, hate and no_click "
                              f"(unknown: {sorted(unknown)}, missing: {sorted(missing)})")
         return value
+
+
+class CalibrationSpec(BaseConfig):
+    """How the teacher's outputs are calibrated to the real log (see docs/worlds.md)."""
+
+    platt: bool = Field(True, description="Apply the teacher's per-head Platt scaling (fitted on the validation "
+                        "days: click and hate on every impression, post-click rates on the clicked ones).")
+    match_log_rates: bool = Field(True, description="Shift each head's logit by a constant so that the per-impression "
+                                  "rates of logging-policy sessions match the log's (tab `tab`): the simulated logger "
+                                  "picks the teacher's favourites far better than Kuaishou's production did.")
+    tab: int | None = Field(1, description="Log rows whose rates are the targets (the feed tab; null: every row).")
+    sessions: int = Field(300, ge=10, description="Logging-policy sessions simulated per fitting round.")
+    rounds: int = Field(2, ge=1, description="Fitting rounds (exits depend on the rates, so the shown videos move a little).")
 
 
 class ValueSpec(BaseConfig):
@@ -147,6 +178,8 @@ class KuaiRandSimConfig(BaseConfig):
     student: MTLConfig = Field(default_factory=_student_mtl, description="The deployed student MTL.")
     logger: MTLConfig = Field(default_factory=_logger_mtl, description="The logging policy's MTL (fitted on the real log).")
     session: SessionSpec = Field(default_factory=SessionSpec, description="Session / exit model.")
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Calibration of the "
+                                         "teacher's outputs to the real log's rates.")
     value: ValueSpec = Field(default_factory=ValueSpec, description="Business value.")
     cache_dir: str | None = Field(None, description="Where fitted teacher / logger / student are cached "
                                   "(null: $BLENDRANK_CACHE or ~/.cache/blendrank).")
@@ -217,9 +250,10 @@ class KuaiRandSimWorld:
         n_imp = np.bincount(np.searchsorted(all_users, uid[np.isin(uid, all_users)]), minlength=len(all_users))
         n_days = np.bincount(np.searchsorted(all_users, user_days[np.isin(user_days, all_users)]), minlength=len(all_users))
         rate = np.log(n_imp / np.maximum(n_days, 1))
-        z = (rate - rate.mean()) / max(rate.std(), 1e-9) * n_days / (n_days + 2.0)
-        s = cfg.session
-        self.user_theta = s.exit_base - s.exit_activity * z + rng.normal(scale=s.exit_user_sd, size=len(all_users))
+        self.user_days = n_days  # [U] real active days (the exit calibration weights users by them)
+        self.activity_z = (rate - rate.mean()) / max(rate.std(), 1e-9) * n_days / (n_days + 2.0)
+        self.exit_noise = rng.normal(size=len(all_users))  # ε_u, standard normal
+        self.user_theta = self.exit_logits(cfg.session)
         dur = tables.videos["video_duration"].to_numpy(zero_copy_only=False).astype(float)
         dur_by_id = dict(zip(tables.video_ids.tolist(), np.nan_to_num(dur, nan=60_000.0).tolist()))
         self.item_duration_s = np.array([dur_by_id.get(int(i), 60_000.0) for i in self.pool]) / 1000.0
@@ -230,9 +264,18 @@ class KuaiRandSimWorld:
         self._truth: dict[int, np.ndarray] = {}
         self._preds: dict[str, dict[int, np.ndarray]] = {"logger": {}, "student": {}}
         self.models: dict[str, MTLPredictor] = {"logger": self._fit_logger()}
+        self.log_rates = self._log_rates()
+        self.offsets: dict[str, float] = {}
+        self.calibration: dict[str, Any] = {}
+        if cfg.calibration.match_log_rates:
+            self._fit_offsets()
         self.student_logs: pa.Table | None = None
         self.models["student"] = self._fit_student()
         self._preds["logger"].clear()  # only the logs needed it
+
+    def exit_logits(self, s: SessionSpec) -> np.ndarray:
+        """``[U]`` per-user exit offsets θ_u = θ̄ − η·z_u + σ_θ·ε_u of session spec ``s``."""
+        return s.exit_base - s.exit_activity * self.activity_z + s.exit_user_sd * self.exit_noise
 
     # ----------------------------------------------------------------------------- setup
     def _log_utility_moments(self) -> tuple[float, float]:
@@ -244,6 +287,69 @@ class KuaiRandSimWorld:
         for k, c in cols.items():
             u = u + w.get(k, 0.0) * log[c].to_numpy()
         return float(u.mean()), float(u.std())
+
+    def _log_rates(self) -> dict[str, float]:
+        """The real log's per-impression rate of every feedback (rows of ``calibration.tab``)."""
+        log, tab = self.tables.log, self.config.calibration.tab
+        sel = np.ones(log.num_rows, dtype=bool) if tab is None else log["tab"].to_numpy() == tab
+        cols = {"click": "is_click", "long_view": "long_view", "like": "is_like", "follow": "is_follow",
+                "comment": "is_comment", "forward": "is_forward", "profile_enter": "is_profile_enter", "hate": "is_hate"}
+        out = {k: float(log[c].to_numpy()[sel].mean()) for k, c in cols.items()}
+        out["watch_s"] = float(log[WATCH].to_numpy()[sel].mean() / 1000.0)
+        return out
+
+    def shown_rates(self, n_sessions: int, stream: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Per-impression feedback rates and watch of ``n_sessions`` logging-policy sessions, with
+        the ``[R]`` user and pool indices of their shown impressions."""
+        users, items = [], []
+
+        def record(ctx: StepContext, page: np.ndarray, fb: dict[str, np.ndarray]) -> None:
+            shown = fb["consumed"]
+            users.append(np.broadcast_to(ctx.user[:, None], page.shape)[shown])
+            items.append(np.take_along_axis(ctx.cand, page, 1)[shown])
+
+        rng = np.random.default_rng([self.config.seed, stream, 3])
+        res = self.run_sessions(self.logging_policy(rng, {"weights": [], "propensity": []}), n_sessions, stream,
+                                predictor="logger", record=record)
+        n = res.totals["impressions"].sum()
+        rates = {k: float(res.totals[k].sum() / n) for k in FEEDBACKS}
+        rates["watch_s"] = float(res.totals["watch_s"].sum() / n)
+        lengths = res.totals["impressions"]
+        rates |= {"impressions_mean": float(lengths.mean()), "impressions_median": float(np.median(lengths)),
+                  "impressions_p90": float(np.percentile(lengths, 90))}
+        return rates, np.concatenate(users), np.concatenate(items)
+
+    def _fit_offsets(self) -> None:
+        """Per-head logit offsets (``self.offsets``) such that logging-policy sessions reproduce the
+        log's per-impression rates: click and hate directly, each post-click rate through
+        P(click)·P(k | click). Fitted on the shown videos of ``calibration.sessions`` sessions,
+        re-simulated ``calibration.rounds`` times; cached by the world config."""
+        cfg, cal = self.config, self.config.calibration
+        path = self.cache / f"kuairand-sim-offsets-{cfg.digest('student', 'value', 'log_sessions')}.json"
+        if path.is_file():
+            stored = read_json(path)
+            self.offsets, self.calibration = stored["offsets"], stored["calibration"]
+            return
+        before, users, items = self.shown_rates(cal.sessions, STREAM_CALIBRATION)
+        rounds = []
+        for _ in range(cal.rounds):
+            lg = self.teacher.logits(self.tables.pair_table(self.user_ids[users], self.pool[items]), cfg.calibration.platt)
+            click = _solve_offset(lg["click"], None, self.log_rates["click"])
+            p_click = _sigmoid(lg["click"] + click)
+            self.offsets = {"click": click, "hate": _solve_offset(lg["hate"], None, self.log_rates["hate"])}
+            for k in POST_CLICK:
+                if k != "long_view":  # long_view follows the 18-s rule on the watch time, not its head
+                    self.offsets[k] = _solve_offset(lg[k], p_click, self.log_rates[k])
+            self._truth.clear()
+            rates, users, items = self.shown_rates(cal.sessions, STREAM_CALIBRATION)
+            rounds.append(rates)
+        self.calibration = {"log": self.log_rates, "before": before, "rounds": rounds}
+        # Start the logged sessions from empty caches, as a world that loads the offsets does: the
+        # networks' outputs may differ in the last bit with the batch a pair was scored in.
+        self._truth.clear()
+        self._preds["logger"].clear()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"offsets": self.offsets, "calibration": self.calibration})
 
     def _fit_prerank(self, uid, vid, date) -> Prerank:
         lo, hi = SPLITS["train"]
@@ -349,7 +455,7 @@ class KuaiRandSimWorld:
     def truth_of(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """``[B, N, T]`` teacher outputs (:data:`TRUTH` order) for ``users [B]`` × pool ``items [B, N]``."""
         def compute(table):
-            o = self.teacher.outputs(table)
+            o = self.teacher.outputs(table, self.offsets, calibrated=self.config.calibration.platt)
             return np.stack([o[k] for k in TRUTH], -1)
         return self._rows(users, items, self._truth, compute)
 
@@ -406,8 +512,13 @@ class KuaiRandSimWorld:
         return np.random.default_rng([self.config.seed, stream, 0]).integers(len(self.user_ids), size=n)
 
     def run_sessions(self, policy: Policy, n_sessions: int, stream: int, predictor: str = "student",
-                     record: Callable[[StepContext, np.ndarray, dict[str, np.ndarray]], None] | None = None) -> SessionResult:
+                     record: Callable[[StepContext, np.ndarray, dict[str, np.ndarray]], None] | None = None,
+                     trace: np.ndarray | None = None, exits: bool = True) -> SessionResult:
         """Simulate ``n_sessions`` sessions of ``stream`` under ``policy``.
+
+        ``trace`` (``[n_sessions, max_impressions]``, optional) receives the satisfaction S after
+        every impression; ``exits=False`` runs every session to the cap (the exit calibration
+        replays exits on the trace: what is shown up to an exit does not depend on the exit model).
 
         Every session's random numbers (prerank noise, feedback, watch, exits) are keyed by
         ``(seed, stream, session)`` and consumed per impression slot, so two arms that show the
@@ -467,6 +578,8 @@ class KuaiRandSimWorld:
                 util = (w_u["watch"] * np.log1p(watch) / np.log(61.0) + post @ util_post + w_u["hate"] * hate
                         + w_u["no_click"] * ~click)
                 S[sess] = s.beta * S[sess] + (1 - s.beta) * (util - self.utility_mean) / self.utility_sd
+                if trace is not None:
+                    trace[sess, slot] = S[sess]
                 value = w_v.watch * watch + post @ post_w + w_v.hate * hate
                 fb["click"][b, p] = click
                 for j, k in enumerate(POST_CLICK):
@@ -481,8 +594,9 @@ class KuaiRandSimWorld:
                 tot["value"][sess] += value
                 for k in FEEDBACKS:
                     tot[k][sess] += fb[k][b, p]
-                leave = u[:, -1] < _sigmoid(theta[sess] + s.fatigue * np.log1p(n[sess]) - s.exit_satisfaction * S[sess])
-                leave |= n[sess] >= cap
+                leave = n[sess] >= cap
+                if exits:
+                    leave |= u[:, -1] < _sigmoid(theta[sess] + s.fatigue * np.log1p(n[sess]) - s.exit_satisfaction * S[sess])
                 alive[sess[leave]] = False
                 here[b[leave]] = False
             if record is not None:
@@ -578,7 +692,9 @@ class KuaiRandSimWorld:
                 "users": len(self.user_ids), "fusion_inputs": list(FUSION_INPUTS),
                 "production_weights": dict(zip(FUSION_INPUTS, self.production_weights().round(4).tolist())),
                 "prerank_recall": self.prerank_recall, "student_quality": self.student_quality(),
-                "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd]}
+                "teacher_metrics": self.teacher.metrics, "utility_moments": [self.utility_mean, self.utility_sd],
+                "teacher_platt": self.teacher.platt if self.config.calibration.platt else {},
+                "teacher_offsets": self.offsets, "calibration": self.calibration}
 
 
 def generate_kuairand_sim(config, out_dir: str | Path, n_sessions: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:

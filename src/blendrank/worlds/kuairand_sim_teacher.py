@@ -1,6 +1,7 @@
 """The ground-truth "teacher" of the kuairand-sim world: an MMoE with user and video id embeddings
 fitted on the full vendored KuaiRand-Pure log (train days, early-stopped on the validation days),
-plus a watch-time law calibrated on the validation days. See ``docs/worlds.md``.
+plus a watch-time law and per-head Platt scaling fitted on the validation days. See
+``docs/worlds.md``.
 
 The teacher is *stateless* in (user, video): no hour or tab context, so its outputs can be cached
 per pair. It sees only the basic user / video features (no whole-month per-video statistics,
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,28 +149,83 @@ class WatchLaw:
         return (self.a1 + self.b1 * m) if clicked else (self.a0 + self.b0 * m)
 
 
+def fit_platt(logit: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """Platt scaling: ``(a, b)`` minimising the log loss of ``sigmoid(a·logit + b)`` against
+    ``y`` (``[R]`` each), by Newton's method on the two parameters (a tiny ridge keeps it
+    defined when a head is constant)."""
+    x = np.stack([np.asarray(logit, dtype=np.float64), np.ones(len(logit))], 1)
+    y = np.asarray(y, dtype=np.float64)
+    w = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) + 1e-6 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
+#: Teacher heads with a logit (in :meth:`Teacher.logits` order): click, the conditional
+#: post-click rates, hate.
+HEADS: tuple[str, ...] = ("click", *POST_CLICK, "hate")
+
+
 @dataclass
 class Teacher:
-    """The fitted teacher: network, watch law and held-out metrics."""
+    """The fitted teacher: network, watch law, held-out metrics and per-head Platt scaling
+    (``platt[head] = (a, b)``, applied as ``a·logit + b``; empty = identity)."""
 
     predictor: MTLPredictor
     watch: WatchLaw
     metrics: dict[str, Any]
+    platt: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def outputs(self, table: pa.Table) -> dict[str, np.ndarray]:
-        """Per row: ``click`` P(click); ``<post-click>`` P(feedback | click); ``hate`` P(hate);
-        ``watch_m`` the regression output (log1p ms) that drives the watch law."""
+    def logits(self, table: pa.Table, calibrated: bool = True) -> dict[str, np.ndarray]:
+        """Per row: the logit of ``click``, of each post-click rate *given a click*, of ``hate``
+        (Platt-scaled unless ``calibrated=False``), and ``watch_m``, the regression output
+        (log1p ms) that drives the watch law."""
         p = self.predictor
-        raw = p.raw(table)
-        out = p.model.outputs(raw).numpy()
-        cond = p.model.conditional(raw).numpy()
+        raw = p.raw(table).numpy().astype(np.float64)
         lay = p.layout
-        res = {"click": out[:, lay.index("click")], "hate": out[:, lay.index("hate")]}
-        for k in POST_CLICK:
-            res[k] = cond[:, lay.index(k)]
+        res = {k: raw[:, lay.index(k)] for k in HEADS}
+        if calibrated:
+            for k, (a, b) in self.platt.items():
+                res[k] = a * res[k] + b
         mean, std = p.target_moments[WATCH]
-        res["watch_m"] = raw[:, lay.index(WATCH)].numpy() * std + mean
+        res["watch_m"] = raw[:, lay.index(WATCH)] * std + mean
+        return res
+
+    def outputs(self, table: pa.Table, offsets: dict[str, float] | None = None, calibrated: bool = True) -> dict[str, np.ndarray]:
+        """Per row: ``click`` P(click); ``<post-click>`` P(feedback | click); ``hate`` P(hate);
+        ``watch_m`` (see :meth:`logits`). ``offsets`` adds a logit shift per head (the world's
+        fit to the log's rates)."""
+        lg = self.logits(table, calibrated)
+        res = {k: 1.0 / (1.0 + np.exp(-(lg[k] + (offsets or {}).get(k, 0.0)))) for k in HEADS}
+        res["watch_m"] = lg["watch_m"]
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in res.items()}
+
+
+def fit_teacher_platt(teacher: Teacher, valid: pa.Table) -> dict[str, tuple[float, float]]:
+    """Per-head Platt scaling on the validation days: click and hate on every impression, the
+    post-click heads (conditional rates) on the clicked ones."""
+    lg = teacher.logits(valid, calibrated=False)
+    clicked = valid["label_click"].to_numpy() > 0
+    out = {}
+    for k in HEADS:
+        y = valid[f"label_{k}"].to_numpy()
+        sel = slice(None) if k in ("click", "hate") else clicked
+        out[k] = fit_platt(lg[k][sel], y[sel])
+    return out
+
+
+def calibration_deciles(pred: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Reliability table: rows sorted by ``pred`` cut into ``bins`` equal-count groups; per
+    group the mean prediction, the observed rate and the row count."""
+    order = np.argsort(pred, kind="stable")
+    return [{"pred": float(pred[g].mean()), "observed": float(y[g].mean()), "rows": len(g)}
+            for g in np.array_split(order, bins)]
 
 
 def _held_out_metrics(teacher_pred: MTLPredictor, table: pa.Table, base_rates: dict[str, float]) -> dict[str, Any]:
@@ -214,16 +270,14 @@ def fit_teacher(config: TeacherConfig | None = None, cache_dir: str | Path | Non
     model_dir = root / f"{TEACHER_DIR}-{cfg.digest()}"
     if (model_dir / "teacher.json").is_file():
         meta = read_json(model_dir / "teacher.json")
-        return Teacher(MTLPredictor.load(model_dir / "mtl"), WatchLaw(**meta["watch"]), meta["metrics"])
-    tables = tables or KuaiRandTables()
-    imp = tables.impressions()
-    train, valid, test = (_split(imp, s) for s in ("train", "valid", "test"))
-    if cfg.max_train_rows is not None and train.num_rows > cfg.max_train_rows:
-        pick = np.sort(np.random.default_rng(cfg.seed).choice(train.num_rows, cfg.max_train_rows, replace=False))
-        train = train.take(pa.array(pick))
-        if valid.num_rows > cfg.max_train_rows:
-            pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(valid.num_rows, cfg.max_train_rows, replace=False))
-            valid = valid.take(pa.array(pick))
+        teacher = Teacher(MTLPredictor.load(model_dir / "mtl"), WatchLaw(**meta["watch"]), meta["metrics"])
+        if "platt" not in meta:  # fitted before Platt scaling existed: add it (seconds), keep the fit
+            train, valid, _ = _fit_rows(cfg, tables or KuaiRandTables())
+            meta["platt"] = fit_teacher_platt(teacher, valid)
+            write_json(model_dir / "teacher.json", meta)
+        teacher.platt = {k: tuple(v) for k, v in meta["platt"].items()}
+        return teacher
+    train, valid, test = _fit_rows(cfg, tables or KuaiRandTables())
     model_dir.mkdir(parents=True, exist_ok=True)
     schema = model_dir / "features.yaml"
     schema.write_text(schema_yaml())
@@ -234,7 +288,23 @@ def fit_teacher(config: TeacherConfig | None = None, cache_dir: str | Path | Non
     metrics = _held_out_metrics(pred, test, {k: float(train[f"label_{k}"].to_numpy().mean()) for k in TEACHER_BINARY})
     metrics["train_impressions"] = train.num_rows
     metrics["epochs"] = len(pred.history)
+    teacher = Teacher(pred, watch, metrics)
+    teacher.platt = fit_teacher_platt(teacher, valid)
     pred.save(model_dir / "mtl")
-    write_json(model_dir / "teacher.json", {"config": cfg.model_dump(mode="json"), "watch": watch.__dict__, "metrics": metrics})
-    return Teacher(pred, watch, metrics)
+    write_json(model_dir / "teacher.json", {"config": cfg.model_dump(mode="json"), "watch": watch.__dict__,
+                                            "metrics": metrics, "platt": teacher.platt})
+    return teacher
+
+
+def _fit_rows(cfg: TeacherConfig, tables: KuaiRandTables) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Train / validation / test days' impressions (train and validation subsampled per ``cfg``)."""
+    imp = tables.impressions()
+    train, valid, test = (_split(imp, s) for s in ("train", "valid", "test"))
+    if cfg.max_train_rows is not None and train.num_rows > cfg.max_train_rows:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(train.num_rows, cfg.max_train_rows, replace=False))
+        train = train.take(pa.array(pick))
+        if valid.num_rows > cfg.max_train_rows:
+            pick = np.sort(np.random.default_rng(cfg.seed + 1).choice(valid.num_rows, cfg.max_train_rows, replace=False))
+            valid = valid.take(pa.array(pick))
+    return train, valid, test
 

@@ -73,7 +73,7 @@ def world_config(preset: str = "default", config_path: str | None = None, overri
 # ----------------------------------------------------------------------------- kuairand-sim
 #: Small world sizes (pool, users, candidates, logged sessions, session cap) for fast runs.
 _KSIM_SMALL: dict[str, Any] = dict(max_pool=500, candidates=30, log_sessions=300,
-                                   session=dict(max_impressions=60, exit_base=-3.3))
+                                   session=dict(max_impressions=60, exit_base=-2.7))
 #: A teacher fitted in seconds on a subsample (tests); its AUCs are well below the full teacher's.
 _KSIM_TINY_TEACHER: dict[str, Any] = dict(
     max_train_rows=6000,
@@ -88,6 +88,7 @@ KUAIRAND_SIM_PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(_KSIM_SMALL),
     "tiny": dict(_KSIM_SMALL, max_pool=300, max_users=1500, candidates=20, log_sessions=150,
                  session=dict(max_impressions=30, exit_base=-3.0), teacher=_KSIM_TINY_TEACHER, logger_max_rows=6000,
+                 calibration=dict(sessions=60),
                  student=dict(objectives=["click", "long_view", "like", "follow", "comment", "forward", "profile_enter"],
                               esmm={k: "click" for k in ("long_view", "like", "follow", "comment", "forward", "profile_enter")},
                               embedding_dim=4, expert_dims=[16], n_experts=2, tower_dims=[8], epochs=2, patience=1,
