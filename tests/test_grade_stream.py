@@ -116,3 +116,17 @@ def test_fit_grade_streams_a_parquet_log_like_the_same_table(tmp_path: Path):
     a, b = fit_grade(table, cfg), fit_grade(path, cfg)
     for (name, x), y in zip(a.policy.state_dict().items(), b.policy.state_dict().values()):
         torch.testing.assert_close(x, y, msg=name)
+
+
+def test_feature_kinds_of_a_streamed_log_are_those_of_the_whole_table(tmp_path: Path):
+    """An integer feature with few values early in the log and many later is numeric, as
+    FeatureSchema.infer on the whole table says, though the first record batch alone says
+    categorical."""
+    table = two_type_log(400)
+    late_many = np.repeat(np.where(np.arange(400) < 200, np.arange(400) % 5, np.arange(400)), 8)
+    table = table.append_column("f_user_score", pa.array(late_many, pa.int64()))
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path)
+    streamed = RequestLog.scan(path, read_batch_rows=100).center.schema
+    assert streamed == fit_policy_features(table).schema
+    assert streamed.get("f_user_score").kind == "numeric" and streamed.get("f_user_type").kind == "categorical"

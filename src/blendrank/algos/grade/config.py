@@ -69,7 +69,7 @@ class GRPOConfig(BaseConfig):
 class RequestDataConfig(BaseConfig):
     """How training requests are read: streamed from the log in bounded buffers (docs/scaling.md)."""
 
-    read_batch_rows: int = Field(65_536, ge=1, description="Rows per Parquet record batch read from disk (and "
+    read_batch_rows: int = Field(16_384, ge=1, description="Rows per Parquet record batch read from disk (and "
                                  "per built chunk); feature kinds are inferred from the first batch.")
     shuffle_buffer_requests: int = Field(8192, ge=1, description="Requests built into tensors and shuffled together: "
                                          "Stage 1 epochs and Stage 2 passes visit the log buffer by buffer, each buffer "

@@ -13,7 +13,6 @@ Shapes: ``B`` requests, ``L`` candidates (padded), ``K`` fusion inputs.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -122,17 +121,38 @@ class RequestBatch:
         return cls(**out)
 
 
-def fit_policy_features(data: pa.Table | Iterable[pa.RecordBatch]) -> FeatureCenter:
-    """Feature Center over the user/context ``f_*`` columns of the training split: a table, or
-    record batches (streamed; feature kinds are inferred from the first batch)."""
-    batches = iter(data.to_batches() if isinstance(data, pa.Table) else data)
-    first = next(batches, None)
+def fit_policy_features(table: pa.Table) -> FeatureCenter:
+    """Feature Center over the user/context ``f_*`` columns of the training split."""
+    schema = policy_schema(table)
+    return FeatureCenter.fit(table.select(schema.names), schema)
+
+
+def policy_schema(data: pa.Table | tuple[Path, ...], rows: int = 16_384) -> FeatureSchema:
+    """The user/context features of a log, as :meth:`FeatureSchema.infer` on the whole log:
+    on a table directly; on Parquet files in a streaming pass that keeps at most
+    ``max_int_categories + 1`` distinct values per integer column (the kind of every other
+    column follows from its type)."""
+    if isinstance(data, pa.Table):
+        return FeatureSchema(features=FeatureSchema.infer(data).select(POLICY_ROLES))
+    f_cols = [c for c in _column_names(data) if c.startswith("f_")]
+    first = next(_record_batches(data, f_cols, 1), None) if f_cols else None
     if first is None:
-        raise DataError("cannot fit the policy features on an empty log (0 rows)")
-    sample = data if isinstance(data, pa.Table) else pa.Table.from_batches([first])
-    schema = FeatureSchema(features=FeatureSchema.infer(sample).select(POLICY_ROLES))
-    rest = (rb.select(schema.names) for rb in batches)
-    return FeatureCenter.fit(itertools.chain([first.select(schema.names)], rest), schema)
+        return FeatureSchema(features=[])
+    specs = FeatureSchema.infer(first).select(POLICY_ROLES)
+    ints = [s.name for s in specs if pa.types.is_integer(first.schema.field(s.name).type)]
+    limit = 101  # FeatureSchema.infer's max_int_categories + 1: enough to tell the kinds apart
+    distinct: dict[str, set] = {c: set() for c in ints}
+    for rb in _record_batches(data, ints, rows) if ints else ():
+        for c in ints:
+            if len(distinct[c]) < limit:
+                distinct[c].update(pc.unique(rb.column(c)).drop_null().to_pylist())
+    if ints:  # a small table with those distinct values: infer decides the kinds exactly
+        n = max(len(v) for v in distinct.values())
+        sample = pa.table({c: pa.array([*distinct[c], *[None] * (n - len(distinct[c]))], first.schema.field(c).type)
+                           for c in ints})
+        kinds = {s.name: s.kind for s in FeatureSchema.infer(sample).features}
+        specs = [s.model_copy(update={"kind": kinds[s.name]}) if s.name in kinds else s for s in specs]
+    return FeatureSchema(features=specs)
 
 
 def _pad(t: Tensor, width: int) -> Tensor:
@@ -325,7 +345,7 @@ class RequestLog:
         return cls(None, None, None, len(batch), batch.mask.shape[1], 0, max(len(batch), 1), cache=batch)
 
     @classmethod
-    def scan(cls, data: pa.Table | str | Path, spec: FusionSpec | None = None, *, read_batch_rows: int = 65_536,
+    def scan(cls, data: pa.Table | str | Path, spec: FusionSpec | None = None, *, read_batch_rows: int = 16_384,
              buffer_requests: int = 8192) -> RequestLog:
         source = _source(data)
         if isinstance(source, pa.Table):
@@ -334,16 +354,16 @@ class RequestLog:
             raise DataError(f"{'the training table' if isinstance(source, pa.Table) else source[0]}: "
                             f"no {REQUEST_ID} column; GRADE trains on requests (see docs/data_contract.md)")
         spec = spec or FusionSpec.fit(source)
+        schema = policy_schema(source, read_batch_rows)
         size = [0, 0]  # requests, longest request
 
         def policy_batches() -> Iterator[pa.RecordBatch]:
-            f_cols = [c for c in _column_names(source) if c.startswith("f_")]
-            for t, starts in _request_chunks(source, f_cols, read_batch_rows):
+            for t, starts in _request_chunks(source, schema.names, read_batch_rows):
                 size[0] += len(starts)
                 size[1] = max(size[1], int(np.diff(np.append(starts, t.num_rows)).max()))
-                yield from t.drop_columns([REQUEST_ID]).to_batches()
+                yield from t.select(schema.names).to_batches()
 
-        center = fit_policy_features(policy_batches())
+        center = FeatureCenter.fit(policy_batches(), schema)
         return cls(source, spec, center, size[0], size[1], read_batch_rows, buffer_requests)
 
     def _chunks(self, start: int = 0) -> Iterator[tuple[int, pa.Table, np.ndarray]]:
@@ -414,6 +434,7 @@ class RequestLog:
             any_shown |= bool(buf.shown.any())
             s, c = position_click_counts(buf.position, buf.labels[click], buf.shown, max_pos)
             shows, clicks = shows + s, clicks + c
+            del buf, x  # not held while the next buffer is built
         std = (m2 / max(n - 1, 1)).sqrt()
         return LogSummary(mean.float(), std.float(), any_shown, labels, click, shows, clicks)
 
@@ -431,8 +452,10 @@ def shuffled_requests(log: RequestLog, seed: int, stage: int, start: int = 0,
         for k, buf in enumerate(log.buffers(first), first):
             perm = torch.randperm(len(buf), generator=_order_generator(seed, stage, p, k))
             lo = max(offset - k * size, 0)
-            if lo < len(buf):
-                yield buf.index(perm[lo:])
+            part = buf.index(perm[lo:]) if lo < len(buf) else None
+            del buf  # build the next buffer while only this shuffled copy is held
+            if part is not None:
+                yield part
         p, offset = p + 1, 0
 
 
@@ -448,7 +471,8 @@ def batches_of(parts: Iterator[RequestBatch], size: int) -> Iterator[RequestBatc
             starts = range(0, count - size + 1, size)
             for lo in starts:
                 yield buf.index(slice(lo, lo + size))
-            rest = starts[-1] + size
-            held, count = ([buf.index(slice(rest, None))], count - rest) if rest < count else ([], 0)
+            rest = starts[-1] + size  # copied, so that the rest does not hold the whole buffer
+            held, count = ([buf.index(torch.arange(rest, count))], count - rest) if rest < count else ([], 0)
+            del buf
     if count:
         yield RequestBatch.concat(held)
