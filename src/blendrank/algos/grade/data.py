@@ -366,9 +366,9 @@ class RequestLog:
         center = FeatureCenter.fit(policy_batches(), schema)
         return cls(source, spec, center, size[0], size[1], read_batch_rows, buffer_requests)
 
-    def _chunks(self, start: int = 0) -> Iterator[tuple[int, pa.Table, np.ndarray]]:
-        """``(first request number, rows, starts)`` from request ``start`` on (earlier rows are
-        read but not built)."""
+    def _chunks(self, start: int = 0) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """``(rows, starts)`` of the requests from number ``start`` on (earlier rows are read but
+        not built)."""
         first = 0
         for t, starts in _request_chunks(self.source, self.columns, self.read_batch_rows):
             n = len(starts)
@@ -376,7 +376,7 @@ class RequestLog:
                 skip = max(start - first, 0)
                 if skip:
                     t, starts = t.slice(int(starts[skip])), starts[skip:] - starts[skip]
-                yield first + skip, t, starts
+                yield t, starts
             first += n
 
     def buffers(self, first: int = 0) -> Iterator[RequestBatch]:
@@ -394,7 +394,7 @@ class RequestLog:
         size = self.buffer_requests
         parts: list[RequestBatch] = []
         held = 0
-        for _, t, starts in self._chunks(first_buffer * size):
+        for t, starts in self._chunks(first_buffer * size):
             while len(starts):
                 room = size - held
                 take = min(room, len(starts))

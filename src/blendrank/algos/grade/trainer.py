@@ -322,7 +322,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
             page, _ = top_k(scores, b.mask, rc.k)
             page_shown, _ = top_k(scores, b.shown, rc.k)
             # R_prior reads the MTL predictions; its price terms use price relative to the training median.
-            preds = {o: b.inputs[..., j] for j, o in enumerate(spec.objectives)}
+            preds = {o: b.inputs[..., j].contiguous() for j, o in enumerate(spec.objectives)}
             rel_price = b.price / spec.price_scale
             anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
