@@ -98,6 +98,8 @@ def test_log_bench_runs_on_any_contract_log_through_a_mapping(tmp_path, world_lo
     assert set(b["arms"]) == {"production", "static_search"}
     assert b["value_metric"] == "composite_ndcg@10"
     assert "ndcg@10_click" in b["offline"]["static_search"]
+    assert b["lifts_vs_static"]["production"]["composite_ndcg@10"]["rel"] == pytest.approx(
+        b["arms"]["production"]["composite_ndcg@10"] / b["arms"]["static_search"]["composite_ndcg@10"] - 1, abs=1e-9)
     assert (tmp_path / "b" / "report.html").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -132,3 +133,29 @@ def test_guardrail_keeps_predicted_clicks_while_prior_pulls_to_orders():
     assert _predicted_clicks(free, table) < 0.9 * base  # the prior alone trades clicks away
     assert _predicted_clicks(guarded, table) > 0.95 * base
     assert any(r.get("guard/click/lambda", 0) > 0 for r in guarded.history)
+
+
+def test_shown_prefix_ranks_the_shown_candidates_as_the_whole_list_does():
+    from blendrank.algos.grade.data import FusionSpec, build_batch, fit_policy_features
+    from blendrank.algos.grade.trainer import _shown_prefix
+    from blendrank.fusion.formulas import top_k
+    from blendrank.rewards.components import posterior_reward
+
+    table = two_type_log(n=64, seed=3)
+    rng = torch.Generator().manual_seed(0)
+    pos = table["position"].to_numpy()
+    hidden = (torch.rand(table.num_rows, generator=rng).numpy() < 0.4) | (pos == pos.max())  # unshown tail per request
+    table = table.set_column(table.column_names.index("position"), "position",
+                             pa.array(pos, mask=hidden))
+    b = build_batch(table, FusionSpec.fit(table), fit_policy_features(table))
+    assert int(b.shown.sum(1).max()) < b.mask.shape[1]  # there is an unshown tail to skip
+    scores = torch.randn(len(b), 5, b.mask.shape[1])
+    sub_scores, sub_shown = _shown_prefix(scores, b.shown, 4)
+    assert sub_scores.shape[-1] < scores.shape[-1]
+    full, _ = top_k(scores, b.shown, 4)
+    short, _ = top_k(sub_scores, sub_shown, 4)
+    weights = {o: 1.0 for o in b.labels}
+    torch.testing.assert_close(posterior_reward(short, b.labels, b.shown, weights, k=4),
+                               posterior_reward(full, b.labels, b.shown, weights, k=4))
+    shuffled = b.shown.flip(1)  # shown candidates not first: falls back to the whole list
+    assert _shown_prefix(scores, shuffled, 4)[0] is scores

@@ -58,6 +58,15 @@ def test_posterior_hand_value_graded_and_padding() -> None:
     assert torch.allclose(r, torch.tensor([[want0, want1]]), rtol=1e-6)
 
 
+def test_posterior_unnormalised_is_the_weighted_dcg() -> None:
+    gmv = torch.tensor([[30.0, 0.0, 10.0], [0.0, 2.0, 0.0]])
+    order = torch.tensor([[[2, 0, 1]], [[1, 0, 2]]])
+    r = posterior_reward(order, {"gmv": gmv}, None, {"gmv": 0.5}, k=3, gain="linear", normalize=False)
+    # unlike NDCG (1.0 for the second request's ideal page), the expensive order counts for more
+    want = torch.tensor([[0.5 * (10 * _disc(0) + 30 * _disc(1))], [0.5 * 2 * _disc(0)]])
+    assert torch.allclose(r, want, rtol=1e-6)
+
+
 def test_posterior_k_cut_and_empty_request() -> None:
     click = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     order = torch.tensor([[[0, 1, 2]], [[0, 1, 2]]])

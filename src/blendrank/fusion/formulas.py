@@ -66,7 +66,7 @@ def top_k(scores: Tensor, mask: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
         request had fewer than ``k'`` real candidates (those slots point at padding).
     """
     k = min(k, scores.shape[-1])
-    if mask is not None:
+    if mask is not None and not bool(mask.all()):  # a full mask needs no [B, G, L] masked copy
         if mask.dim() < scores.dim():
             mask = mask.unsqueeze(-2).expand_as(scores)
         scores = scores.masked_fill(~mask, float("-inf"))

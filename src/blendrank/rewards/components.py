@@ -65,6 +65,7 @@ def posterior_reward(
     k: int,
     gain: Gain | Mapping[str, Gain] = "exp2",
     propensity_weights: Tensor | None = None,
+    normalize: bool = True,
 ) -> Tensor:
     """``R_post``: weighted NDCG@k of the observed labels under each re-ranking.
 
@@ -86,9 +87,11 @@ def posterior_reward(
             mapping name -> gain (names left out use ``"exp2"``).
         propensity_weights: ``[N, L]`` IPS weight of each candidate, e.g.
             :func:`examination_ips_weights` of its logged position; None = no correction.
+        normalize: divide by ``IDCG`` (NDCG); False returns the weighted DCG, which keeps each
+            request's magnitude (an expensive order outweighs a cheap one).
 
     Returns:
-        ``[N, G]`` rewards in ``[0, sum_t a_t]``.
+        ``[N, G]`` rewards, in ``[0, sum_t a_t]`` when normalised.
     """
     names = [name for name, a in objective_weights.items() if a != 0]
     missing = [name for name in names if name not in labels]
@@ -112,6 +115,9 @@ def posterior_reward(
         gains = gain_values(y, g_name)
         if propensity_weights is not None:
             gains = gains * propensity_weights.to(dtype).where(mask, 0.0)
+        if not normalize:
+            value = value + float(objective_weights[name]) * gains
+            continue
         idcg = torch.topk(gains, kk, dim=-1).values @ disc  # [N]
         scale = float(objective_weights[name]) / idcg.where(idcg > 0, 1.0)
         value = value + gains * scale.where(idcg > 0, 0.0)[:, None]

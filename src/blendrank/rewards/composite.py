@@ -44,6 +44,8 @@ class CompositeRewardConfig(BaseConfig):
         "exp2",
         description="NDCG gain: 'exp2' (2^y - 1) or 'linear' (y, for GMV-valued labels); one for all or objective -> gain.",
     )
+    post_normalize: bool = Field(True, description="R_post as NDCG (each request's DCG over its ideal DCG); false: the "
+                                 "weighted DCG, so requests keep their magnitude (a high-GMV order outweighs a cheap one).")
     ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (SPEC section 4, position bias).")
     ips_clip: float = Field(10.0, gt=0, description="Upper bound on an IPS weight 1/exam(pos).")
     prior_coefs: dict[str, float] = Field(
@@ -184,7 +186,7 @@ def composite_reward(
         post = posterior_reward(
             order if post_order is None else post_order, labels, mask if post_mask is None else post_mask,
             config.post_objective_weights, k=config.k, gain=config.post_gain,
-            propensity_weights=ipw,
+            propensity_weights=ipw, normalize=config.post_normalize,
         ).to(dtype)
     if config.a_prior > 0:
         if preds is None:

@@ -101,4 +101,5 @@ VARIANTS: dict[str, list[str]] = {
     "fixed_kappa": ["policy.fixed_kappa=true"],
     "no_ips": ["reward.ips=false"],
     "no_mean_floor": ["policy.mean_floor=0"],
+    "post_dcg": ["reward.post_normalize=false"],
 }

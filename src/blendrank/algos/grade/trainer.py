@@ -250,6 +250,16 @@ def train_stage1(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
 
 
 # ---------------------------------------------------------------------------------- Stage 2
+def _shown_prefix(scores: torch.Tensor, shown: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores[..., :S]`` and ``shown[:, :S]`` with ``S`` the most shown candidates of a request
+    (at least ``k``): build_batch puts shown candidates first, so R_post's re-ranking of them
+    needs no top-K over the whole list."""
+    s = min(max(int(shown.sum(1).max()), k), shown.shape[1])
+    if bool(shown[:, s:].any()):  # not in build_batch order: rank the whole list
+        return scores, shown
+    return scores[..., :s], shown[:, :s]
+
+
 def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
                  anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
                  probe: Callable[[DirichletPolicy], dict[str, float]] | None = None,
@@ -320,7 +330,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
             w = policy.to_weights(actions)
             scores = fuse(b.features, w)  # [N, G, L]
             page, _ = top_k(scores, b.mask, rc.k)
-            page_shown, _ = top_k(scores, b.shown, rc.k)
+            page_shown, _ = top_k(*_shown_prefix(scores, b.shown, rc.k), rc.k)
             # R_prior reads the MTL predictions; its price terms use price relative to the training median.
             preds = {o: b.inputs[..., j].contiguous() for j, o in enumerate(spec.objectives)}
             rel_price = b.price / spec.price_scale
