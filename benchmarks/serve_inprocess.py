@@ -1,7 +1,7 @@
 """In-process serving speed on one core: ``Ranker.rank_batch`` (policy + list statistics + fusion
 + top-K) against bare fuse-and-top-K of the same shapes, and one request through ``Ranker.rank``.
 
-    python benchmarks/serve_inprocess.py [--quick] [--model EXPORT_DIR]
+    python benchmarks/serve_inprocess.py [--quick | --profile] [--model EXPORT_DIR]
 
 Everything runs on one thread (torch and onnxruntime). The baselines get the same ``[B, L, K]``
 inputs and per-request weights ``[B, K]`` and do only fusion and top-K, no policy or statistics:
@@ -88,6 +88,52 @@ def contenders(rk, cat: np.ndarray, num: np.ndarray, inputs: np.ndarray, mask: n
     return {"rank": lambda: rk.rank_batch(cat, num, inputs, mask, 10), "torch": torch_bare, "numpy": numpy_bare}
 
 
+def profile(export: Path, n_cand: int = 200, n: int = 4000) -> dict[str, float]:
+    """Median µs of each step of one request through ``Ranker.rank`` (columnar candidates), timed
+    in sequence inside one loop so that each step sees the cache state of a real request: parse
+    (validation), Feature Center encoding of the user, fusion features, list statistics, policy,
+    fusion, top-K and the result objects. Mirrors ``Ranker.rank_parsed`` for one request."""
+    import torch
+
+    from blendrank.serve import ranker as ranker_module
+    from blendrank.serve.ranker import Ranker, RankResult, list_stats_np
+
+    torch.set_num_threads(1)
+    rk = Ranker.load(export, threads=1)
+    req = payload(export, n_cand, seed=1)
+    names = ("parse", "encode user", "fusion features", "list statistics", "policy", "fusion", "top-K",
+             "results", "total")
+    ts = np.zeros((n, len(names)))
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        p = rk.parse(req)
+        t1 = clock()
+        cat, num = rk._encode_users([p.user])
+        t2 = clock()
+        feats = rk._features(p.values[None])
+        t3 = clock()
+        stats = list_stats_np(feats, None, rk.spec.stats_top)
+        t4 = clock()
+        w, fallback = rk.policy_weights(cat, num, stats)
+        t5 = clock()
+        scores = np.matmul(w[:, None, :], feats)[:, 0]
+        t6 = clock()
+        page = min(p.k, scores.shape[1])
+        found = ranker_module._top_single(scores, page)
+        if found is None:
+            top, idx = torch.topk(torch.from_numpy(scores), page, dim=-1)
+            found = idx.numpy(), top.numpy()
+        idx, top = found
+        t7 = clock()
+        RankResult(item_ids=[p.item_ids[j] for j in idx[0].tolist()], scores=top[0].tolist(),
+                   weights=dict(zip(rk.inputs, w[0].tolist())), fallback=fallback)
+        t8 = clock()
+        ts[i, :-1] = np.diff([t0, t1, t2, t3, t4, t5, t6, t7, t8])
+        ts[i, -1] = t8 - t0
+    return {k: float(v) for k, v in zip(names, np.median(ts[n // 10:], axis=0) / 1e3)}
+
+
 def run(export: Path, batches: tuple[int, ...], lengths: tuple[int, ...], min_seconds: float) -> dict:
     import torch
 
@@ -128,10 +174,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="Export directory (default: train and export a small policy).")
     ap.add_argument("--quick", action="store_true", help="200 candidates, B=64 and 256, short loops.")
+    ap.add_argument("--profile", action="store_true",
+                    help="Only the step-by-step profile of one request at 200 candidates (~10 s).")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     export = args.model or tiny_export(Path(tempfile.mkdtemp(prefix="serve_inprocess_")))
     load0 = os.getloadavg()
+    if args.profile:
+        steps = profile(export)
+        print(markdown([{"step": k, "us": v} for k, v in steps.items()], [("step", "step of one request"),
+                                                                           ("us", "median µs")]))
+        print(f"\nload average before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        if args.json_out:
+            args.json_out.write_text(json.dumps({"profile_us": steps, "load_before": load0}, indent=2))
+        return
     if args.quick:
         res = run(export, (64, 256), (200,), 1.0)
     else:

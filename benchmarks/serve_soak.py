@@ -54,7 +54,7 @@ def rss_mb(pid: int) -> float:
 
 def bad_bodies(export: Path) -> list[tuple[str, bytes]]:
     """Malformed requests the service must answer with a 4xx."""
-    good = payload(export, 5)
+    good = payload(export, 5, layout="rows")  # candidate objects: one of them is made bad below
     first_pred = next(k for k in good["candidates"][0] if k.startswith("pred_"))
     return [
         ("not json", b"{not json"),

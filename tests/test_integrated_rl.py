@@ -133,4 +133,27 @@ def test_bench_arm(tmp_path):
                                                                    eval_requests=20))
     bench = run_world_bench(cfg, tmp_path, log=lambda s: None)
     assert "integrated_rl" in bench["arms"] and "integrated_rl" in bench["lifts"]
-    assert len(bench["learning_curves"]["integrated_rl"]) == 1
+    (rec,) = bench["learning_curves"]["integrated_rl"]
+    assert len(rec["trace"]["step"]) == 5 and rec["trace"]["step"][-1] == 5
+
+
+def test_report_plots_the_rounds_and_the_loss_and_q_curves(tmp_path):
+    from blendrank.algos.integrated_rl.trainer import step_trace
+    from blendrank.eval.report import write_report
+    from blendrank.jsonio import write_json
+
+    stats = [{"critic_loss": 1.0 / (i + 1), "q_mean": 0.01 * i, **({"actor_loss": -1.0} if i % 2 else {})} for i in range(40)]
+    rounds = [{"round": r, "transitions": 100 * (r + 1), "ab_value": 1.0 + 0.1 * r, "ab_production_value": 1.0,
+               "ab_lift": 0.1 * r, "critic_loss": 0.1, "q_mean": 2.0, "mean_action": [0.5, -3.0],
+               "trace": step_trace(stats, 40 * r, points=10)} for r in range(3)]
+    write_json(tmp_path / "bench.json", {"arms": {"production": {"value": 1.0}, "integrated_rl": {"value": 1.2}},
+                                         "learning_curves": {"integrated_rl": rounds, "grade": [{"step": 0, "reward": 1.0}]}})
+    md, html = write_report(tmp_path)
+    text = md.read_text()
+    section = text.split("## IntegratedRL-MTF rounds", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3 and "+20.00%" in rows[2]
+    assert "plots/integrated_rl.png" in section and (tmp_path / "plots" / "integrated_rl.png").stat().st_size > 1000
+    assert "integrated_rl" not in text.split("## Learning curves", 1)[1].split("\n## ", 1)[0]  # no duplicate
+    assert rounds[1]["trace"]["step"][0] == 44 and rounds[1]["trace"]["step"][-1] == 80
+    assert rounds[0]["trace"]["critic_loss"][0] == round((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4, 6)

@@ -25,14 +25,11 @@ def test_watch_law_recovers_a_linear_log_watch():
     assert law.b0 == pytest.approx(0.05, abs=0.02) and law.sd0 == pytest.approx(0.3, abs=0.02)
 
 
-def test_bad_preset_and_unavailable_method_are_config_errors(tmp_path):
+def test_bad_preset_and_utility_are_config_errors():
     with pytest.raises(ConfigError, match="kuairand-sim preset"):
         kuairand_sim_config("nope")
     with pytest.raises(ConfigError, match="missing: \\['hate', 'no_click'\\]"):
         kuairand_sim_config("tiny", overrides=["session.utility={watch: 1}"])
-    cfg = BenchConfig(world="kuairand-sim", preset="tiny", methods=["integrated_rl"])
-    with pytest.raises(ConfigError, match="integrated_rl not available in kuairand-sim"):
-        run_world_bench(cfg, tmp_path, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +86,11 @@ def test_exits_respond_to_what_is_shown(world):
 
 @pytest.mark.slow
 def test_bench_runs_every_method_and_orders_the_ceilings(world, cache, tmp_path):
-    methods = ["production", "static_search", "segment_oracle", "oracle", "true_score", "ltr", "grade"]
+    methods = ["production", "static_search", "segment_oracle", "oracle", "true_score", "ltr", "grade", "integrated_rl"]
     cfg = BenchConfig(world="kuairand-sim", preset="tiny", methods=methods, eval_sessions=60, valid_sessions=30,
                       n_boot=200, world_overrides=[f"cache_dir={cache}"],
-                      grade={"stage2": {"steps": 5}, "stage1": {"epochs": 1}})
+                      grade={"stage2": {"steps": 5}, "stage1": {"epochs": 1}},
+                      integrated_rl={"rounds": 2, "sessions_per_round": 30, "steps_per_round": 10})
     bench = run_world_bench(cfg, tmp_path, log=lambda s: None)
     arms = bench["arms_realised"]
     assert list(arms) == methods
@@ -103,3 +101,4 @@ def test_bench_runs_every_method_and_orders_the_ceilings(world, cache, tmp_path)
     assert bench["oracle_share"]["oracle"] == pytest.approx(1.0)
     assert set(bench["lifts"]) == set(methods) - {"production"}
     assert (tmp_path / "bench.json").is_file()
+    assert [r["round"] for r in bench["learning_curves"]["integrated_rl"]] == [0, 1]

@@ -264,6 +264,133 @@ def test_ranker_rejects_bad_requests(dirs):
     assert rk.rank([columnar({**body(), "candidates": []})])[0].item_ids == []
 
 
+def test_numpy_head_matches_onnxruntime_and_serves_small_batches(dirs):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import blendrank.serve.ranker as ranker_module
+    from blendrank.serve.export import onnx_session, session_runner
+    from blendrank.serve.numpy_head import compile_head, max_abs_diff
+
+    root, m = dirs
+    path = root / "export" / "model.onnx"
+    head, ort_run = compile_head(path), session_runner(onnx_session(path))
+    assert head is not None
+    rng = np.random.default_rng(1)
+    states = [(np.stack([rng.integers(c, size=b) for c in m["cardinalities"]], 1), rng.normal(size=(b, len(m["numeric"]))),
+               rng.normal(size=(b, m["n_stats"])) * 3) for b in (1, 3, 50)]
+    assert max_abs_diff(head, ort_run, states) <= 1e-6
+    run = Ranker.load(root / "export").model.run
+    assert getattr(run, "numpy_head", False)
+    small, big = states[0], states[2]
+    np.testing.assert_array_equal(run(*small), head(*small))  # the numpy head serves one request...
+    np.testing.assert_array_equal(run(*big), ort_run(*big))  # ...and onnxruntime a large batch
+    assert big[0].shape[0] > ranker_module.NUMPY_HEAD_MAX_BATCH
+    copies = [x.copy() for x in small]
+    head(*small)
+    for x, c in zip(small, copies):  # the in-place steps only overwrite the head's own temporaries
+        np.testing.assert_array_equal(x, c)
+    # A hand-written graph with the other forms: a constant first operand, Gemm without bias and
+    # without transB, Relu of an input (not overwritten), nested Concat, a Constant node.
+    w = rng.normal(size=(6, 3)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.float32(1.0), "one")),
+             helper.make_node("Sub", ["one", "stats"], ["a"]), helper.make_node("Relu", ["stats"], ["r"]),
+             helper.make_node("Concat", ["a", "r"], ["ar"], axis=1), helper.make_node("Concat", ["ar", "r"], ["arr"], axis=1),
+             helper.make_node("Gemm", ["arr", "w"], ["g"]), helper.make_node("Div", ["g", "one"], ["weights"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("stats", TensorProto.FLOAT, ["b", 2])],
+                              [helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["b", 3])],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "forms.onnx")
+    forms, forms_ort = compile_head(root / "forms.onnx"), session_runner(onnx_session(root / "forms.onnx"))
+    x = rng.normal(size=(5, 2)).astype(np.float32)
+    x_copy = x.copy()
+    np.testing.assert_allclose(forms(None, None, x), forms_ort(None, None, x), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(x, x_copy)
+    # An operator the numpy head does not implement: no numpy head (onnxruntime serves).
+    graph = helper.make_graph([helper.make_node("Tanh", ["stats"], ["weights"])], "g",
+                              [helper.make_tensor_value_info("stats", TensorProto.FLOAT, ["b", 2])],
+                              [helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["b", 2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "tanh.onnx")
+    assert compile_head(root / "tanh.onnx") is None
+    # No parity with onnxruntime (here: an impossible tolerance): onnxruntime serves every batch.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ranker_module, "NUMPY_HEAD_TOL", -1.0)
+        rk = Ranker.load(root / "export")
+        assert rk.model_ok and not getattr(rk.model.run, "numpy_head", False)
+        np.testing.assert_array_equal(rk.model.run(*small), ort_run(*small))
+
+
+def test_single_request_fast_path_matches_the_onnxruntime_torch_topk_path(dirs, table, monkeypatch):
+    """One request goes through the numpy head and a numpy top-K; the reference is the general
+    path (onnxruntime and torch.topk). Pages identical, weights and scores within 1e-6, and
+    requests with tied scores (duplicated candidates) identical too (torch.topk decides)."""
+    import blendrank.serve.ranker as ranker_module
+    from blendrank.serve.export import onnx_session, session_runner
+    from blendrank.serve.ranker import _Model, _top_single
+
+    fast = Ranker.load(dirs[0] / "export")
+    ref = Ranker.load(dirs[0] / "export")
+    ref.model = _Model(session_runner(onnx_session(dirs[0] / "export" / "model.onnx")), "onnx")
+    reqs = [columnar(r) for r in requests_of(table, 20, k=4)]
+    tied = columnar({**body(8), "k": 3})
+    tied["candidates"]["pred_click"] = [0.2, 0.5, 0.2, 0.5, 0.5, 0.1, 0.3, 0.3]
+    tied["candidates"]["pred_order"] = [0.1] * 8
+    reqs.append(tied)
+    got = [fast.rank([r])[0] for r in reqs]
+    monkeypatch.setattr(ranker_module, "_top_single", lambda scores, page: None)
+    want = [ref.rank([r])[0] for r in reqs]
+    for g, w in zip(got, want):
+        assert g.item_ids == w.item_ids
+        np.testing.assert_allclose(g.scores, w.scores, atol=1e-6, rtol=0)
+        assert g.weights == pytest.approx(w.weights, abs=1e-6)
+    assert got[-1].item_ids == want[-1].item_ids and got[-1].scores == want[-1].scores
+    # _top_single is torch.topk's answer when the page is unique, and defers on ties.
+    rng = np.random.default_rng(0)
+    for n, page in ((1, 1), (5, 5), (200, 10), (50, 49)):
+        s = rng.normal(size=(1, n)).astype(np.float32)
+        idx, top = _top_single(s, page)
+        t_top, t_idx = torch.topk(torch.from_numpy(s), page, dim=-1)
+        np.testing.assert_array_equal(idx, t_idx.numpy())
+        np.testing.assert_array_equal(top, t_top.numpy())
+    assert _top_single(np.array([[0.5, 0.2, 0.5]], np.float32), 1) is None  # tie for the single slot
+    assert _top_single(np.array([[0.5, 0.2, 0.2]], np.float32), 1) is not None  # tie below the page + 1
+    assert _top_single(np.array([[0.5, 0.2, 0.2]], np.float32), 2) is None
+    assert _top_single(np.array([[0.5, 0.2, np.nan, 0.1]], np.float32), 1) is None  # torch ranks NaN first
+
+
+@pytest.mark.parametrize("value,match", [
+    (True, "candidates.price[1] must be a finite number, got bool True"),
+    (None, "candidates.price[1] must be a finite number, got NoneType None"),
+    ("3.5", "candidates.price[1] must be a finite number, got str '3.5'"),
+    (np.float64(3.5), "candidates.price[1] must be a finite number, got float64"),
+    (2 ** 1100, "candidates.price[1] must be a finite number, got an integer beyond float64"),
+    (float("nan"), "candidates.price[1] must be a price in [0, 1e12], got nan"),
+    (float("inf"), "candidates.price[1] must be a price in [0, 1e12], got inf"),
+    (-1, "candidates.price[1] must be a price in [0, 1e12], got -1"),
+    (2e12, "candidates.price[1] must be a price in [0, 1e12], got 2000000000000.0"),
+])
+def test_value_columns_reject_each_bad_value_by_name(value, match):
+    from blendrank.serve.payload import Limits, Schema, parse_request
+
+    schema = Schema(("f",), ("pred_click", "price"), 10.0)
+    cands = {"item_id": [1, "b", 3], "pred_click": [0.1, 1, 0], "price": [3, 25.5, 0.0]}
+    ok = parse_request({"user": {"f": 1}, "candidates": cands}, schema, Limits())
+    np.testing.assert_array_equal(ok.values, np.array([[0.1, 1, 0], [0.3, 2.55, 0]], np.float32))
+    bad = {**cands, "price": [3, value, 0.0]}
+    with pytest.raises(DataError) as err:
+        parse_request({"user": {"f": 1}, "candidates": bad}, schema, Limits())
+    assert match in str(err.value)
+    rows = [dict(zip(bad, v)) for v in zip(*bad.values())]
+    with pytest.raises(DataError, match=r"candidates\[1\]\.price must be"):
+        parse_request({"user": {"f": 1}, "candidates": rows}, schema, Limits())
+    for probability in (1.0000001, -0.0001, float("nan"), True):
+        with pytest.raises(DataError, match=r"candidates\.pred_click\[2\] must be"):
+            parse_request({"user": {"f": 1}, "candidates": {**cands, "pred_click": [0.1, 1, probability]}},
+                          schema, Limits())
+    with pytest.raises(DataError, match=r"candidates\.item_id\[1\] must be an integer or a string, got float"):
+        parse_request({"user": {"f": 1}, "candidates": {**cands, "item_id": [1, 2.0, 3]}}, schema, Limits())
+
+
 # ------------------------------------------------------------------------------------ HTTP
 @pytest.mark.serve
 def test_rank_weights_health_metrics(client, dirs):

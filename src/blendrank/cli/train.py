@@ -18,7 +18,7 @@ from blendrank.cli.common import (
 )
 from blendrank.jsonio import write_json
 
-TRAIN_METHODS = ("grade", "ltr", "static_search")
+TRAIN_METHODS = ("grade", "ltr", "static_search", "integrated_rl")
 
 ResumeOption = typer.Option(
     True, "--resume/--no-resume",
@@ -42,10 +42,11 @@ def train(
     resume: bool = ResumeOption,
     checkpoint_every: int = checkpoint_every_option(50),
 ) -> None:
-    """Train GRADE (Stage 1 + Stage 2), LTR (Stage 1 only) or a static weight search on logs.
+    """Train GRADE (Stage 1 + Stage 2), LTR (Stage 1 only), a static weight search or
+    IntegratedRL-MTF (one offline round) on logs.
 
-    Config keys are those of GRADEConfig (grade, ltr) or StaticSearchConfig (static_search);
-    `--set stage2.beta=0`, `--set reward.ips=true`, …
+    Config keys are those of GRADEConfig (grade, ltr), StaticSearchConfig (static_search) or
+    IntegratedRLConfig (integrated_rl); `--set stage2.beta=0`, `--set reward.ips=true`, …
 
     Runs unchanged under `torchrun --nproc_per_node=N` (requests sharded by rank, gradients
     averaged by DDP, rank 0 writes); see docs/scaling.md.
@@ -68,13 +69,14 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
         fail(f"--method {method!r}: choose one of {', '.join(TRAIN_METHODS)}")
     check_writable_dir(out_dir)
     from blendrank.algos.grade.config import GRADEConfig
+    from blendrank.algos.integrated_rl.config import IntegratedRLConfig
     from blendrank.algos.static_search.config import StaticSearchConfig
     from blendrank.config import load_config
     from blendrank.data.contract import objectives_of
     from blendrank.eval.offline_bench import LogBenchConfig, load_splits, production_setup
 
     # Validate the config before touching data, so a typo fails fast.
-    cfg_type = StaticSearchConfig if method == "static_search" else GRADEConfig
+    cfg_type = {"static_search": StaticSearchConfig, "integrated_rl": IntegratedRLConfig}.get(method, GRADEConfig)
     load_config(cfg_type, config, overrides)
     splits = load_splits(data, mapping, LogBenchConfig())
     cols = splits["train"].column_names
@@ -83,7 +85,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
              "(`blendrank mtl predict`), or compare methods with `blendrank bench --data`, which fits a baseline predictor")
     objectives, prod, lam = production_setup(data, splits, LogBenchConfig(), log=lambda s: out.print(s) if main else None)
     if main:
-        note_replaced(out_dir, ("static_weights.json",) if method == "static_search" else ("policy.pt", "config.json"))
+        note_replaced(out_dir, ("static_weights.json",) if method == "static_search" else ("policy.pt", "config.json", "history.jsonl"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if method == "static_search":
         if not main:  # a weight search does not shard: rank 0 alone runs it
@@ -97,6 +99,10 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
         write_json(out_dir / "static_weights.json", result)
         out.print(f"static_search: {dict(zip(objectives, res.best_weights.round(3).tolist()))} "
                   f"(valid composite NDCG {res.best_value:.4f}) -> {out_dir}")
+        return
+    if method == "integrated_rl":
+        _train_integrated_rl(splits, objectives, prod, lam, out_dir, load_config(IntegratedRLConfig, config, overrides),
+                             resume, checkpoint_every)
         return
     from blendrank.algos.grade.data import FusionSpec
     from blendrank.algos.grade.trainer import fit_grade
@@ -120,3 +126,27 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
     out.print(f"{method}: trained on {splits['train'].num_rows:,} rows; "
               + (f"final reward {last[-1]['reward']:.4f}, KL {last[-1]['kl']:.3f}; " if last else "")
               + f"policy -> {out_dir} (history.jsonl has every logged step)")
+
+
+def _train_integrated_rl(splits: dict, objectives: list[str], prod: Any, lam: Any, out_dir: Path, cfg: Any,
+                         resume: bool, checkpoint_every: int) -> None:
+    """One offline round of IntegratedRL-MTF on the train split (the log has no world to explore)."""
+    from blendrank import distributed as dist
+    from blendrank.algos.integrated_rl.logs import (
+        LogSetup,
+        fit_integrated_rl_logs,
+        production_log_action,
+    )
+    from blendrank.eval.offline_bench import LogBenchConfig
+
+    bench = LogBenchConfig()  # the bench's reward metric and fusion floor, so `bench --data` judges the same thing
+    setup = LogSetup(objectives, lam.tolist(), production_log_action(prod, bench.fusion_floor, cfg).tolist(), bench.k, bench.gain)
+    pol = fit_integrated_rl_logs(splits["train"], splits["valid"], setup, cfg, floor=bench.fusion_floor,
+                                 log=lambda s: out.print(s, highlight=False), checkpoint_dir=out_dir,
+                                 checkpoint_every=checkpoint_every, resume=resume)
+    if not dist.is_main():
+        return
+    pol.save(out_dir)
+    h = pol.history[-1]
+    out.print(f"integrated_rl: valid composite NDCG@{bench.k} {h['ab_value']:.4f} vs production {h['ab_production_value']:.4f} "
+              f"({h['ab_lift']:+.2%}); policy -> {out_dir} (history.jsonl has the round and its loss curves)")

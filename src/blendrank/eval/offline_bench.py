@@ -23,6 +23,7 @@ from pydantic import Field
 from blendrank.algos.grade.config import VARIANTS, GRADEConfig
 from blendrank.algos.grade.data import FusionSpec
 from blendrank.algos.grade.trainer import fit_grade
+from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.objectives import offline_ndcg_objective
 from blendrank.algos.static_search.search import search_weights
@@ -35,7 +36,7 @@ from blendrank.eval.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstr
 from blendrank.fusion.formulas import Formula, fuse, fusion_features
 from blendrank.jsonio import write_json
 
-LOG_METHODS = ("production", "static_search", "ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
+LOG_METHODS = ("production", "static_search", "ltr", "grade", *(f"grade:{v}" for v in VARIANTS), "integrated_rl")
 SPLITS = ("train", "valid", "test")
 
 
@@ -58,6 +59,7 @@ class LogBenchConfig(BaseConfig):
         "valid", description="Split static_search tunes on: valid (held out from every learned method), or train "
         "(the requests GRADE and ltr learn from: same data for every arm).")
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
+    integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (one offline round on the train split; the world-only keys are unused).")
 
 
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
@@ -125,9 +127,9 @@ def _slates(table: pa.Table, objectives: list[str]) -> Slates:
     return to_slates(table, [f"pred_{o}" for o in objectives] + [f"label_{o}" for o in objectives])
 
 
-def _evaluate(sl: Slates, feats: torch.Tensor, w: np.ndarray, objectives: list[str], lam: np.ndarray,
+def _evaluate(sl: Slates, scores: torch.Tensor, objectives: list[str], lam: np.ndarray,
               cfg: LogBenchConfig) -> tuple[dict[str, Any], np.ndarray]:
-    scores = fuse(feats, torch.as_tensor(w, dtype=torch.float32))
+    """Metrics of the ranking ``scores [B, L]`` of the test requests ``sl``."""
     per_req = {}
     metrics: dict[str, Any] = {}
     composite = torch.zeros(len(sl))
@@ -194,6 +196,30 @@ def tune_static(table: pa.Table, objectives: list[str], prod: np.ndarray, lam: n
     return search_weights(objective, len(objectives), ss)
 
 
+def _integrated_rl(splits: dict[str, pa.Table], test: Slates, objectives: list[str], prod: np.ndarray, lam: np.ndarray,
+                   cfg: LogBenchConfig, log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+    """One offline round of IntegratedRL-MTF on train: its test scores ``[B, L]`` (aligned with
+    ``test``), its powers ``[B, K]`` (the weights of the report) and its per-round history."""
+    from blendrank.algos.integrated_rl.logs import (
+        LogSetup,
+        fit_integrated_rl_logs,
+        production_log_action,
+    )
+
+    if cfg.fusion != "log_linear":
+        raise ConfigError(f"integrated_rl starts from the production fusion as a product fusion, which needs "
+                          f"fusion=log_linear (got {cfg.fusion!r}); drop integrated_rl from --methods or set fusion=log_linear")
+    icfg = cfg.integrated_rl.model_copy(update={"seed": cfg.seed})
+    setup = LogSetup(objectives, lam.tolist(), production_log_action(prod, cfg.fusion_floor, icfg).tolist(), cfg.k, cfg.gain)
+    pol = fit_integrated_rl_logs(splits["train"], splits["valid"], setup, icfg, floor=cfg.fusion_floor, log=log)
+    request_id, scores, action = pol.scores(splits["test"])
+    if not np.array_equal(request_id, test.request_id) or scores.shape != test.mask.shape:
+        raise AssertionError("integrated_rl: test requests out of step with the bench's")  # both come from to_slates
+    powers = action[:, :len(objectives)].numpy()
+    # Reported as weights: powers on the simplex (the product fusion's ranking at equal biases).
+    return scores.float(), powers / np.maximum(powers.sum(1, keepdims=True), 1e-12), pol.history
+
+
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Tune on valid, report on test, write ``bench.json``; returns its content."""
@@ -224,9 +250,15 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
         curves[m] = [{k: v for k, v in r.items() if k != "mean_weights"} for r in pol.history if "step" in r]
         timings[m] = time.perf_counter() - t
+    scores = {m: fuse(f_test, torch.as_tensor(w, dtype=torch.float32)) for m, w in weights.items()}
+    if "integrated_rl" in methods:
+        t = time.perf_counter()
+        scores["integrated_rl"], weights["integrated_rl"], curves["integrated_rl"] = _integrated_rl(
+            splits, test, objectives, prod, lam, cfg, log)
+        timings["integrated_rl"] = time.perf_counter() - t
     offline, composite = {}, {}
     for m in methods:
-        offline[m], composite[m] = _evaluate(test, f_test, weights[m], objectives, lam, cfg)
+        offline[m], composite[m] = _evaluate(test, scores[m], objectives, lam, cfg)
     value_metric = f"composite_ndcg@{cfg.k}"
 
     def lifts_vs(base: str) -> dict[str, dict[str, dict[str, Any]]]:

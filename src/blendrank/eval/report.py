@@ -404,6 +404,62 @@ def _plot_curves(
     return _save(fig, path)
 
 
+#: Columns of the IntegratedRL-MTF per-round table (those present).
+IRL_ROUND_KEYS = (
+    "round",
+    "transitions",
+    "ab_value",
+    "ab_production_value",
+    "ab_lift",
+    "critic_loss",
+    "q_mean",
+    "actor_loss",
+    "bound_penalty",
+)
+
+
+def _irl_rounds(bench: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """IntegratedRL-MTF's per-round records (``learning_curves.integrated_rl``), if any."""
+    log = (bench.get("learning_curves") or {}).get("integrated_rl")
+    if not isinstance(log, Sequence) or isinstance(log, str):
+        return []
+    return [r for r in log if isinstance(r, Mapping) and _num(r.get("round")) is not None]
+
+
+def _plot_irl(rounds: list[Mapping[str, Any]], path: Path) -> Path | None:
+    """Per-round A/B value (policy vs production) and the critic loss and mean Q per step
+    (``trace`` of each round; dotted lines mark where a round starts)."""
+    xs = [float(r["round"]) for r in rounds]
+    ab = [(_num(r.get("ab_value")), _num(r.get("ab_production_value"))) for r in rounds]
+    traces = [r["trace"] for r in rounds if isinstance(r.get("trace"), Mapping)]
+    if all(v is None for v, _ in ab) and not traces:
+        return None
+    fig, axes = _figure(3, 4.2, 3.0)
+    ax = axes[0]
+    for i, label in ((0, "integrated_rl"), (1, "production")):
+        pts = [(x, v[i]) for x, v in zip(xs, ab) if v[i] is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_title("A/B value per round")
+    ax.set_xlabel("round")
+    ax.set_xticks(xs)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    for ax, name, title in ((axes[1], "critic_loss", "critic loss"), (axes[2], "q_mean", "mean Q")):
+        for tr in traces:
+            pts = [(_num(x), _num(y)) for x, y in zip(tr.get("step") or [], tr.get(name) or [])]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:blue")
+                ax.axvline(pts[0][0], color="gray", lw=0.6, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel("gradient step")
+        ax.grid(alpha=0.3)
+    if any((_num(y) or 0) > 0 for tr in traces for y in tr.get("critic_loss") or []):
+        axes[1].set_yscale("log")  # the loss falls by orders of magnitude early on
+    return _save(fig, path)
+
+
 def _pareto(arms: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
     for x, y in (("ctr", "gpm"), ("orders_per_request", "gmv_per_request"), ("ctr", "value")):
         if (
@@ -659,7 +715,31 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
             sec.images.append(("Fusion weights per segment", p))
         sections.append(sec)
 
-    if curves := _curves(bench):
+    if rounds := _irl_rounds(bench):
+        sec = _Section(
+            "IntegratedRL-MTF rounds",
+            [
+                "One row per training round (progressive rounds in a world; one offline round on "
+                "logs). A/B value of the deterministic policy and of production: in the "
+                "marketplace world, the expected page value on held-out requests at session step "
+                "0; in kuairand-sim, the realised value per held-out session; on logs, the "
+                "objective-weighted NDCG@k on the validation split. Critic loss and Q: mean over "
+                "the last fifth of each round in the table, every step window in the plot."
+            ],
+        )
+        keys = [k for k in IRL_ROUND_KEYS if any(k in r for r in rounds)]
+        rows = [
+            [_pct(_num(r.get(k))) if k == "ab_lift" else _fmt(r.get(k)) for k in keys]
+            for r in rounds
+        ]
+        sec.tables.append(_Table(keys, rows))
+        if p := _plot_irl(rounds, plots / "integrated_rl.png"):
+            sec.images.append(("IntegratedRL-MTF: A/B value per round, critic loss and Q", p))
+        sections.append(sec)
+
+    # IntegratedRL's round records have their own section above.
+    curves = {m: c for m, c in _curves(bench).items() if not (m == "integrated_rl" and rounds)}
+    if curves:
         sec = _Section("Learning curves")
         rows = [
             [m, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])]

@@ -519,36 +519,52 @@ class FeatureCenter:
 
         Every selected feature must be a key of every row; use ``None`` for a missing value.
         """
-        specs = self.schema.select(roles)
+        specs, cat_specs, num_specs, encode = self._row_plan(roles)
         for i, row in enumerate(rows):
             absent = [s.name for s in specs if s.name not in row]
             if absent:
                 raise DataError(
                     f"row {i}: missing feature(s) {absent} (pass None for a missing value)"
                 )
-        cats: list[np.ndarray] = []
-        for spec in specs:
-            if spec.is_categorical:
-                state = self._cat[spec.name]
-                idx = [
-                    state.lookup(_row_categorical(spec.name, state.dtype, row[spec.name]))
-                    for row in rows
+        # One [N, n_cat] and one [N, n_num] conversion (serving's per-request cost), the same
+        # look-ups and arithmetic as the per-column path.
+        categorical = np.asarray(
+            [
+                [
+                    state.lookup(_row_categorical(name, state.dtype, row[name]))
+                    for name, state in cat_specs
                 ]
-                cats.append(np.asarray(idx, dtype=np.int64))
-        num_specs = [s for s in specs if not s.is_categorical]
-        # All numeric features in one [N, F] pass (serving's per-request cost), same arithmetic
-        # as the per-column path.
+                for row in rows
+            ],
+            dtype=np.int64,
+        ).reshape(len(rows), len(cat_specs))
         x = np.asarray(
             [[_row_numeric(s.name, row[s.name]) for s in num_specs] for row in rows],
             dtype=np.float64,
         ).reshape(len(rows), len(num_specs))
-        numeric = self._numeric_encoder(tuple(num_specs))(x)
         return FeatureBatch(
-            categorical=np.stack(cats, axis=1) if cats else np.zeros((len(rows), 0), dtype=np.int64),
-            numeric=numeric,
-            categorical_names=tuple(s.name for s in specs if s.is_categorical),
+            categorical=categorical,
+            numeric=encode(x),
+            categorical_names=tuple(name for name, _ in cat_specs),
             numeric_names=tuple(s.name for s in num_specs),
         )
+
+    def _row_plan(self, roles: Iterable[Role] | None) -> tuple[
+        list[FeatureSpec],
+        list[tuple[str, Any]],
+        tuple[FeatureSpec, ...],
+        Callable[[np.ndarray], np.ndarray],
+    ]:
+        """What :meth:`transform_rows` needs for ``roles``, gathered once per selection:
+        the specs, ``(name, state)`` of the categorical ones, the numeric ones and their encoder."""
+        key = None if roles is None else tuple(roles)
+        cache = self.__dict__.setdefault("_row_plans", {})
+        if key not in cache:
+            specs = self.schema.select(key)
+            num_specs = tuple(s for s in specs if not s.is_categorical)
+            cats = [(s.name, self._cat[s.name]) for s in specs if s.is_categorical]
+            cache[key] = (specs, cats, num_specs, self._numeric_encoder(num_specs))
+        return cache[key]
 
     def _numeric_encoder(self, specs: tuple[FeatureSpec, ...]) -> Callable[[np.ndarray], np.ndarray]:
         """``[N, F] float64 -> [N, F] float32``: :func:`_encode_numeric` of every column at once
@@ -566,12 +582,15 @@ class FeatureCenter:
         lo = np.array([-s.clip if s.clip is not None and s.transform != "none" else -np.inf for s in specs])
         hi = -lo
 
+        any_log1p = bool(log1p.any())
+
         def encode(x: np.ndarray) -> np.ndarray:
             with np.errstate(invalid="ignore", over="ignore"):
-                if log1p.any():
+                if any_log1p:
                     x = np.where(log1p, np.sign(x) * np.log1p(np.abs(x)), x)
                 missing = ~np.isfinite(x)
-                z = np.clip((x - mean) / std, lo, hi)
+                # minimum(maximum(.)) is np.clip's arithmetic (NaN propagates) without its wrapper
+                z = np.minimum(np.maximum((x - mean) / std, lo), hi)
                 out = np.where(raw, np.where(missing, mean, x), np.where(missing, 0.0, z))
             return out.astype(np.float32)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ REQUEST_FIELDS = ("user", "candidates", "k")
 _NUMBER_TYPES = frozenset((int, float))
 _ID_TYPES = frozenset((int, str))
 _FEATURE_TYPES = frozenset((int, float, str, bool, type(None)))
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # without ndarray.min/max's Python wrapper
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,13 @@ def _columnar(cands: Mapping[str, Any], schema: Schema, limits: Limits, where: s
 def _rows(cands: list[Any], schema: Schema, limits: Limits, where: str) -> tuple[list[Any], dict[str, list[Any]]]:
     _check_count(len(cands), limits, where)
     fields = schema.candidate_fields
-    if not all(type(c) is dict for c in cands):
+    # (map with C-level callables instead of per-candidate Python loops: ~2x faster at 200)
+    if list(map(type, cands)).count(dict) != len(cands):
         i = next(i for i, c in enumerate(cands) if type(c) is not dict)
         raise DataError(f"{where}candidates[{i}] must be an object with fields {list(fields)}")
     try:
-        cols = {f: [c[f] for c in cands] for f in fields}
-        complete = all(len(c) == len(fields) for c in cands)
+        cols = {f: list(map(itemgetter(f), cands)) for f in fields}
+        complete = list(map(len, cands)).count(len(fields)) == len(cands)
     except KeyError:
         complete = False
     if not complete:  # name the first candidate at fault
@@ -152,21 +155,29 @@ def _rows(cands: list[Any], schema: Schema, limits: Limits, where: str) -> tuple
 
 
 def _ids(ids: list[Any], limits: Limits, at: Any) -> None:
-    types = set(map(type, ids))
-    if not types <= _ID_TYPES:
+    types = list(map(type, ids))  # (a list and .count: about half the cost of a set of types)
+    n_str = types.count(str)
+    if types.count(int) + n_str != len(types):
         i = next(i for i, v in enumerate(ids) if type(v) not in _ID_TYPES)
         raise DataError(f"{at(i)} must be an integer or a string, got {type(ids[i]).__name__}")
-    if str in types:
+    if n_str:
         longest = max(len(v) for v in ids if type(v) is str)
         if longest > limits.max_string_chars:
             i = next(i for i, v in enumerate(ids) if type(v) is str and len(v) > limits.max_string_chars)
             raise DataError(f"{at(i)}: string of {longest} characters, more than the limit {limits.max_string_chars}")
 
 
+def _numbers_only(col: list[Any]) -> bool:
+    """Every value an ``int`` or a ``float`` (exact types: no bool, str, None or numpy scalar)."""
+    types = list(map(type, col))
+    n_float = types.count(float)
+    return n_float == len(types) or n_float + types.count(int) == len(types)
+
+
 def _values(cols: dict[str, list[Any]], schema: Schema, where: str, rows: bool) -> np.ndarray:
     """``[K, n]`` float32 fusion inputs from the value columns (all of one length): finite,
-    probabilities in [0, 1], price in [0, 1e12]. One type scan and one conversion for all
-    columns; the Python-level search for the culprit runs only when something is wrong.
+    probabilities in [0, 1], price in [0, 1e12]. One type scan per column and one conversion for
+    all columns; the Python-level search for the culprit runs only when something is wrong.
     ``rows``: name candidates as ``candidates[i].f`` (else ``candidates.f[i]``)."""
     names = schema.value_columns
     lists = [cols[n] for n in names]
@@ -174,10 +185,7 @@ def _values(cols: dict[str, list[Any]], schema: Schema, where: str, rows: bool) 
     def at(j: int, i: int) -> str:
         return f"{where}candidates[{i}].{names[j]}" if rows else f"{where}candidates.{names[j]}[{i}]"
 
-    types: set[type] = set()
-    for col in lists:
-        types.update(map(type, col))
-    if not types <= _NUMBER_TYPES:
+    if not all(map(_numbers_only, lists)):
         j, i = next((j, i) for j, col in enumerate(lists) for i, v in enumerate(col) if type(v) not in _NUMBER_TYPES)
         raise DataError(f"{at(j, i)} must be a finite number, got {type(lists[j][i]).__name__} {lists[j][i]!r}"[:300])
     try:
@@ -185,15 +193,20 @@ def _values(cols: dict[str, list[Any]], schema: Schema, where: str, rows: bool) 
     except OverflowError:  # an integer beyond float64
         j, i = next((j, i) for j, col in enumerate(lists) for i, v in enumerate(col) if type(v) is int and abs(v) > 1e308)
         raise DataError(f"{at(j, i)} must be a finite number, got an integer beyond float64") from None
-    upper = np.ones((len(names), 1))
-    if names and names[-1] == "price":
-        upper[-1] = 1e12
-    ok = (a >= 0) & (a <= upper)  # False for NaN / inf too
-    if not ok.all():
+    price = bool(names) and names[-1] == "price"
+    n_prob = len(names) - price
+    # Three reductions instead of element-wise masks; NaN propagates through min/max and fails
+    # every comparison, inf fails the upper bounds.
+    if a.size and not (_MIN(a, axis=None) >= 0 and (n_prob == 0 or _MAX(a[:n_prob], axis=None) <= 1)
+                       and (not price or _MAX(a[-1]) <= 1e12)):
+        upper = np.ones((len(names), 1))
+        if price:
+            upper[-1] = 1e12
+        ok = (a >= 0) & (a <= upper)  # False for NaN / inf too
         j, i = (int(x[0]) for x in np.nonzero(~ok))
         what = "a price in [0, 1e12]" if names[j] == "price" else "a probability in [0, 1]"
         raise DataError(f"{at(j, i)} must be {what}, got {lists[j][i]!r}")
-    if names and names[-1] == "price":
+    if price:
         a[-1] /= schema.price_scale
     return a.astype(np.float32)
 

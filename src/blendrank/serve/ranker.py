@@ -4,7 +4,9 @@ One code path with training: user/context features go through the saved Feature 
 (``transform_rows``, bit-identical to the table path); list statistics, fusion and top-K are the
 numpy twins of :func:`blendrank.fusion.state.list_stats` and
 :func:`blendrank.fusion.formulas.fusion_features` / ``fuse`` / ``top_k`` (checked against them in
-tests), in a ``[B, K, L]`` layout that keeps each request's candidates contiguous.
+tests), in a ``[B, K, L]`` layout that keeps each request's candidates contiguous. Small batches
+(``NUMPY_HEAD_MAX_BATCH``) run the ONNX head with numpy and one request's top-K with numpy, when
+that gives the same answer (see :func:`_with_numpy_head`, :func:`_top_single`).
 
 A request (the columnar candidates are the fast path; a list of candidate objects is accepted
 too, see :mod:`blendrank.serve.payload`)::
@@ -22,6 +24,7 @@ weights from the manifest (the production weights given at export, else uniform)
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ from blendrank.serve.payload import Limits, ParsedRequest, Schema, as_request_li
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
 POLICY_ROLES = ("user", "context")
+NUMPY_HEAD_MAX_BATCH = 4  # batches up to this size skip onnxruntime (see _with_numpy_head)
+NUMPY_HEAD_TOL = 1e-6  # max abs weight difference from onnxruntime for the numpy head to be used
 BLOCK_ELEMENTS = 64 * 3 * 200  # fusion inputs per block of a large batch (~150 KB per float32 array)
 
 
@@ -165,13 +170,30 @@ class Ranker:
                                    pol.stats_mean, pol.stats_std, batches=(1, 33))
                 if not err <= tol:
                     raise DataError(f"ONNX/PyTorch parity check failed (max abs error {err:.3g} > {tol:g})")
-            model = _Model(session_runner(session), "onnx")
+            model = _Model(_with_numpy_head(session_runner(session), onnx_path, self._parity_states()), "onnx")
         # Smoke run: one state of the right shape must give K finite weights.
         w = model.run(np.zeros((1, len(m["categorical"])), np.int64), np.zeros((1, len(m["numeric"])), np.float32),
                       np.zeros((1, int(m["n_stats"])), np.float32))
         if w.shape != (1, k) or not np.isfinite(w).all():
             raise DataError(f"model gives weights of shape {w.shape}, expected (1, {k})")
         return model
+
+    def _parity_states(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Random policy states for comparing two evaluations of the head: valid category
+        indices, standard-normal numerics, and list statistics of random candidate lists (as
+        served) or standard-normal ones; batches of 1 to 33."""
+        m, k, rng = self.manifest, len(self.spec.inputs), np.random.default_rng(0)
+        out = []
+        for b, realistic in ((1, True), (2, True), (NUMPY_HEAD_MAX_BATCH, True), (33, True), (1, False), (33, False)):
+            cat = np.stack([rng.integers(c, size=b) for c in m["cardinalities"]] or [np.zeros(b, np.int64)], 1)
+            num = rng.normal(size=(b, len(m["numeric"]))).astype(np.float32)
+            if realistic:
+                values = rng.uniform(0.0, 1.0, size=(b, k, 50)).astype(np.float32)
+                stats = list_stats_np(self._features(values), None, self.spec.stats_top)
+            else:
+                stats = rng.normal(size=(b, int(m["n_stats"]))).astype(np.float32)
+            out.append((cat[:, :len(m["cardinalities"])], num, stats))
+        return out
 
     # ------------------------------------------------------------------ status
     @property
@@ -267,11 +289,16 @@ class Ranker:
         if k is None:
             return w, used_fallback, None, None
         scores = np.matmul(w[:, None, :], feats)[:, 0]  # [B, L]
+        page = min(max(int(k), 1), scores.shape[1])
+        if mask is None and scores.shape[0] == 1:
+            found = _top_single(scores, page)
+            if found is not None:
+                return w, used_fallback, *found
         if mask is not None:
             scores[~mask] = -np.inf
         # torch.topk on a zero-copy view: the same selection as training's ``top_k`` and, on CPU,
         # 3-4x faster than numpy's argpartition + sort for pages of ~10 out of hundreds.
-        top, idx = torch.topk(torch.from_numpy(scores), min(max(int(k), 1), scores.shape[1]), dim=-1)
+        top, idx = torch.topk(torch.from_numpy(scores), page, dim=-1)
         return w, used_fallback, idx.numpy(), top.numpy()
 
     def rank_batch(self, cat: Any, num: Any, inputs: Any, mask: Any, k: int
@@ -385,6 +412,45 @@ class Ranker:
         return w, fb
 
 
+def _top_single(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(index [1, page], scores [1, page])`` of one request's best candidates with numpy, or
+    None when two of the ``page + 1`` best scores are equal or a score is NaN (then the caller's
+    ``torch.topk`` decides, whose order among equal scores is its own and which ranks NaN first).
+    Otherwise the page is unique, so this is exactly ``torch.topk``'s answer; for one request it
+    avoids torch's per-call cost (~10-30 µs with the cache effects of a whole request)."""
+    order = np.argsort(-scores[0], kind="stable")
+    best = scores[0, order[:page + 1]]
+    # NaN sorts last: the last score is NaN iff any is
+    if math.isnan(scores[0, order[-1]]) or (best[1:] == best[:-1]).any():
+        return None
+    return order[None, :page], best[None, :page]
+
+
+def _with_numpy_head(run_onnx: Any, onnx_path: Path, states: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
+    """``run_onnx`` for large batches, the same ONNX graph evaluated with numpy for batches up to
+    ``NUMPY_HEAD_MAX_BATCH`` — when :func:`~blendrank.serve.numpy_head.compile_head` supports the
+    graph and agrees with onnxruntime to ``NUMPY_HEAD_TOL`` on ``states`` (else onnxruntime
+    only). One request spends 20-45 µs in onnxruntime's per-call overhead; the numpy head is
+    about twenty small array operations."""
+    from blendrank.serve.numpy_head import compile_head, max_abs_diff
+
+    try:
+        head = compile_head(onnx_path)
+        if head is None or not max_abs_diff(head, run_onnx, states) <= NUMPY_HEAD_TOL:
+            return run_onnx
+    except Exception:  # noqa: BLE001 - the numpy head is optional: any failure keeps onnxruntime
+        return run_onnx
+
+    def run(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        return head(cat, num, stats) if stats.shape[0] <= NUMPY_HEAD_MAX_BATCH else run_onnx(cat, num, stats)
+
+    run.numpy_head = True  # type: ignore[attr-defined]  (for tests: which path serves)
+    return run
+
+
+_sum_reduce = np.add.reduce
+
+
 def list_stats_np(features: np.ndarray, mask: np.ndarray | None, top: int = 10) -> np.ndarray:
     """numpy twin of :func:`blendrank.fusion.state.list_stats` in the serving layout.
 
@@ -399,14 +465,16 @@ def list_stats_np(features: np.ndarray, mask: np.ndarray | None, top: int = 10) 
     """
     n = features.shape[-1]
     t = min(top, n)
-    if mask is None:  # (sum * 1/n rather than .mean: this runs per request, .mean's overhead shows)
-        mean = features.sum(-1) * np.float32(1.0 / n)
+    if mask is None:  # (add.reduce * 1/n rather than .mean/.sum: this runs per request and
+        # their Python-level wrappers show; add.reduce is what .sum runs, so the same bits)
+        mean = _sum_reduce(features, axis=-1) * np.float32(1.0 / n)
         d = features - mean[..., None]
         std = np.sqrt(np.einsum("bkl,bkl->bk", d, d) * np.float32(1.0 / n))
         # A full sort is the cheapest way to the top-t here: numpy's SIMD sort of float32 rows
         # beats partition-based selection for rows of a few hundred.
-        srt = np.sort(features, axis=-1)
-        mx, top_mean = srt[..., -1], srt[..., n - t:].sum(-1) * np.float32(1.0 / t)
+        srt = features.copy()
+        srt.sort(axis=-1)
+        mx, top_mean = srt[..., -1], _sum_reduce(srt[..., n - t:], axis=-1) * np.float32(1.0 / t)
     else:
         m = mask[:, None, :]
         cnt = mask.sum(-1, dtype=np.float32)[:, None]  # [B, 1]

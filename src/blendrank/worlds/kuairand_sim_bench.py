@@ -48,7 +48,7 @@ SESSION_METRICS: dict[str, tuple[str, str, float]] = {
     "watch_per_impression": ("watch_s", "impressions", 1.0),
     **{f"{k}_rate": (k, "impressions", 1.0) for k in FEEDBACKS},
 }
-UNAVAILABLE = {"integrated_rl": "its rollout and state are written for the marketplace world's request model"}
+UNAVAILABLE: dict[str, str] = {}  # method -> why it cannot run in this world
 N_CLUSTERS = 6
 
 
@@ -177,8 +177,10 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Ca
 
     totals: dict[str, dict[str, np.ndarray]] = {}
     weights_used: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
     for m in methods:
         t = time.perf_counter()
+        record = None  # a policy that reads the feedback of its pages (session context) also records it
         if m == "production":
             policy = fixed(prod)
         elif m == "static_search":
@@ -203,9 +205,16 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Ca
             def policy(c: StepContext, pol=pol) -> np.ndarray:
                 w = pol.weights(pol.batch(world.request_table(c)))
                 return world.rank(c.inputs, w.float())
+        elif m == "integrated_rl":
+            from blendrank.algos.integrated_rl.ksim import fit_integrated_rl_ksim
+
+            irl = fit_integrated_rl_ksim(world, cfg.integrated_rl, ab_sessions=n_valid, log=log)
+            curves[m] = irl.history
+            runner = irl.runner()
+            policy, record = runner, runner.record
         else:
             raise ConfigError(f"--methods: {m!r} is not available in kuairand-sim")
-        totals[m] = world.run_sessions(policy, n_eval, STREAM_EVAL).totals
+        totals[m] = world.run_sessions(policy, n_eval, STREAM_EVAL, record=record).totals
         timings[m] = time.perf_counter() - t
         tot = totals[m]
         log(f"{m}: watch/session {tot['watch_s'].mean():.1f} s, length {tot['impressions'].mean():.1f}, "
@@ -223,6 +232,7 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Ca
         "baseline_arm": "production", "value_metric": "page_value",
         "arms_realised": ab.metrics, "lifts": lifts,
         "oracle_share": share,
+        "learning_curves": curves,
         "oracle_share_watch_per_session": (oracle_share({a: v["watch_per_session"] for a, v in ab.metrics.items()})
                                            if "oracle" in ab.metrics else {}),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -27,7 +27,7 @@ class IntegratedRLConfig(BaseConfig):
     # Exploration.
     explore_delta: float = Field(0.15, gt=0, description="Half-width of the bounded uniform exploration noise, per action dimension (paper: 0.15).")
     # Progressive training.
-    rounds: int = Field(3, ge=1, description="Progressive training rounds (explore in the world, then train on all data so far).")
+    rounds: int = Field(3, ge=1, description="Progressive training rounds (explore in the world, then train on all data so far); on logs there is one round.")
     sessions_per_round: int = Field(2500, ge=1, description="Sessions simulated per round.")
     eval_requests: int = Field(2000, ge=10, description="Fixed held-out requests for the per-round A/B value (deterministic policy).")
     # Networks.
@@ -35,7 +35,7 @@ class IntegratedRLConfig(BaseConfig):
     critic_groups: Literal[1, 2] = Field(2, description="Critic groups: 2 = one for the click part of the reward, one for orders/GMV/extras (paper: watch time vs other behaviours); 1 = total reward.")
     ensemble_size: int = Field(2, ge=1, description="Critics per group (paper: 24).")
     # Offline actor-critic.
-    steps_per_round: int = Field(1500, ge=1, description="Gradient steps after each round's exploration.")
+    steps_per_round: int = Field(1500, ge=1, description="Gradient steps after each round's exploration (on logs: of the one offline round).")
     batch_size: int = Field(256, ge=1, description="Transitions per gradient step (paper: 256).")
     critic_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the critics.")
     actor_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the actor.")
@@ -48,3 +48,6 @@ class IntegratedRLConfig(BaseConfig):
     bound_rate: float = Field(10.0, gt=0, description="kappa: d(a) = sum_k (exp(kappa * excess_k) - 1), excess = distance outside the trusted interval.")
     bootstrap_rate: float = Field(10.0, ge=0, description="phi(a') = exp(-rate * sum_k excess_k): down-weighting of the bootstrap when the target action leaves the trusted interval.")
     group_weights: list[float] | None = Field(None, description="w_i per critic group in the actor loss (default all 1: the groups split one reward).")
+    # Logs without a world: one offline round (see docs/integrated_rl.md, "On logs").
+    log_actions_per_request: int = Field(4, ge=1, description="Logs only: actions drawn uniformly in the trusted interval (production action +- explore_delta) per logged request; each action's reward is replayed on the logged labels.")
+    log_session_gap_s: float | None = Field(None, gt=0, description="Logs only: a user's request more than this many seconds after their previous one starts a new session; null: all of a user's requests in a split are one session.")

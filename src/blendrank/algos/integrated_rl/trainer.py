@@ -177,6 +177,27 @@ class Learner:
         return out
 
 
+def tail_mean(stats: list[dict[str, float]], key: str) -> float:
+    """Mean of ``key`` over the step records that have it (NaN if none)."""
+    vals = [s[key] for s in stats if key in s]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def step_trace(stats: list[dict[str, float]], first_step: int = 0, points: int = 50) -> dict[str, list[float | None]]:
+    """Loss and Q curves of one round for the report: the step and the means of ``critic_loss``,
+    ``q_mean`` and ``actor_loss`` over ``points`` consecutive windows of ``stats`` (None where a
+    window has no actor step)."""
+    width = max(1, -(-len(stats) // points))
+    out: dict[str, list[float | None]] = {"step": [], "critic_loss": [], "q_mean": [], "actor_loss": []}
+    for start in range(0, len(stats), width):
+        window = stats[start:start + width]
+        out["step"].append(first_step + start + len(window))
+        for k in ("critic_loss", "q_mean", "actor_loss"):
+            vals = [s[k] for s in window if k in s]
+            out[k].append(round(float(np.mean(vals)), 6) if vals else None)
+    return out
+
+
 def _transitions_state(data: Transitions) -> dict[str, torch.Tensor]:
     return {f: torch.from_numpy(np.ascontiguousarray(getattr(data, f))) for f in Transitions.__dataclass_fields__}
 
@@ -255,19 +276,15 @@ def fit_integrated_rl(world: MarketplaceWorld, cfg: IntegratedRLConfig | None = 
             if ckpt is not None and ckpt.due(learner.n_steps) and step + 1 < cfg.steps_per_round:
                 snapshot(rnd, step + 1, batch_rng)
         tail = stats[-max(1, len(stats) // 5):]  # average over the last fifth of the round
-        def agg(k: str, tail: list[dict[str, float]] = tail) -> float:
-            vals = [s[k] for s in tail if k in s]
-            return float(np.mean(vals)) if vals else float("nan")
 
         value = ab_value(policy.pages(world, ab_req))
         act = policy.actions(world, ab_req)
         rec = {"round": rnd, "transitions": len(data), "sessions": cfg.sessions_per_round * (rnd + 1),
                "mean_session_length": float(len(parts[-1]) / cfg.sessions_per_round),
                "explore_value_per_request": float(parts[-1].value.mean()),
-               "critic_loss": agg("critic_loss"), "q_mean": agg("q_mean"), "actor_loss": agg("actor_loss"),
-               "bound_penalty": agg("bound_penalty"), "ab_value": value, "ab_production_value": prod_value,
+               **{k: tail_mean(tail, k) for k in ("critic_loss", "q_mean", "actor_loss", "bound_penalty")}, "ab_value": value, "ab_production_value": prod_value,
                "ab_lift": value / prod_value - 1, "mean_action": act.mean(0).round(4).tolist(),
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "trace": step_trace(stats, rnd * cfg.steps_per_round)}
         policy.history.append(rec)
         if ckpt is not None and rnd + 1 < cfg.rounds:
             snapshot(rnd + 1, 0, None)
