@@ -130,3 +130,10 @@ def test_feature_kinds_of_a_streamed_log_are_those_of_the_whole_table(tmp_path: 
     streamed = RequestLog.scan(path, read_batch_rows=100).center.schema
     assert streamed == fit_policy_features(table).schema
     assert streamed.get("f_user_score").kind == "numeric" and streamed.get("f_user_type").kind == "categorical"
+
+
+def test_a_csv_path_gets_a_clear_error(tmp_path: Path):
+    path = tmp_path / "log.csv"
+    path.write_text("request_id,pred_click\n1,0.5\n")
+    with pytest.raises(DataError, match=r"log\.csv: GRADE streams Parquet logs"):
+        RequestLog.scan(path)

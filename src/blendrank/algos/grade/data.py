@@ -28,7 +28,7 @@ from torch import Tensor
 
 from blendrank.config import BaseConfig
 from blendrank.data.contract import objectives_of
-from blendrank.data.io import iter_record_batches, parquet_files
+from blendrank.data.io import PARQUET_SUFFIXES, iter_record_batches, parquet_files
 from blendrank.data.slates import to_slates
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter, FeatureSchema
@@ -202,7 +202,12 @@ Source = pa.Table | tuple[Path, ...]
 
 
 def _source(data: pa.Table | str | Path | tuple[Path, ...]) -> Source:
-    return data if isinstance(data, (pa.Table, tuple)) else tuple(parquet_files(data))
+    if isinstance(data, (pa.Table, tuple)):
+        return data
+    if Path(data).is_file() and not Path(data).name.lower().endswith(PARQUET_SUFFIXES):
+        raise DataError(f"{data}: GRADE streams Parquet logs (a file or a directory of shards); read other "
+                        "formats with blendrank.data.io.read_log and pass the table, or convert them to Parquet")
+    return tuple(parquet_files(data))
 
 
 def _column_names(source: Source) -> list[str]:
