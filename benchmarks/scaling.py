@@ -1,8 +1,13 @@
 """Scale-out benchmark (issue #8): throughput with 1 and 2 processes (torchrun, gloo), peak memory
-against the size of the log (MTL streams: memory must stay flat at 10x the data), and how the cost
-of each stage grows with the number of logged requests.
+against the size of the log (MTL and GRADE stream: memory must stay flat at 10x the data), and how
+the cost of each stage grows with the number of logged requests.
 
     python benchmarks/scaling.py [--requests 10000] [--out runs/scaling] [--json runs/scaling.json]
+                                 [--only growth,processes,memory,grade_memory,worldgen]
+
+``grade_memory``: GRADE (Stage 1 one epoch + Stage 2 20 steps x 512 requests x G = 16) streamed
+from the Parquet log at 1x, 2x, 4x and 10x the requests: peak RSS, the streaming passes before
+training (scan + summary), the Stage-1 epoch and Stage 2.
 
 Every measurement is a fresh process running scripts/train_job.py (peak RSS is the process's
 ``ru_maxrss``; under torchrun, rank 0's). Logs come from the ``quick`` marketplace world
@@ -59,6 +64,9 @@ def world(n_requests: int, out: Path, workers: int = 1) -> float:
     return time.perf_counter() - t
 
 
+SECTIONS = ("growth", "processes", "memory", "grade_memory", "worldgen")
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -68,8 +76,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000, help="requests of the 1x log")
     ap.add_argument("--out", type=Path, default=Path("runs/scaling"))
     ap.add_argument("--json", type=Path, default=None, help="write every figure here")
-    ap.add_argument("--skip-10x", action="store_true", help="skip the 10x memory run")
+    ap.add_argument("--skip-10x", action="store_true", help="skip the 10x memory runs")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections among {', '.join(SECTIONS)}")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        raise SystemExit(f"--only: unknown section(s) {sorted(only - set(SECTIONS))}; choose among {', '.join(SECTIONS)}")
     n, out = args.requests, args.out
     report: dict[str, Any] = {"requests_1x": n, "load_start": load()}
     mtl = ["--trainer", "mtl", "--epochs", "1", "--batch", "1024"]
@@ -78,7 +90,7 @@ def main() -> None:
 
     # ---- cost growth with the number of requests: world gen, MTL (1 epoch), Stage 1 (1 epoch), Stage 2
     growth = []
-    for mult in (1, 2, 4):
+    for mult in (1, 2, 4) if "growth" in only else ():
         data = out / f"world_{mult}x"
         gen_s = world(n * mult, data)
         m = job([*mtl, "--data", str(data / "logs"), "--out", str(out / f"mtl_{mult}x")])
@@ -94,7 +106,8 @@ def main() -> None:
 
     # ---- 1 vs 2 processes (same global batch)
     procs = []
-    for name, base, data in (("mtl", mtl, out / "world_2x" / "logs"), ("stage2", stage2, out / "world_1x" / "logs")):
+    pairs = (("mtl", mtl, out / "world_2x" / "logs"), ("stage2", stage2, out / "world_1x" / "logs"))
+    for name, base, data in pairs if "processes" in only else ():
         for nproc in (1, 2):
             r = job([*base, "--data", str(data), "--out", str(out / f"{name}_p{nproc}")], nproc=nproc)
             row = {"trainer": name, "processes": nproc, "throughput": round(r["throughput"]),
@@ -106,7 +119,7 @@ def main() -> None:
 
     # ---- peak memory of MTL training against the size of the log (streaming)
     mem = []
-    for mult in (1, 10) if not args.skip_10x else (1,):
+    for mult in ((1, 10) if not args.skip_10x else (1,)) if "memory" in only else ():
         data = out / f"world_{mult}x"
         world(n * mult, data)
         size = sum(f.stat().st_size for f in (data / "logs").glob("*.parquet"))
@@ -118,9 +131,26 @@ def main() -> None:
         print("memory", row, flush=True)
     report["memory"] = mem
 
+    # ---- GRADE streamed: peak memory and cost against the size of the log
+    gmem = []
+    for mult in ((1, 2, 4, 10) if not args.skip_10x else (1, 2, 4)) if "grade_memory" in only else ():
+        data = out / f"world_{mult}x"
+        world(n * mult, data)
+        size = sum(f.stat().st_size for f in (data / "logs").glob("*.parquet"))
+        r = job(["--trainer", "grade", "--epochs", "1", "--steps", "20", "--batch", "512", "--set",
+                 "stage2.num_generations=16", "--data", str(data / "logs"), "--out", str(out / f"grade_mem_{mult}x")])
+        s1, s2 = r["stage_seconds"]["1"], r["stage_seconds"]["2"]
+        row = {"log": f"{mult}x", "requests": n * mult, "parquet_mb": round(size / 2**20, 1),
+               "peak_rss_mb": round(r["peak_rss_mb"]), "passes_s": round(r["seconds"] - s1 - s2, 2),
+               "stage1_epoch_s": round(s1, 2), "stage2_20_steps_s": round(s2, 2),
+               "stage2_requests_per_s": round(r["throughput"]), "load": load()}
+        gmem.append(row)
+        print("grade memory", row, flush=True)
+    report["grade_memory"] = gmem
+
     # ---- world generation: serial vs 2 worker processes (same files)
     gen = []
-    for workers in (1, 2):
+    for workers in (1, 2) if "worldgen" in only else ():
         secs = world(n * 4, out / f"gen_w{workers}", workers)
         gen.append({"requests": n * 4, "workers": workers, "seconds": round(secs, 2), "load": load()})
         print("worldgen", gen[-1], flush=True)

@@ -92,15 +92,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "stage2": {"steps": 0 if args.trainer == "ltr" else args.steps, "batch_size": args.batch,
                         "num_generations": 8, "num_iterations": 2},
              "reward": {"a_prior": 0.0, "k": 4, "post_objective_weights": {"click": 1.0, "order": 1.0}}}, args.set))
-        if args.data is not None:
-            from blendrank.algos.grade.data import FusionSpec
-            from blendrank.data.io import read_raw
-
-            table = read_raw(args.data)
-            spec = FusionSpec.fit(table)
-        else:
-            table, spec = two_type_log(args.requests), None
-        pol = fit_grade(table, cfg, spec=spec, **ckpt)
+        # A Parquet log is streamed by fit_grade (never loaded whole); else a small synthetic table.
+        data = args.data if args.data is not None else two_type_log(args.requests)
+        pol = fit_grade(data, cfg, **ckpt)
         s1 = [r["lambda_loss"] for r in pol.history if "lambda_loss" in r]
         s2 = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
         secs = {r["stage"]: r["seconds"] for r in pol.history if "seconds" in r and "step" not in r}

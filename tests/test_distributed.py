@@ -58,7 +58,9 @@ def _compare(a: dict, b: dict, atol: float) -> None:
     ("mtl", []), ("grade", []), ("integrated_rl", []),
     # Gaussian ablation: the concentration head is unused and log_std is used only in the loss
     ("grade", ["--epochs", "0", "--set", "policy.exploration=gaussian_logits"]),
-], ids=["mtl", "grade", "integrated_rl", "grade_gaussian"])
+    # GRADE streamed in buffers of 256 requests (batches straddle buffers, the log is re-read per pass)
+    ("grade", ["--set", "data.shuffle_buffer_requests=256", "--set", "data.read_batch_rows=2000"]),
+], ids=["mtl", "grade", "integrated_rl", "grade_gaussian", "grade_streamed"])
 def test_two_processes_match_one(tmp_path: Path, world_log: Path, trainer: str, extra: list[str]):
     """MTL: 2 data lanes in both runs (the 1-process run plays both lanes); GRADE: Stage 1
     (LambdaLoss) then Stage 2 (GRPO); IntegratedRL: critics and actor."""

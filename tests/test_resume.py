@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 from jobs import ROOT, job_cmd, job_env, run_inline, run_job
 
+STREAMED = ["--set", "data.shuffle_buffer_requests=200", "--set", "data.read_batch_rows=1000"]
 # trainer, extra args, checkpoint every N steps, kill after the K-th checkpoint (where that is)
 CASES = {
     "mtl": (["--batch", "256", "--epochs", "2"], 7, 2),  # mid epoch 1 (replays its shuffle)
     "ltr": (["--epochs", "2"], 3, 1),  # Stage 1, mid epoch 0
     "grade": (["--epochs", "1", "--steps", "6"], 3, 3),  # Stage 2, after step 3
+    # streamed in buffers of 200 requests: the resumed position lies past the first buffer
+    "grade_streamed_s1": (["--epochs", "2", "--steps", "2", *STREAMED], 3, 7),  # Stage 1 epoch 1, batch 5
+    "grade_streamed_s2": (["--epochs", "1", "--steps", "6", *STREAMED], 3, 7),  # Stage 2, after step 3
     "integrated_rl": (["--steps", "6"], 4, 3),  # round 1, mid round
 }
 
@@ -24,7 +28,7 @@ CASES = {
 @pytest.mark.parametrize("trainer", list(CASES))
 def test_kill_9_and_resume_matches_uninterrupted(tmp_path: Path, world_log: Path, trainer: str):
     extra, every, kill_after = CASES[trainer]
-    common = ["--trainer", trainer, "--data", str(world_log / "logs"), *extra]
+    common = ["--trainer", trainer.split("_streamed")[0], "--data", str(world_log / "logs"), *extra]
     clean = run_inline([*common, "--out", str(tmp_path / "clean")])
 
     out = tmp_path / "killed"

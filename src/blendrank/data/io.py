@@ -157,17 +157,24 @@ def iter_record_batches(
     dealt round-robin when there are at least ``count`` of them (each part reads only its own
     row groups), else the record batches are (each part decodes the whole file)."""
     files = [Path(p) for p in path] if isinstance(path, (list, tuple)) else parquet_files(path)
-    opened = [(p, _open_parquet(p, columns)) for p in files]
+    # Check every file first (columns, row groups) but hold no reader: an open ParquetFile keeps
+    # the buffers of what it read (~ a row group per column) until it is dropped, so a
+    # reader open per file would grow memory with the number of files read.
+    n_groups = [_open_parquet(p, columns).num_row_groups for p in files]
     if part is not None and not 0 <= part[0] < part[1]:
         raise ValueError(f"part {part}: need 0 <= index < count")
     index, count = part if part is not None else (0, 1)
-    groups = [(p, pf, g) for p, pf in opened for g in range(pf.num_row_groups)]
+    groups = [(p, g) for p, n in zip(files, n_groups) for g in range(n)]
     by_group = count > 1 and len(groups) >= count
-    units = groups[index::count] if by_group else [(p, pf, None) for p, pf in opened]
+    units = groups[index::count] if by_group else [(p, None) for p in files]
     cols = list(columns) if columns is not None else None
     seen = 0
-    for path_, pf, group in units:
+    pf, pf_path = None, None
+    for path_, group in units:
         try:
+            if pf_path != path_:  # units come file by file: one reader at a time
+                pf = None  # drop the previous reader before opening the next
+                pf, pf_path = _open_parquet(path_, None), path_
             batches = pf.iter_batches(batch_size=batch_size, columns=cols,
                                       row_groups=None if group is None else [group])
             for rb in batches:

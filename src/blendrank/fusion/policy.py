@@ -70,11 +70,16 @@ class DirichletPolicy(nn.Module):
         nn.init.zeros_(self.mean_head.bias)
 
     # ------------------------------------------------------------------ heads
-    @torch.no_grad()
     def set_stats_normalizer(self, stats: Tensor) -> None:
         """Store the mean and std of training list statistics ``[N, n_stats]``."""
-        self.stats_mean.copy_(stats.mean(0))
-        self.stats_std.copy_(stats.std(0).clamp_min(1e-3))
+        self.set_stats_moments(stats.mean(0), stats.std(0))
+
+    @torch.no_grad()
+    def set_stats_moments(self, mean: Tensor, std: Tensor) -> None:
+        """Store the mean and std ``[n_stats]`` of the training list statistics (e.g. from a
+        streaming pass); the std is floored at 1e-3."""
+        self.stats_mean.copy_(mean)
+        self.stats_std.copy_(std.clamp_min(1e-3))
 
     def heads(self, cat: Tensor, num: Tensor, stats: Tensor) -> tuple[Tensor, Tensor]:
         """Mean logits ``z [B, K]`` and concentration ``κ [B]`` from user/context features

@@ -178,6 +178,12 @@ def fit_position_bias(
     Raises:
         ValueError: when position 1 has no click (nothing to normalise by).
     """
+    return position_bias_from_counts(*position_click_counts(position, clicks, mask, max_pos), min_exam=min_exam)
+
+
+def position_click_counts(position: Tensor, clicks: Tensor, mask: Tensor | None, max_pos: int) -> tuple[Tensor, Tensor]:
+    """Impressions and clicks per position ``1..max_pos`` (``([P], [P])`` float64; arguments as
+    :func:`fit_position_bias`). Counts of several parts of a log add up (streamed logs)."""
     pos = torch.nan_to_num(position.to(torch.float64), nan=0.0)
     use = (pos >= 1) & (pos <= max_pos)
     if mask is not None:
@@ -186,6 +192,12 @@ def fit_position_bias(
     clk = (clicks[use] > 0).to(torch.float64)
     shows = torch.zeros(max_pos, dtype=torch.float64).index_add_(0, idx, torch.ones_like(clk))
     hits = torch.zeros(max_pos, dtype=torch.float64).index_add_(0, idx, clk)
+    return shows, hits
+
+
+def position_bias_from_counts(shows: Tensor, hits: Tensor, *, min_exam: float = 1e-3) -> Tensor:
+    """:func:`fit_position_bias` from :func:`position_click_counts` (``[P]`` propensities)."""
+    max_pos = len(shows)
     has = shows > 0
     rate = hits / shows.clamp_min(1.0)
     if not bool(has[0]) or float(rate[0]) <= 0:

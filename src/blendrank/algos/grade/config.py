@@ -66,6 +66,17 @@ class GRPOConfig(BaseConfig):
                              "the cycle stopped, the average settles near the constrained optimum.")
 
 
+class RequestDataConfig(BaseConfig):
+    """How training requests are read: streamed from the log in bounded buffers (docs/scaling.md)."""
+
+    read_batch_rows: int = Field(16_384, ge=1, description="Rows per Parquet record batch read from disk (and "
+                                 "per built chunk); feature kinds are inferred from the first batch.")
+    shuffle_buffer_requests: int = Field(8192, ge=1, description="Requests built into tensors and shuffled together: "
+                                         "Stage 1 epochs and Stage 2 passes visit the log buffer by buffer, each buffer "
+                                         "in a seeded random order, so memory is bounded by this, not by the log. A log "
+                                         "with at most this many requests is built once and kept.")
+
+
 class GRADEConfig(BaseConfig):
     """Everything GRADE needs; `blendrank train --method grade --set stage2.beta=0 …`."""
 
@@ -74,6 +85,7 @@ class GRADEConfig(BaseConfig):
     stage1: LTRConfig = Field(default_factory=LTRConfig, description="Stage 1 (LambdaLoss initialisation).")
     stage2: GRPOConfig = Field(default_factory=GRPOConfig, description="Stage 2 (GRPO).")
     reward: CompositeRewardConfig = Field(default_factory=CompositeRewardConfig, description="Composite reward.")
+    data: RequestDataConfig = Field(default_factory=RequestDataConfig, description="Reading the training requests.")
     log_every: int = Field(10, ge=1, description="Log diagnostics every N Stage-2 steps.")
 
 

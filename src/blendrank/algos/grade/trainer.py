@@ -23,7 +23,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blendrank import distributed as dist
 from blendrank.algos.grade.config import GRADEConfig
-from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
+from blendrank.algos.grade.data import (
+    FusionSpec,
+    RequestBatch,
+    RequestLog,
+    batches_of,
+    build_batch,
+    shuffled_requests,
+)
 from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the stages)
     Checkpointer,
     NonFiniteError,  # noqa: F401
@@ -38,7 +45,7 @@ from blendrank.fusion.formulas import fuse, position_discount, top_k
 from blendrank.fusion.policy import DirichletPolicy
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
-from blendrank.rewards.components import fit_position_bias, guardrail_margins
+from blendrank.rewards.components import guardrail_margins, position_bias_from_counts
 from blendrank.rewards.composite import composite_reward
 
 
@@ -181,58 +188,65 @@ def _informative(labels: dict[str, torch.Tensor], mask: torch.Tensor, names: lis
 
 
 # ---------------------------------------------------------------------------------- Stage 1
-def train_stage1(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig,
+def _requests(data: RequestLog | RequestBatch) -> RequestLog:
+    return data if isinstance(data, RequestLog) else RequestLog.from_batch(data)
+
+
+def train_stage1(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: GRADEConfig,
                  log: Callable[[dict[str, Any]], None], run: TrainingRun | None = None) -> None:
     """Fit the policy's mean weights so the fused ranking of logged candidates orders the
     observed feedback well (multi-objective LambdaLoss).
 
-    Under ``torchrun`` every rank draws the same permutation, keeps the shard
-    ``batch[rank::world_size]`` of each batch, and DDP averages the gradients; the loss is
-    normalised by the *global* number of informative requests per objective, so the averaged
-    gradient is the 1-process gradient of the same batch."""
+    Epoch ``e`` is pass ``e`` of :func:`~blendrank.algos.grade.data.shuffled_requests` (the
+    log streamed buffer by buffer, each buffer shuffled), cut into batches. Under ``torchrun``
+    every rank streams the same global batches, keeps the shard ``batch[rank::world_size]``,
+    and DDP averages the gradients; the loss is normalised by the *global* number of
+    informative requests per objective, so the averaged gradient is the 1-process gradient of
+    the same batch."""
     run = run or TrainingRun()
     s1 = cfg.stage1
+    data = _requests(data)
+    summary = data.summary(cfg.reward.k)
     lam = s1.objective_weights or cfg.reward.post_objective_weights
-    lam = {o: w for o, w in lam.items() if o in data.labels and w > 0}
+    lam = {o: w for o, w in lam.items() if o in summary.labels and w > 0}
     if not lam:
         raise DataError(f"Stage 1 needs labels for {list(s1.objective_weights or cfg.reward.post_objective_weights)}; "
-                        f"the data has {list(data.labels)}")
+                        f"the data has {summary.labels}")
     names = list(lam)
     opt = torch.optim.Adam(policy.parameters(), lr=s1.lr)
     model = dist.wrap_ddp(_MeanWeights(policy))
     world = dist.world_size()
-    mask = data.shown if s1.shown_only and data.shown.any() else data.mask
-    step, first_epoch, first_batch, perm, total = 0, 0, 0, None, 0.0
+    shown_only = s1.shown_only and summary.any_shown
+    step, first_epoch, first_batch, total = 0, 0, 0, 0.0
     if (state := run.resumed(1)) is not None:
         policy.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, first_epoch, first_batch = state["step"], state["epoch"], state["batch"]
-        perm, total = state["perm"], state["total"]
+        step, first_epoch, first_batch, total = state["step"], state["epoch"], state["batch"], state["total"]
         set_rng_state(state["rng"])
-    starts = list(range(0, len(data), s1.batch_size))
+    n = data.n_requests
     for epoch in range(first_epoch, s1.epochs):
-        if perm is None or epoch != first_epoch:
-            perm, total, first_batch = torch.randperm(len(data)), 0.0, 0
-        for bi in range(first_batch, len(starts)):
-            idx = perm[starts[bi] : starts[bi] + s1.batch_size]
-            mine = dist.shard(idx)
-            b = data.index(mine)
-            counts = dist.all_reduce_sum(_informative(b.labels, mask[mine], names))
+        if epoch != first_epoch:
+            total, first_batch = 0.0, 0
+        stream = shuffled_requests(data, cfg.seed, 1, start=epoch * n + first_batch * s1.batch_size, passes=epoch + 1)
+        for bi, batch in enumerate(batches_of(stream, s1.batch_size), first_batch):
+            b = batch.index(slice(dist.rank(), None, world)) if world > 1 else batch
+            mask = b.shown if shown_only else b.mask
+            counts = dist.all_reduce_sum(_informative(b.labels, mask, names))
             scores = fuse(b.features, model(b.cat, b.num, b.stats))
             # sum over this shard / global count = this shard's share of the global mean loss
             loss_part = multi_objective_lambda_loss(
-                scores, b.labels, {o: lam[o] / max(float(c), 1.0) for o, c in zip(names, counts)}, mask[mine],
+                scores, b.labels, {o: lam[o] / max(float(c), 1.0) for o, c in zip(names, counts)}, mask,
                 weighting=s1.weighting, k=s1.k, gain=s1.gain, reduction="sum")
             opt.zero_grad()
             (loss_part * world).backward()  # DDP averages over ranks: x world gives the global sum
             loss = dist.all_reduce_sum(loss_part.detach().clone())
             check_finite(loss, policy.parameters(), f"GRADE stage 1 step {step} (epoch {epoch}, batch {bi})")
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(batch)
             step += 1
             if run.due(step):
-                run.save(1, policy, opt, step=step, epoch=epoch, batch=bi + 1, perm=perm, total=total)
-        log({"stage": 1, "epoch": epoch, "lambda_loss": total / len(data)})
+                run.save(1, policy, opt, step=step, epoch=epoch, batch=bi + 1, total=total)
+        log({"stage": 1, "epoch": epoch, "lambda_loss": total / n})
 
 
 # ---------------------------------------------------------------------------------- Stage 2
@@ -246,21 +260,27 @@ def _shown_prefix(scores: torch.Tensor, shown: torch.Tensor, k: int) -> tuple[to
     return scores[..., :s], shown[:, :s]
 
 
-def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
+def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
                  anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
                  probe: Callable[[DirichletPolicy], dict[str, float]] | None = None,
                  run: TrainingRun | None = None) -> None:
     """GRPO: sample G weight vectors per request, re-rank, score, normalise in the group, and
     take ``num_iterations`` clipped steps with a KL penalty to the frozen Stage-1 policy.
 
+    Step ``t`` takes the next ``batch_size`` requests of
+    :func:`~blendrank.algos.grade.data.shuffled_requests` (passes over the log, one after
+    another, each buffer shuffled), so a request is revisited once per pass.
+
     Under ``torchrun`` (an initialised process group, see :mod:`blendrank.distributed`) every
-    rank draws the same global batch of requests and the same actions (same seed), keeps the
-    shard ``idx[rank::world_size]``, scores only that shard, and DDP averages the gradients of
-    the equal shards, so N processes follow the 1-process trajectory."""
+    rank streams the same global batch of requests and draws the same actions (same seed), keeps
+    the shard ``batch[rank::world_size]``, scores only that shard, and DDP averages the gradients
+    of the equal shards, so N processes follow the 1-process trajectory."""
     run = run or TrainingRun()
     s2, rc = cfg.stage2, cfg.reward
     rank, world = dist.rank(), dist.world_size()
-    n_global = min(s2.batch_size, len(data))
+    data = _requests(data)
+    summary = data.summary(rc.k)
+    n_global = min(s2.batch_size, data.n_requests)
     if n_global % world:
         raise DataError(f"stage2 global batch {n_global} must be divisible by the world size {world} "
                         "(set stage2.batch_size to a multiple of it)")
@@ -269,11 +289,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
     for p in ref.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(policy.parameters(), lr=s2.lr)
-    # R_prior reads the MTL predictions; its price terms use price relative to the training median.
-    preds_all = {o: data.inputs[..., j] for j, o in enumerate(spec.objectives)}
-    rel_price = data.price / spec.price_scale
-    exam = fit_position_bias(data.position, data.labels.get("click", next(iter(data.labels.values()))), data.shown,
-                             rc.k) if rc.ips and rc.a_post > 0 else None
+    exam = position_bias_from_counts(summary.shows, summary.clicks) if rc.ips and rc.a_post > 0 else None
     guardrails = rc.active_guardrails
     if guardrails and anchor is None:
         raise DataError("reward.guardrails need the production weights they are measured against: pass anchor= to fit_grade "
@@ -295,19 +311,18 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
         run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers,
                  ema=ema.state_dict() if ema is not None else None)
     objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
+    batches = batches_of(shuffled_requests(data, cfg.seed, 2, start=first_step * n_global, passes=None), n_global)
     for step in range(first_step, s2.steps):
-        idx_all = torch.randint(len(data), (n_global,))
-        idx = idx_all[shard]  # this rank's requests (all of them in a single process)
         t0 = time.perf_counter()
+        ball = next(batches)  # the global batch
         with torch.no_grad():
             if world > 1:  # sample the whole global batch (keeps RNG streams equal), keep the shard
-                ball = data.index(idx_all)
                 z_all, k_all = policy.heads(ball.cat, ball.num, ball.stats)
                 actions = policy.sample(z_all, k_all, s2.num_generations)[shard]
                 z_old, k_old = z_all[shard], k_all[shard]
-                b = data.index(idx)
+                b = ball.index(shard)
             else:
-                b = data.index(idx)
+                b = ball
                 z_old, k_old = policy.heads(b.cat, b.num, b.stats)
                 actions = policy.sample(z_old, k_old, s2.num_generations)  # [N, G, K]
             logp_old = policy.log_prob(z_old, k_old, actions)
@@ -316,15 +331,17 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             scores = fuse(b.features, w)  # [N, G, L]
             page, _ = top_k(scores, b.mask, rc.k)
             page_shown, _ = top_k(*_shown_prefix(scores, b.shown, rc.k), rc.k)
-            preds = {o: p[idx] for o, p in preds_all.items()}
+            # R_prior reads the MTL predictions; its price terms use price relative to the training median.
+            preds = {o: b.inputs[..., j].contiguous() for j, o in enumerate(spec.objectives)}
+            rel_price = b.price / spec.price_scale
             anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
                 rc, page, weights=w, labels=b.labels, mask=b.mask, preds=preds,
-                price=rel_price[idx], position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown,
+                price=rel_price, position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown,
                 anchor_order=anchor_page, guard_multipliers=multipliers)
             if guardrails:  # dual ascent on the margins of what would be served: the mean weights
                 mean_page = top_k(fuse(b.features, policy.mean(z_old).unsqueeze(1)), b.mask, rc.k)[0]
-                margin = guardrail_margins(mean_page, anchor_page, preds, rel_price[idx], guardrails,
+                margin = guardrail_margins(mean_page, anchor_page, preds, rel_price, guardrails,
                                            position_discount(rc.k, rc.prior_discount), price_scale=rc.price_scale,
                                            mask=b.mask).mean((0, 1))
                 margin = dist.all_reduce_mean(margin)
@@ -339,7 +356,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
             loss.backward()  # DDP: equal shards, so the mean of shard gradients = global gradient
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), s2.max_grad_norm)
             check_finite(dist.all_reduce_mean(out.loss.detach().clone()), policy.parameters(),
-                         f"GRADE stage 2 step {step} (iteration {it}, requests {idx_all[:4].tolist()}...)", norm=norm)
+                         f"GRADE stage 2 step {step} (iteration {it}, requests {ball.request_id[:4].tolist()}...)", norm=norm)
             opt.step()
         if ema is not None:
             ema.update_parameters(policy)
@@ -370,12 +387,14 @@ def train_stage2(policy: DirichletPolicy, data: RequestBatch, cfg: GRADEConfig, 
         policy.load_state_dict(ema.module.state_dict())
 
 
-def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = None,
+def fit_grade(train: pa.Table | str | Path, cfg: GRADEConfig, anchor: list[float] | None = None,
               log: Callable[[dict[str, Any]], None] | None = None, spec: FusionSpec | None = None,
               probe: Callable[[DirichletPolicy, FusionSpec, FeatureCenter], dict[str, float]] | None = None,
               checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50,
               resume: bool = True) -> GradePolicy:
-    """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns).
+    """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns): a table,
+    or a Parquet file / directory of shards, which is streamed (never loaded whole; see
+    :class:`~blendrank.algos.grade.data.RequestLog` and ``cfg.data``).
 
     With ``checkpoint_dir``, a checkpoint (:mod:`blendrank.checkpoint`) is written there every
     ``checkpoint_every`` optimiser steps of each stage and at the start of Stage 2; with
@@ -399,14 +418,15 @@ def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = No
         if log and dist.is_main():  # under torchrun only rank 0 reports
             log(row)
 
-    spec = spec or FusionSpec.fit(train)
-    center = fit_policy_features(train)
-    data = build_batch(train, spec, center)
-    if len(data) < 2:
+    data = RequestLog.scan(train, spec, read_batch_rows=cfg.data.read_batch_rows,
+                           buffer_requests=cfg.data.shuffle_buffer_requests)
+    spec, center = data.spec, data.center
+    if data.n_requests < 2:
         raise DataError("GRADE needs at least 2 training requests")
-    policy = make_policy(cfg, list(center.cardinalities.values()), len(center.numeric_names()), data.stats.shape[-1],
-                         data.inputs.shape[-1])
-    policy.set_stats_normalizer(data.stats)
+    summary = data.summary(cfg.reward.k)  # streaming pass: list-statistics moments, position clicks
+    policy = make_policy(cfg, list(center.cardinalities.values()), len(center.numeric_names()),
+                         summary.stats_mean.numel(), len(spec.inputs))
+    policy.set_stats_moments(summary.stats_mean, summary.stats_std)
     anchor_t = None
     if anchor is not None:
         anchor_t = torch.tensor(anchor, dtype=torch.float32)
@@ -421,7 +441,7 @@ def fit_grade(train: pa.Table, cfg: GRADEConfig, anchor: list[float] | None = No
     train_stage2(policy, data, cfg, spec, anchor_t, record,
                  probe=(lambda p: probe(p, spec, center)) if probe else None, run=run)
     secs = time.perf_counter() - t
-    record({"stage": 2, "seconds": secs, "requests_per_s": cfg.stage2.steps * min(cfg.stage2.batch_size, len(data)) / max(secs, 1e-9)})
+    record({"stage": 2, "seconds": secs, "requests_per_s": cfg.stage2.steps * min(cfg.stage2.batch_size, data.n_requests) / max(secs, 1e-9)})
     if ckpt is not None:
         ckpt.clear()
     return GradePolicy(policy, spec, center, cfg, history)
