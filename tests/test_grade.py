@@ -159,3 +159,30 @@ def test_shown_prefix_ranks_the_shown_candidates_as_the_whole_list_does():
                                posterior_reward(full, b.labels, b.shown, weights, k=4))
     shuffled = b.shown.flip(1)  # shown candidates not first: falls back to the whole list
     assert _shown_prefix(scores, shuffled, 4)[0] is scores
+
+
+def test_train_cli_streams_the_train_split_and_checks_it(tmp_path):
+    """On a train/valid/test directory `train --method grade` reads train.parquet in record
+    batches (the same policy as fit_grade on that file) and still rejects contract violations."""
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    table = two_type_log(300)
+    for name in ("train", "valid", "test"):
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    args = ["--set", "stage2.steps=2", "--set", "stage1.epochs=1", "--set", "data.read_batch_rows=500"]
+    r = CliRunner().invoke(app, ["train", "--method", "grade", "--data", str(tmp_path), "--out", str(tmp_path / "g"), *args])
+    assert r.exit_code == 0, r.output
+    assert "trained on 2,400 rows" in " ".join(r.output.split())
+    streamed = GradePolicy.load(tmp_path / "g")
+    batch = streamed.batch(table)
+    direct = fit_grade(tmp_path / "train.parquet", streamed.config, anchor=[0.5, 0.5], spec=streamed.spec)
+    torch.testing.assert_close(streamed.weights(batch), direct.weights(batch))
+
+    bad = table.set_column(table.column_names.index("pred_click"), "pred_click",
+                           pa.array(-table["pred_click"].to_numpy()))
+    pq.write_table(bad, tmp_path / "train.parquet")
+    r = CliRunner().invoke(app, ["train", "--method", "grade", "--data", str(tmp_path), "--out", str(tmp_path / "h"), *args])
+    assert r.exit_code == 1 and "train.parquet" in r.output and "pred_click" in r.output, r.output
+    assert "Traceback" not in r.output

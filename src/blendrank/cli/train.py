@@ -68,17 +68,26 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
     if method not in TRAIN_METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(TRAIN_METHODS)}")
     check_writable_dir(out_dir)
+    import pyarrow.parquet as pq
+
     from blendrank.algos.grade.config import GRADEConfig
     from blendrank.algos.integrated_rl.config import IntegratedRLConfig
     from blendrank.algos.static_search.config import StaticSearchConfig
     from blendrank.config import load_config
     from blendrank.data.contract import objectives_of
-    from blendrank.eval.offline_bench import LogBenchConfig, load_splits, production_setup
+    from blendrank.eval.offline_bench import SPLITS, LogBenchConfig, load_splits, production_setup
 
     # Validate the config before touching data, so a typo fails fast.
     cfg_type = {"static_search": StaticSearchConfig, "integrated_rl": IntegratedRLConfig}.get(method, GRADEConfig)
     load_config(cfg_type, config, overrides)
-    splits = load_splits(data, mapping, LogBenchConfig())
+    train_file = _streamed_train_file(data, mapping) if method in ("grade", "ltr") else None
+    if train_file is not None:  # GRADE streams train.parquet; the other splits are not read
+        from blendrank.algos.grade.data import validate_log_stream
+
+        validate_log_stream(train_file)
+        splits = {s: pq.read_schema(data / f"{s}.parquet").empty_table() for s in SPLITS}
+    else:
+        splits = load_splits(data, mapping, LogBenchConfig())
     cols = splits["train"].column_names
     if not any(f"pred_{o}" in cols for o in objectives_of(cols)):
         fail(f"{data}: no pred_<objective> columns to fuse; add predictions first "
@@ -115,7 +124,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
     cfg = load_config(GRADEConfig, config, overrides, base=base)
     with progress_bar() as bar:  # fit_grade reports to rank 0 only
         task = bar.add_task(f"{method}", total=cfg.stage1.epochs + cfg.stage2.steps)
-        pol = fit_grade(splits["train"], cfg, anchor=prod.tolist(), spec=FusionSpec(objectives=objectives),
+        pol = fit_grade(train_file or splits["train"], cfg, anchor=prod.tolist(), spec=FusionSpec(objectives=objectives),
                         log=lambda row: bar.update(task, completed=row.get("epoch", -1) + 1 if row.get("stage") == 1
                                                    else cfg.stage1.epochs + row.get("step", cfg.stage2.steps) + 1),
                         checkpoint_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume)
@@ -123,9 +132,20 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
         return
     pol.save(out_dir)
     last = [r for r in pol.history if "step" in r]
-    out.print(f"{method}: trained on {splits['train'].num_rows:,} rows; "
+    n_rows = pq.ParquetFile(train_file).metadata.num_rows if train_file is not None else splits["train"].num_rows
+    out.print(f"{method}: trained on {n_rows:,} rows; "
               + (f"final reward {last[-1]['reward']:.4f}, KL {last[-1]['kl']:.3f}; " if last else "")
               + f"policy -> {out_dir} (history.jsonl has every logged step)")
+
+
+def _streamed_train_file(data: Path, mapping: Path | None) -> Path | None:
+    """``train.parquet`` of a split directory (train/valid/test) without a column mapping: GRADE
+    reads it in record batches, so the log is never loaded whole."""
+    from blendrank.eval.offline_bench import SPLITS
+
+    if mapping is None and data.is_dir() and all((data / f"{s}.parquet").is_file() for s in SPLITS):
+        return data / "train.parquet"
+    return None
 
 
 def _train_integrated_rl(splits: dict, objectives: list[str], prod: Any, lam: Any, out_dir: Path, cfg: Any,

@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import Tensor
 
 from blendrank.config import BaseConfig
-from blendrank.data.contract import objectives_of
+from blendrank.data.contract import format_violations, objectives_of, validate_table
 from blendrank.data.io import PARQUET_SUFFIXES, iter_record_batches, parquet_files
 from blendrank.data.slates import to_slates
 from blendrank.errors import DataError
@@ -217,6 +217,16 @@ def _column_names(source: Source) -> list[str]:
         return list(pq.read_schema(source[0]).names)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{source[0]}: not a Parquet file or truncated ({exc}); re-export it") from None
+
+
+def validate_log_stream(path: str | Path, read_batch_rows: int = 16_384) -> None:
+    """Check a Parquet log against the data contract chunk by chunk of whole requests, never
+    reading it whole; raise :class:`DataError` with the violations of the first bad chunk."""
+    source = _source(path)
+    for t, _ in _request_chunks(source, _column_names(source), read_batch_rows):
+        report = validate_table(t, str(path))
+        if not report.ok:
+            raise DataError(format_violations(report))
 
 
 def _record_batches(source: Source, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
