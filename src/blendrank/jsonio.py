@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,13 @@ def write_json(path: Path, data: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write one JSON object per line (e.g. a training history)."""
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

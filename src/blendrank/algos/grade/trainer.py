@@ -8,7 +8,6 @@ Shapes: ``N`` requests in a step, ``G`` = ``num_generations``, ``L`` candidates,
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -34,6 +33,7 @@ from blendrank.algos.grade.data import (
 from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the stages)
     Checkpointer,
     NonFiniteError,  # noqa: F401
+    atomic_torch_save,
     check_finite,
     fingerprint,
     rng_state,
@@ -43,6 +43,7 @@ from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.formulas import fuse, position_discount, top_k
 from blendrank.fusion.policy import DirichletPolicy
+from blendrank.jsonio import write_jsonl
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
 from blendrank.rewards.components import guardrail_margins, position_bias_from_counts
@@ -71,17 +72,13 @@ class GradePolicy:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "policy.pt.tmp"
-        torch.save({"state_dict": self.policy.state_dict(), "cardinalities": list(self.center.cardinalities.values()),
-                    "n_numeric": len(self.center.numeric_names()), "n_stats": int(self.policy.stats_mean.numel()),
-                    "k": self.policy.k}, tmp)
-        tmp.replace(out / "policy.pt")
+        atomic_torch_save({"state_dict": self.policy.state_dict(), "cardinalities": list(self.center.cardinalities.values()),
+                           "n_numeric": len(self.center.numeric_names()), "n_stats": int(self.policy.stats_mean.numel()),
+                           "k": self.policy.k}, out / "policy.pt")
         self.center.save(out / "feature_center.json")
         (out / "fusion.json").write_text(self.spec.model_dump_json(indent=2))
         (out / "config.json").write_text(self.config.model_dump_json(indent=2))
-        with (out / "history.jsonl").open("w") as f:
-            for row in self.history:
-                f.write(json.dumps(row) + "\n")
+        write_jsonl(out / "history.jsonl", self.history)
         return out
 
     @classmethod

@@ -38,6 +38,7 @@ from blendrank.algos.integrated_rl.rollout import Transitions, action_box, produ
 from blendrank.algos.integrated_rl.trainer import Learner, _to_torch, step_trace, tail_mean
 from blendrank.checkpoint import (
     Checkpointer,
+    atomic_torch_save,
     fingerprint,
     generator_state,
     rng_state,
@@ -47,6 +48,7 @@ from blendrank.checkpoint import (
 from blendrank.errors import DataError
 from blendrank.eval.metrics import ndcg_at_k
 from blendrank.features.center import FeatureCenter
+from blendrank.jsonio import write_jsonl
 
 POLICY_FILES = ("policy.pt", "feature_center.json", "fusion.json", "config.json", "setup.json")
 
@@ -170,17 +172,13 @@ class LogPolicy:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "policy.pt.tmp"
-        torch.save({"actor": self.actor.state_dict(), "mean": torch.from_numpy(self.mean),
-                    "std": torch.from_numpy(self.std), "hidden": list(self.config.hidden)}, tmp)
-        tmp.replace(out / "policy.pt")
+        atomic_torch_save({"actor": self.actor.state_dict(), "mean": torch.from_numpy(self.mean),
+                           "std": torch.from_numpy(self.std), "hidden": list(self.config.hidden)}, out / "policy.pt")
         self.center.save(out / "feature_center.json")
         (out / "fusion.json").write_text(self.spec.model_dump_json(indent=2))
         (out / "config.json").write_text(self.config.model_dump_json(indent=2))
         (out / "setup.json").write_text(json.dumps(self.setup.__dict__, indent=1))
-        with (out / "history.jsonl").open("w") as f:
-            for row in self.history:
-                f.write(json.dumps(row) + "\n")
+        write_jsonl(out / "history.jsonl", self.history)
         return out
 
     @classmethod
