@@ -10,13 +10,19 @@ Only shown rows are used, like in training. Two views of the held-out rows:
 * **at position 1 vs the truth**: the position-free predictions (what ``mtl predict`` writes and
   what fusion uses) against the world's true examination-1 probabilities (calibration by decile:
   mean prediction vs mean true probability) and against labels drawn from those probabilities
-  (AUC; seeded) — what the position tower is for.
+  (AUC; seeded) — what the position tower is for;
+* **all candidates vs the truth**: the same position-free predictions on *every* candidate of the
+  held-out requests, shown or not (fusion re-ranks all of them): AUC on truth draws, calibration,
+  and the mean within-request Spearman correlation with the true probabilities. A model that
+  ranks the shown rows well can still rank the unshown ones badly, since the logging policy
+  chose what was shown.
 
 Compared: the world's own logged predictor (``pred_*`` in the logs: true logits plus noise and
 per-segment miscalibration), the per-task logistic baseline (no position input), the MMoE on the
 ``f_*`` features, and the MMoE with ``user_id``/``item_id`` embeddings.
 
-    python benchmarks/mtl_world.py [--preset quick] [--requests 20000] [--shards 5] [--deciles]
+    python benchmarks/mtl_world.py [--preset quick] [--world-seed S] [--requests 20000]
+        [--shards 5] [--deciles] [--set position_dropout=0.5]
 """
 
 from __future__ import annotations
@@ -57,6 +63,21 @@ def truth(world: MarketplaceWorld, table: pa.Table) -> dict[str, np.ndarray]:
     return {"click": t.click[:, 0], "order": t.click[:, 0] * t.order[:, 0]}
 
 
+def rank_corr(request: np.ndarray, pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean over requests of the Spearman correlation between ``pred`` and ``target`` among the
+    request's rows (every request must have the same number of rows; ties broken by order)."""
+    order = np.argsort(request, kind="stable")
+    n_req = len(np.unique(request))
+    p = pred[order].reshape(n_req, -1)
+    t = target[order].reshape(n_req, -1)
+    rp = p.argsort(1).argsort(1).astype(np.float64)
+    rt = t.argsort(1).argsort(1).astype(np.float64)
+    rp -= rp.mean(1, keepdims=True)
+    rt -= rt.mean(1, keepdims=True)
+    den = np.sqrt((rp**2).sum(1) * (rt**2).sum(1))
+    return float(np.mean((rp * rt).sum(1) / np.where(den > 0, den, 1.0)))
+
+
 def deciles(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Mean prediction and mean target per prediction decile, and the expected calibration error
     (mean |pred - target| over the deciles, weighted by size)."""
@@ -76,6 +97,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--shards", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="MTL seed")
+    ap.add_argument("--world-seed", type=int, default=None, help="world seed (default: the preset's)")
     ap.add_argument("--deciles", action="store_true", help="print the decile tables")
     ap.add_argument("--out", default=None, help="keep the generated world here (reused)")
     ap.add_argument("--set", action="append", default=[], help="MTLConfig overrides (both MMoEs)")
@@ -83,6 +105,8 @@ def main() -> None:
 
     root = Path(args.out or tempfile.mkdtemp(prefix="mtl_world_"))
     cfg = world_config(args.preset)
+    if args.world_seed is not None:
+        cfg = cfg.model_copy(update={"seed": args.world_seed})
     t0 = time.perf_counter()
     if not (root / "world.json").is_file():
         generate_world(
@@ -95,24 +119,28 @@ def main() -> None:
     files = parquet_files(root / "logs")
     train = Source("train", tuple(files[:-2]))
     valid = Source("valid", (files[-2],))
-    held = pq.read_table(files[-1])
-    held = held.filter(pc.is_valid(held["position"]))
+    held_all = pq.read_table(files[-1])
+    held = held_all.filter(pc.is_valid(held_all["position"]))
     n_train = sum(b.num_rows for b in train.batches(["position"]))
     true = truth(world, held)
     rng = np.random.default_rng(12345)
     drawn = {k: (rng.random(len(v)) < v).astype(int) for k, v in true.items()}
+    true_all = truth(world, held_all)
+    drawn_all = {k: (rng.random(len(v)) < v).astype(int) for k, v in true_all.items()}
+    request_all = held_all["request_id"].to_numpy()
     objectives = world.objectives
 
     rows = {}
     rows["logged predictor (world)"] = {
         "as_logged": {o: held[f"pred_{o}"].to_numpy() for o in objectives},
         "pos1": {o: held[f"pred_{o}"].to_numpy() for o in objectives},
+        "all": {o: held_all[f"pred_{o}"].to_numpy() for o in objectives},
     }
     t0 = time.perf_counter()
     lr = fit_logistic(pa.Table.from_batches(list(train.batches())), None, LogisticConfig())
     lr_s = time.perf_counter() - t0
     p = lr.predict(held)
-    rows["logistic (per task)"] = {"as_logged": p, "pos1": p}
+    rows["logistic (per task)"] = {"as_logged": p, "pos1": p, "all": lr.predict(held_all)}
     timing = {"logistic": (lr_s, None)}
     for name, extra in (
         ("MMoE (f_* features)", {}),
@@ -127,7 +155,7 @@ def main() -> None:
         t0 = time.perf_counter()
         pos1 = m.predict(held)
         pred_s = time.perf_counter() - t0
-        rows[name] = {"as_logged": m.predict(held, position=True), "pos1": pos1}
+        rows[name] = {"as_logged": m.predict(held, position=True), "pos1": pos1, "all": m.predict(held_all)}
         timing[name] = (fit_s, m.training, len(held) / pred_s)
 
     print(
@@ -157,6 +185,25 @@ def main() -> None:
             ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     oracle = " | ".join(f"- | - | {roc_auc_score(drawn[o], true[o]):.4f} | 0" for o in objectives)
+    print(f"| truth (ceiling) | {oracle} |")
+
+    print()
+    print(f"All {len(held_all):,} held-out candidates (shown or not), position-free predictions vs the truth:")
+    print()
+    print("| predictor | " + " | ".join(
+        f"{o} AUC (truth draws) | {o} ECE | {o} within-request rank corr" for o in objectives) + " |")
+    print("|---|" + "---:|" * (3 * len(objectives)))
+    for name, r in rows.items():
+        cells = []
+        for o in objectives:
+            c = r["all"][o].astype(np.float64)
+            cells += [
+                f"{roc_auc_score(drawn_all[o], c):.4f}",
+                f"{deciles(c, true_all[o])[2]:.4f}",
+                f"{rank_corr(request_all, c, true_all[o]):.3f}",
+            ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    oracle = " | ".join(f"{roc_auc_score(drawn_all[o], true_all[o]):.4f} | 0 | 1" for o in objectives)
     print(f"| truth (ceiling) | {oracle} |")
 
     print()

@@ -183,3 +183,13 @@ def test_world_bench_reports_the_session_ab(tmp_path):
     assert lift["ci95"][0] <= lift["rel"] <= lift["ci95"][1]
     with pytest.raises(Exception, match="session.enabled"):
         small_bench(tmp_path / "x", methods=["production"], session_requests=10)
+
+
+def test_bench_mtl_defaults_survive_partial_overrides() -> None:
+    from blendrank.config import apply_overrides
+    from blendrank.eval.bench import BENCH_MTL_DEFAULTS, BenchConfig
+
+    assert BenchConfig().mtl.position_dropout == BENCH_MTL_DEFAULTS["position_dropout"] > 0
+    partial = BenchConfig.model_validate(apply_overrides({}, ["mtl.epochs=3"]))
+    assert partial.mtl.epochs == 3 and partial.mtl.position_dropout == BENCH_MTL_DEFAULTS["position_dropout"]
+    assert BenchConfig.model_validate(apply_overrides({}, ["mtl.position_dropout=0"])).mtl.position_dropout == 0

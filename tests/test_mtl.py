@@ -451,3 +451,17 @@ def test_examination_mode_multiplies_the_probability() -> None:
     assert torch.allclose(sums[1], bce(p_order, labels[:, 1], reduction="sum"), rtol=1e-4)
     out = net.outputs(raw, off)
     assert torch.allclose(out[:, 0], p_click) and torch.allclose(out[:, 1], p_order)
+
+
+def test_position_dropout_hides_positions_in_training_only(train_log: pa.Table, test_log: pa.Table) -> None:
+    base = fit_mtl(train_log, test_log, MTLConfig(**FAST), progress=False)
+    hidden = fit_mtl(train_log, test_log, MTLConfig(**FAST, position_dropout=0.5), progress=False)
+    bias_base, bias_hidden = base.model.position_bias, hidden.model.position_bias
+    assert bias_base is not None and bias_hidden is not None
+    # Same seed and data: only the hidden positions differ, and the tower still learns from the rest.
+    assert not torch.equal(bias_base, bias_hidden)
+    assert float(bias_hidden.detach().abs().max()) > 0.0
+    p = hidden.predict(test_log)["click"]
+    assert np.isfinite(p).all() and not np.allclose(p, base.predict(test_log)["click"])
+    with pytest.raises(ValueError):
+        MTLConfig(position_dropout=1.0)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from blendrank.algos.grade.config import VARIANTS, GRADEConfig
 from blendrank.algos.grade.data import FusionSpec, build_batch
@@ -55,6 +55,12 @@ GUARDED = {"ctr": ("clicks", None), "cvr": ("orders", "clicks"), "opm": ("orders
 PRIOR_TERM = {"clicks": "click", "orders": "order", "gmv": "order*price"}
 
 
+# The worlds' logging policy ranks on taste the features cannot see, so the MTL position tower
+# absorbs part of it; hiding half the positions in training keeps it in the towers, which rank
+# the unshown candidates fusion re-ranks better (benchmarks/mtl_world.py, docs/benchmarks.md).
+BENCH_MTL_DEFAULTS: dict[str, Any] = {"position_dropout": 0.5}
+
+
 class BenchConfig(BaseConfig):
     """A world bench: which world, which methods, how many requests."""
 
@@ -76,7 +82,9 @@ class BenchConfig(BaseConfig):
     predictor: Literal["world", "mtl"] = Field(
         "mtl", description="Predictions every arm fuses (but true_score): an MTL model trained on the logs (the "
         "deployed model), or the world's simulated deployed predictor (true logits + noise; faster).")
-    mtl: MTLConfig = Field(default_factory=MTLConfig, description="MTL model settings when predictor=mtl.")
+    mtl: MTLConfig = Field(default_factory=lambda: MTLConfig(**BENCH_MTL_DEFAULTS),
+                           description="MTL model settings when predictor=mtl (bench defaults: "
+                           "position_dropout=0.5, see docs/evaluation.md; --set mtl.position_dropout=0 undoes it).")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
     session_requests: int = Field(0, ge=0, description="Sessions per arm of the session-level A/B (whole sessions of the "
                                   "same users under each arm; needs world_overrides session.enabled=true; 0 = off). "
@@ -87,6 +95,12 @@ class BenchConfig(BaseConfig):
         "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
         "GRADE enforces them on its predicted pages (reward.guardrails); segment_oracle keeps them within each segment. "
         "The per-request oracle and true_score stay unconstrained.")
+    @field_validator("mtl", mode="before")
+    @classmethod
+    def _bench_mtl_defaults(cls, value: Any) -> Any:
+        # `--set mtl.epochs=3` gives a partial dict: keep the bench defaults under it.
+        return {**BENCH_MTL_DEFAULTS, **value} if isinstance(value, dict) else value
+
     eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
     valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
 

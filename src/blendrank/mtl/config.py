@@ -81,6 +81,16 @@ class MTLConfig(BaseConfig):
         description="Objectives that get the position effect (those absent from the data are "
         "ignored). Through ESMM it also reaches their children (pCTCVR).",
     )
+    position_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Training only: hide each row's position (as if unknown, no position "
+        "effect) with this probability. When the logging policy ranked on taste the features "
+        "cannot see, the position tower otherwise soaks up that taste as 'position effect' and "
+        "the towers learn less of it; hiding the position on some rows makes them learn it. "
+        "0 keeps every position.",
+    )
     max_position: int = Field(
         default=20,
         ge=2,

@@ -663,6 +663,9 @@ def fit_mtl(
                         if b is not None and config.oov_dropout:
                             keep = torch.rand(b.categorical.shape, generator=generators[j]) >= config.oov_dropout
                             b.categorical = b.categorical * keep
+                        if b is not None and b.position is not None and config.position_dropout:
+                            hide = torch.rand(b.position.shape, generator=generators[j]) < config.position_dropout
+                            b.position = b.position.masked_fill(hide, 0)
                         if b is not None:
                             parts.append(b)
                     # Every rank must take the same number of steps: stop when all lanes are dry;
