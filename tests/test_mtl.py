@@ -465,3 +465,16 @@ def test_position_dropout_hides_positions_in_training_only(train_log: pa.Table, 
     assert np.isfinite(p).all() and not np.allclose(p, base.predict(test_log)["click"])
     with pytest.raises(ValueError):
         MTLConfig(position_dropout=1.0)
+
+
+@pytest.mark.parametrize("mode", ["logit", "examination"])
+def test_hidden_positions_share_one_learned_effect(mode: str) -> None:
+    net = MTLNetwork(_spec(position_mode=mode))
+    assert net.position_bias is not None
+    with torch.no_grad():
+        net.position_bias.copy_(torch.arange(net.position_bias.numel(), dtype=torch.float32).view_as(net.position_bias) - 3.0)
+    effect = net.position_effect(torch.tensor([-1, 0, 1, 2, 3]))
+    assert torch.all(effect[1:3] == 0)  # unknown and position 1: no effect
+    assert torch.all(effect[0] != 0) and torch.all(effect[0] != effect[3])  # hidden: row 0's own effect
+    expected = net.position_bias[0] if mode == "logit" else -torch.nn.functional.softplus(net.position_bias[0])
+    assert torch.allclose(effect[0], expected)

@@ -85,10 +85,11 @@ class MTLConfig(BaseConfig):
         default=0.0,
         ge=0.0,
         lt=1.0,
-        description="Training only: hide each row's position (as if unknown, no position "
-        "effect) with this probability. When the logging policy ranked on taste the features "
-        "cannot see, the position tower otherwise soaks up that taste as 'position effect' and "
-        "the towers learn less of it; hiding the position on some rows makes them learn it. "
+        description="Training only: hide each row's position with this probability; hidden "
+        "rows share one learned 'some position' effect (the mean level, not the rank). When "
+        "the logging policy ranked on taste the features cannot see, the position tower "
+        "otherwise soaks up that taste as position effect and the towers learn less of it; on "
+        "hidden rows they must learn it, which ranks the candidates never shown better. "
         "0 keeps every position.",
     )
     max_position: int = Field(

@@ -533,9 +533,10 @@ class Encoder:
         if not self.use_position or POSITION not in table.schema.names:
             return None
         col = pc.fill_null(table.column(POSITION).cast(pa.int64()), 0)
+        # >= 0: negative codes are reserved for positions hidden in training (position_dropout).
         return torch.from_numpy(
             np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64).copy()
-        )
+        ).clamp_min_(0)
 
     def encode(self, table: pa.Table | pa.RecordBatch) -> EncodedBatch:
         cat, num = self.features(table)

@@ -28,7 +28,8 @@ holds bit-for-bit. Its log-loss is computed in log space (``log p = logsigmoid(a
 logsigmoid(b)``), so tiny products do not underflow.
 
 Position tower. Learned per-position parameters (position 1 fixed as the reference, positions
-above ``max_position`` share the last bucket, null/unknown positions have no effect) enter the
+above ``max_position`` share the last bucket, null/unknown positions have no effect, positions
+hidden by ``position_dropout`` share one learned "some position" bucket) enter the
 position tasks during training only; at inference they are omitted, i.e. every prediction is "as
 if shown at position 1". Two forms (``position_mode``):
 
@@ -464,13 +465,16 @@ class MTLNetwork(nn.Module):
     def position_effect(self, position: Tensor) -> Tensor:
         """``[N, n_position_tasks]``: the logit bias (``logit`` mode) or the log examination
         factor ``-softplus(theta)`` (``examination`` mode); 0 at position 1 and for unknown
-        positions (<= 0)."""
+        positions (0). A *hidden* position (-1, training's ``position_dropout``) gets the
+        learned effect of row 0, an average over the positions, so hiding a row's position
+        takes away what the position explains within a request but not the mean level."""
         assert self.position_bias is not None
-        idx = position.clamp(0, self.spec.max_position)
+        idx = position.clamp(0, self.spec.max_position)  # hidden (-1) reads row 0
         value = self.position_bias[idx]
         if self.spec.position_mode == "examination":
             value = -nn.functional.softplus(value)
-        return value * (idx >= 2).unsqueeze(-1).to(value.dtype)
+        active = (idx >= 2) | (position < 0)
+        return value * active.unsqueeze(-1).to(value.dtype)
 
     def outputs(self, raw: Tensor, log_offset: Tensor | None = None) -> Tensor:
         """Predictions ``[N, T]`` from raw outputs: probabilities for binary tasks, the ESMM

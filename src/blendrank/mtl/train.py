@@ -665,7 +665,7 @@ def fit_mtl(
                             b.categorical = b.categorical * keep
                         if b is not None and b.position is not None and config.position_dropout:
                             hide = torch.rand(b.position.shape, generator=generators[j]) < config.position_dropout
-                            b.position = b.position.masked_fill(hide, 0)
+                            b.position = b.position.masked_fill(hide & (b.position > 0), -1)  # -1 = hidden (models.py)
                         if b is not None:
                             parts.append(b)
                     # Every rank must take the same number of steps: stop when all lanes are dry;
