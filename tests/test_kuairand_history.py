@@ -260,3 +260,18 @@ def test_build_kuairand_history_ignores_the_rows_own_day(tmp_path: Path) -> None
     assert not a["label_click"].equals(b["label_click"])
     for name in HISTORY_FEATURES:
         assert a[name].equals(b[name]), name
+
+
+def test_cli_history_flag(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    result = CliRunner().invoke(
+        app, ["data", "kuairand", "--out", str(tmp_path), "--history", "--min-items", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load((tmp_path / "features.yaml").read_text())["features"]
+    assert [s["name"] for s in spec][-len(HISTORY_FEATURES) :] == list(HISTORY_FEATURES)
+    test = pq.read_table(tmp_path / "test.parquet", columns=["f_hist_user_n"])
+    assert test.num_rows == 42_251 and pc.max(test["f_hist_user_n"]).as_py() > 0
