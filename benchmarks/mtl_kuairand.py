@@ -13,12 +13,19 @@ of the GAUC difference (``--ci-unit user``: over users, each resampled with all 
 impressions; a pointwise model does not need long lists). The validation table is what the
 MMoE settings were chosen on; the test table was not looked at for any choice.
 
+``--train-min-items 1`` also keeps single-video user-days (about 150k impressions): pointwise
+training can use them; evaluation always uses the standard >= 5-video splits.
+
+``--history on`` builds every split with ``build_kuairand(..., history=True)``: the 21
+``f_hist_*`` user / video / author / user × tag / user × author history features, computed from
+strictly earlier days only (docs/kuairand.md), given to *both* models.
+
 ``--ids user_id,item_id`` adds the ids as categorical features ``f_user_id`` / ``f_item_id`` to
 *both* models (MMoE: an embedding and a wide weight per id seen ``--id-min-count`` times in
 training, the rest share the OOV row; logistic: one weight per id); the logistic model still
 sees exactly the MMoE's feature set.
 
-    python benchmarks/mtl_kuairand.py [--train-min-items 5] [--seeds 0,1,2] [--ids user_id,item_id] [--set key=value …]
+    python benchmarks/mtl_kuairand.py [--train-min-items 5] [--history on|off] [--seeds 0,1,2] [--ids user_id,item_id] [--set key=value …]
 """
 
 from __future__ import annotations
@@ -118,16 +125,19 @@ def main() -> None:
     ap.add_argument("--ci-unit", default="request", choices=["request", "user"],
                     help="paired bootstrap over requests (user-days) or over users (all their requests together)")
     ap.add_argument("--ids", default="", help="comma-separated id columns given to both models as features")
+    ap.add_argument("--history", default="off", choices=["on", "off"],
+                    help="f_hist_* user-history features (earlier days only) for both models")
     ap.add_argument("--id-min-count", type=int, default=3, help="MMoE: ids seen fewer times share the OOV row")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mtl_kuairand_"))
     std = tmp / "std"
-    build_kuairand(std, min_items=5)
+    history = args.history == "on"
+    build_kuairand(std, min_items=5, history=history)
     train_dir = std
     if args.train_min_items != 5:
         train_dir = tmp / f"min{args.train_min_items}"
-        build_kuairand(train_dir, min_items=args.train_min_items)
+        build_kuairand(train_dir, min_items=args.train_min_items, history=history)
     ids = [c for c in args.ids.split(",") if c]
     features = schema_with_ids(std / "features.yaml", ids, args.id_min_count) if ids else std / "features.yaml"
     schema = load_schema(features)
@@ -161,7 +171,8 @@ def main() -> None:
     print(
         f"KuaiRand, training rows: pseudo-requests with >= {args.train_min_items} videos on "
         f"04-25…05-03 ({n_train:,} impressions); {args.model} settings {overrides} "
-        f"{args.set or ''}; seeds {seeds}; id features {ids or 'none'}"
+        f"{args.set or ''}; seeds {seeds}; id features {ids or 'none'}; history {args.history} "
+        f"({len(schema.features)} features)"
     )
     print(
         f"logistic fit {lr_seconds:.1f}s; {args.model} fit "

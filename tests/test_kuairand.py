@@ -260,8 +260,8 @@ def test_duplicate_rule_positions_and_fills(raw: dict[str, pa.Table], tmp_path: 
 
 
 def test_bad_arguments_are_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="at least 2"):
-        build_kuairand(tmp_path, min_items=1)
+    with pytest.raises(DataError, match="at least 1"):
+        build_kuairand(tmp_path, min_items=0)
     with pytest.raises(DataError, match="overlap"):
         build_kuairand(tmp_path, splits={"a": (20220425, 20220430), "b": (20220430, 20220508)})
     with pytest.raises(DataError, match="not found"):
@@ -280,6 +280,6 @@ def test_cli_kuairand(tmp_path: Path) -> None:
     for name in (*(f"{s}.parquet" for s in SPLIT_NAMES), "summary.json", "production.yaml"):
         assert (tmp_path / name).exists()
 
-    bad = CliRunner().invoke(app, ["data", "kuairand", "--out", str(tmp_path), "--min-items", "1"])
+    bad = CliRunner().invoke(app, ["data", "kuairand", "--out", str(tmp_path), "--min-items", "0"])
     assert bad.exit_code == 1
-    assert "at least 2" in bad.output
+    assert "at least 1" in bad.output

@@ -128,13 +128,22 @@ def validate(
 def kuairand(
     out_dir: Path = typer.Option(..., "--out", help="Output directory for the contract Parquet."),
     min_items: int = typer.Option(
-        5, "--min-items", help="Drop pseudo-requests (user-days) with fewer distinct videos."
+        5,
+        "--min-items",
+        help="Drop pseudo-requests (user-days) with fewer distinct videos; 1 keeps single-video "
+        "days (training data only: evaluation needs >= 2).",
+    ),
+    history: bool = typer.Option(
+        False,
+        "--history/--no-history",
+        help="Add f_hist_* user-history features (counts and smoothed rates from strictly "
+        "earlier days only; docs/kuairand.md).",
     ),
 ) -> None:
     """Convert the vendored KuaiRand-Pure log to contract Parquet (train/valid/test by date)."""
     from blendrank.data.kuairand import build_kuairand, format_summary
 
     check_writable_dir(out_dir)
-    summary = build_kuairand(out_dir, min_items=min_items)
+    summary = build_kuairand(out_dir, min_items=min_items, history=history)
     out.print(format_summary(summary))
     out.print(f"wrote {', '.join(summary['files'])} to {out_dir} (data: KuaiRand, CC BY-SA 4.0)")

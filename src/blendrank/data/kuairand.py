@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from blendrank.data.kuairand_history import HISTORY_FEATURES, PRIOR_STRENGTH, history_features
 from blendrank.errors import DataError
 
 if TYPE_CHECKING:
@@ -176,6 +177,24 @@ def _finish_feature(col: pa.Array, kind: Kind) -> tuple[pa.Array, int, Any]:
     return col.cast(pa.int64()).fill_null(FILL_CATEGORICAL_INT), n_missing, FILL_CATEGORICAL_INT
 
 
+def _history_columns(
+    uid: np.ndarray,
+    vid: np.ndarray,
+    date: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    videos: pa.Table,
+) -> dict[str, np.ndarray]:
+    """:func:`history_features` of merged impressions; a video's author and first tag come from
+    the video table (-1 where missing: no author / tag history is attributed)."""
+    idx = _lookup(vid, videos["video_id"].to_numpy())
+    author = videos["author_id"].take(idx).combine_chunks().cast(pa.int64()).fill_null(-1)
+    tag_col = videos["first_tag"].take(idx).combine_chunks()
+    tag_missing = pc.or_kleene(pc.is_null(tag_col), pc.equal(tag_col, "")).fill_null(True)
+    tag_codes = pc.dictionary_encode(tag_col.fill_null("")).indices.to_numpy(zero_copy_only=False)
+    tag = np.where(tag_missing.to_numpy(zero_copy_only=False), -1, tag_codes).astype(np.int64)
+    return history_features(uid, vid, author.to_numpy(), tag, date, labels)
+
+
 def _merge_runs(
     order: np.ndarray, keys: tuple[np.ndarray, ...], labels: Mapping[str, np.ndarray]
 ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
@@ -257,14 +276,20 @@ def production_yaml(weights: Mapping[str, float] = PRODUCTION_WEIGHTS) -> str:
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
-def features_yaml() -> str:
-    """The feature schema of the ``f_`` columns (Feature Center ``FeatureSchema`` layout)."""
+def features_yaml(history: bool = False) -> str:
+    """The feature schema of the ``f_`` columns (Feature Center ``FeatureSchema`` layout);
+    with ``history``, the ``f_hist_`` columns of :mod:`blendrank.data.kuairand_history` too."""
     specs = []
     for name, f in FEATURES.items():
         spec: dict[str, Any] = {"name": name, "kind": f.kind, "role": f.role}
         if f.kind == "numeric":
             spec["transform"] = f.transform
         specs.append(spec)
+    if history:
+        specs += [
+            {"name": name, "kind": "numeric", "role": h.role, "transform": h.transform}
+            for name, h in HISTORY_FEATURES.items()
+        ]
     header = (
         "# Feature schema of blendrank's KuaiRand conversion (declared, not inferred: several\n"
         "# integer categoricals such as author_id have thousands of values). See docs/kuairand.md.\n"
@@ -278,6 +303,7 @@ def build_kuairand(
     splits: Mapping[str, tuple[int, int]] = SPLITS,
     production_weights: Mapping[str, float] = PRODUCTION_WEIGHTS,
     source_dir: str | Path | None = None,
+    history: bool = False,
 ) -> dict[str, Any]:
     """Convert the vendored KuaiRand copy to contract Parquet in ``out_dir``.
 
@@ -287,13 +313,21 @@ def build_kuairand(
 
     Args:
         out_dir: output directory (created).
-        min_items: pseudo-requests with fewer distinct items are dropped (and counted); ≥ 2.
+        min_items: pseudo-requests with fewer distinct items are dropped (and counted); ≥ 1.
+            1 keeps single-video user-days, which pointwise training can use but which fail the
+            data contract's ≥ 2-candidates rule and carry no within-request ranking: build
+            evaluation splits with ≥ 2.
         splits: split name -> inclusive (first, last) ``yyyymmdd`` dates; must not overlap.
         production_weights: objective -> weight of the hand-set production blend.
         source_dir: read ``log/users/videos.parquet`` from here instead of the vendored copy.
+        history: add the ``f_hist_*`` user-history features (computed from strictly earlier
+            days only; :mod:`blendrank.data.kuairand_history`) and declare them in
+            ``features.yaml``.
     """
-    if min_items < 2:
-        raise DataError(f"min_items={min_items}: a request needs at least 2 candidates")
+    if min_items < 1:
+        raise DataError(
+            f"min_items={min_items}: must be at least 1 (use ≥ 2 for evaluation splits)"
+        )
     _check_splits(splits)
     unknown = set(production_weights) - set(BINARY_LABELS)
     if unknown or any(w < 0 for w in production_weights.values()):
@@ -330,6 +364,15 @@ def build_kuairand(
     keep = keep[sel]
     n_repeat = len(order) - len(sel)
 
+    videos = videos.append_column(
+        "first_tag", pc.list_element(pc.split_pattern(videos["tag"], ","), 0)
+    )
+    hist: dict[str, np.ndarray] = {}
+    if history:
+        # Over every merged impression (small requests included): a row's history is the
+        # user's / video's whole earlier log, not only the requests kept below.
+        hist = _history_columns(uid[keep], vid[keep], date[keep], labels, videos)
+
     # 3. Order each pseudo-request by (time_ms, video_id); drop small requests.
     o2 = np.lexsort((vid[keep], t[keep], rid[keep]))
     rows = keep[o2]
@@ -343,6 +386,7 @@ def build_kuairand(
     big = sizes[req_index] >= min_items
     rows, position = rows[big], position[big]
     labels = {k: v[big] for k, v in labels.items()}
+    hist = {k: v[o2][big] for k, v in hist.items()}
     n_small_requests = int((sizes < min_items).sum())
 
     # 4. Assemble contract columns and features.
@@ -358,9 +402,6 @@ def build_kuairand(
     for k in REGRESSION_LABELS:
         columns[f"label_{k}"] = pa.array(labels[k].astype(np.float64))
 
-    videos = videos.append_column(
-        "first_tag", pc.list_element(pc.split_pattern(videos["tag"], ","), 0)
-    )
     hourmin = hourmin_raw[rows].astype(np.int64)
     sources = {
         "user": users.take(_lookup(uid[rows], users["user_id"].to_numpy())),
@@ -374,6 +415,8 @@ def build_kuairand(
         columns[name] = col
         if n_missing:
             missing[name] = {"fill": fill, "rows": n_missing}
+    for name, values in hist.items():
+        columns[name] = pa.array(values)
     table = pa.table(columns)
 
     # 5. Split by the pseudo-request's date and write.
@@ -391,7 +434,7 @@ def build_kuairand(
         if name == "train":
             train_users = np.unique(part["user_id"].to_numpy())
     (out / "production.yaml").write_text(production_yaml(production_weights))
-    (out / "features.yaml").write_text(features_yaml())
+    (out / "features.yaml").write_text(features_yaml(history))
 
     kept_rid = rid[rows][in_any]
     _, kept_sizes = np.unique(kept_rid, return_counts=True)
@@ -431,12 +474,19 @@ def build_kuairand(
         },
         "splits": split_summaries,
         "objectives": list(OBJECTIVES),
-        "features": {name: f"{f.role} {f.kind}" for name, f in FEATURES.items()},
+        "features": {name: f"{f.role} {f.kind}" for name, f in FEATURES.items()}
+        | {name: f"{h.role} numeric" for name, h in HISTORY_FEATURES.items() if history},
         "missing_filled": missing,
         "production_weights": dict(production_weights),
         "files": [f"{name}.parquet" for name in splits]
         + ["summary.json", "production.yaml", "features.yaml"],
     }
+    if history:
+        summary["history"] = {
+            "rule": "counts and smoothed rate lifts from strictly earlier days (log date) only",
+            "prior_strength": PRIOR_STRENGTH,
+            "features": list(HISTORY_FEATURES),
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
