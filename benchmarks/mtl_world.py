@@ -164,47 +164,34 @@ def main() -> None:
         f"({len(files) - 2} shards), validation 1 shard, held-out {len(held):,} shown rows"
     )
     print()
-    header = "| predictor | " + " | ".join(
-        f"{o} AUC as logged | {o} ECE as logged | {o} AUC pos 1 (truth draws) | "
-        f"{o} ECE pos 1 vs truth"
-        for o in objectives
-    )
-    print(header + " |")
-    print("|---|" + "---:|" * (4 * len(objectives)))
-    for name, r in rows.items():
-        cells = []
-        for o in objectives:
-            y = held[f"label_{o}"].to_numpy()
-            a = r["as_logged"][o].astype(np.float64)
-            b = r["pos1"][o].astype(np.float64)
-            cells += [
-                f"{roc_auc_score(y, a):.4f}",
-                f"{deciles(a, y)[2]:.4f}",
-                f"{roc_auc_score(drawn[o], b):.4f}",
-                f"{deciles(b, true[o])[2]:.4f}",
-            ]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    oracle = " | ".join(f"- | - | {roc_auc_score(drawn[o], true[o]):.4f} | 0" for o in objectives)
-    print(f"| truth (ceiling) | {oracle} |")
 
+    def table(columns: list[str], cells, ceiling: str) -> None:
+        """One markdown row per predictor: ``cells(r, o)`` gives objective ``o``'s cells."""
+        print("| predictor | " + " | ".join(c.format(o=o) for o in objectives for c in columns) + " |")
+        print("|---|" + "---:|" * (len(columns) * len(objectives)))
+        for name, r in rows.items():
+            print(f"| {name} | " + " | ".join(c for o in objectives for c in cells(r, o)) + " |")
+        print(f"| truth (ceiling) | {ceiling} |")
+
+    def shown_cells(r: dict, o: str) -> list[str]:
+        y = held[f"label_{o}"].to_numpy()
+        a = r["as_logged"][o].astype(np.float64)
+        b = r["pos1"][o].astype(np.float64)
+        return [f"{roc_auc_score(y, a):.4f}", f"{deciles(a, y)[2]:.4f}",
+                f"{roc_auc_score(drawn[o], b):.4f}", f"{deciles(b, true[o])[2]:.4f}"]
+
+    def all_cells(r: dict, o: str) -> list[str]:
+        c = r["all"][o].astype(np.float64)
+        return [f"{roc_auc_score(drawn_all[o], c):.4f}", f"{deciles(c, true_all[o])[2]:.4f}",
+                f"{rank_corr(request_all, c, true_all[o]):.3f}"]
+
+    table(["{o} AUC as logged", "{o} ECE as logged", "{o} AUC pos 1 (truth draws)", "{o} ECE pos 1 vs truth"],
+          shown_cells, " | ".join(f"- | - | {roc_auc_score(drawn[o], true[o]):.4f} | 0" for o in objectives))
     print()
     print(f"All {len(held_all):,} held-out candidates (shown or not), position-free predictions vs the truth:")
     print()
-    print("| predictor | " + " | ".join(
-        f"{o} AUC (truth draws) | {o} ECE | {o} within-request rank corr" for o in objectives) + " |")
-    print("|---|" + "---:|" * (3 * len(objectives)))
-    for name, r in rows.items():
-        cells = []
-        for o in objectives:
-            c = r["all"][o].astype(np.float64)
-            cells += [
-                f"{roc_auc_score(drawn_all[o], c):.4f}",
-                f"{deciles(c, true_all[o])[2]:.4f}",
-                f"{rank_corr(request_all, c, true_all[o]):.3f}",
-            ]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    oracle = " | ".join(f"{roc_auc_score(drawn_all[o], true_all[o]):.4f} | 0 | 1" for o in objectives)
-    print(f"| truth (ceiling) | {oracle} |")
+    table(["{o} AUC (truth draws)", "{o} ECE", "{o} within-request rank corr"], all_cells,
+          " | ".join(f"{roc_auc_score(drawn_all[o], true_all[o]):.4f} | 0 | 1" for o in objectives))
 
     print()
     print("| model | fit wall (s) | epochs (best) | train impressions/s | predict rows/s |")
