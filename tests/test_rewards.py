@@ -300,3 +300,16 @@ def test_guardrails_belong_to_the_rule_component() -> None:
     cfg = CompositeRewardConfig(a_rule=0, guardrails={"click": 0.0})
     assert cfg.active_guardrails == {}
     assert CompositeRewardConfig(guardrails={"click": 0.0}).active_guardrails == {"click": 0.0}
+
+
+def test_guardrail_margin_tightens_every_rail() -> None:
+    cfg = CompositeRewardConfig(guardrails={"click": 0.005, "order": 0.0}, guardrail_margin=0.005)
+    assert cfg.active_guardrails == pytest.approx({"click": 0.0, "order": -0.005})
+    assert CompositeRewardConfig(a_rule=0, guardrails={"click": 0.005}, guardrail_margin=0.005).active_guardrails == {}
+    # A tightened rail with a required gain: the anchor's own page now misses it.
+    click = torch.tensor([[0.4, 0.1]])
+    pages = torch.tensor([[[0], [1]]])
+    out = composite_reward(cfg.model_copy(update={"a_post": 0.0, "k": 1, "prior_coefs": {"click": 1.0}}), pages,
+                           preds={"click": click, "order": click}, anchor_order=torch.tensor([[0]]))
+    assert out.margins[0, 0, 0].item() == pytest.approx(0.0, abs=1e-6)  # click: tol 0, page == anchor
+    assert out.margins[0, 0, 1].item() == pytest.approx(-0.005, rel=1e-4)  # order: must gain 0.5%

@@ -358,7 +358,7 @@ def guardrail_margins(
         order: ``[N, G, P]`` pages to judge, best first.
         anchor_order: ``[N, 1, P]`` or ``[N, P]`` pages of the anchor (production) weights.
         preds, price, discount, price_scale, mask: as in :func:`prior_reward`.
-        guardrails: metric -> allowed relative loss ``tol`` in ``[0, 1)``.
+        guardrails: metric -> allowed relative loss ``tol`` < 1 (below 0: a required gain).
 
     Returns:
         ``[N, G, M]`` margins, guard rails in ``guardrails`` order.

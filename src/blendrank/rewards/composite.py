@@ -70,6 +70,10 @@ class CompositeRewardConfig(BaseConfig):
     guardrail_lr: float = Field(5.0, gt=0, description="Dual-ascent step of the guard-rail multipliers per Stage-2 step "
                                 "(lambda <- max(0, lambda - lr * mean margin of the policy's mean weights)).")
     guardrail_max: float = Field(100.0, gt=0, description="Cap on each (unit-free) guard-rail multiplier.")
+    guardrail_margin: float = Field(
+        0.0, ge=0, lt=1, description="Safety margin subtracted from every guard rail's allowed loss while training "
+        "(tol - margin; below 0 it asks for a gain): the rails are judged on predictions, which err on re-ranked "
+        "pages, so a margin leaves room for that error on the true metric. 0 = the rails as stated.")
     normalize: Literal["none", "per_component_batch_std"] = Field(
         "none",
         description="'none': sum raw components; 'per_component_batch_std': divide each component by its std over the batch (N*G) before the weighted sum (normalize_then_sum).",
@@ -78,8 +82,11 @@ class CompositeRewardConfig(BaseConfig):
 
     @property
     def active_guardrails(self) -> dict[str, float]:
-        """The guard rails in force: they are part of the rule component, so ``a_rule=0`` drops them."""
-        return dict(self.guardrails) if self.a_rule > 0 else {}
+        """The guard rails in force, each tightened by ``guardrail_margin``: they are part of the rule
+        component, so ``a_rule=0`` drops them."""
+        if self.a_rule <= 0:
+            return {}
+        return {name: tol - self.guardrail_margin for name, tol in self.guardrails.items()}
 
     @model_validator(mode="after")
     def _check(self) -> CompositeRewardConfig:
