@@ -185,11 +185,16 @@ def test_world_bench_reports_the_session_ab(tmp_path):
         small_bench(tmp_path / "x", methods=["production"], session_requests=10)
 
 
-def test_bench_mtl_defaults_survive_partial_overrides() -> None:
+def test_bench_defaults_survive_partial_overrides() -> None:
     from blendrank.config import apply_overrides
-    from blendrank.eval.bench import BENCH_MTL_DEFAULTS, BenchConfig
+    from blendrank.eval.bench import BENCH_DEFAULTS, BenchConfig
 
-    assert BenchConfig().mtl.position_dropout == BENCH_MTL_DEFAULTS["position_dropout"] > 0
-    partial = BenchConfig.model_validate(apply_overrides({}, ["mtl.epochs=3"]))
-    assert partial.mtl.epochs == 3 and partial.mtl.position_dropout == BENCH_MTL_DEFAULTS["position_dropout"]
-    assert BenchConfig.model_validate(apply_overrides({}, ["mtl.position_dropout=0"])).mtl.position_dropout == 0
+    dropout = BENCH_DEFAULTS["mtl"]["position_dropout"]
+    margin = BENCH_DEFAULTS["grade"]["reward"]["guardrail_margin"]
+    cfg = BenchConfig()
+    assert cfg.mtl.position_dropout == dropout > 0 and cfg.grade.reward.guardrail_margin == margin > 0
+    partial = BenchConfig.model_validate(apply_overrides({}, ["mtl.epochs=3", "grade.reward.a_post=0.5", "grade.seed=3"]))
+    assert partial.mtl.epochs == 3 and partial.mtl.position_dropout == dropout
+    assert partial.grade.reward.a_post == 0.5 and partial.grade.seed == 3 and partial.grade.reward.guardrail_margin == margin
+    off = BenchConfig.model_validate(apply_overrides({}, ["mtl.position_dropout=0", "grade.reward.guardrail_margin=0"]))
+    assert off.mtl.position_dropout == 0 and off.grade.reward.guardrail_margin == 0
