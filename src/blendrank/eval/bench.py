@@ -110,14 +110,14 @@ class BenchConfig(BaseConfig):
         "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
         "GRADE enforces them on its predicted pages (reward.guardrails); segment_oracle keeps them within each segment. "
         "The per-request oracle and true_score stay unconstrained.")
+    eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
+    valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
+
     @field_validator("mtl", "grade", mode="before")
     @classmethod
     def _bench_defaults(cls, value: Any, info: ValidationInfo) -> Any:
         # `--set mtl.epochs=3` gives a partial dict: keep the bench defaults under it.
         return _fill(BENCH_DEFAULTS[info.field_name], value) if isinstance(value, dict) else value
-
-    eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
-    valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
 
 
 Predict = Callable[[Requests], dict[str, np.ndarray]]
