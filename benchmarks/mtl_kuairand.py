@@ -46,7 +46,7 @@ import yaml
 from blendrank.config import apply_overrides
 from blendrank.data.kuairand import build_kuairand
 from blendrank.data.slates import to_slates
-from blendrank.eval.metrics import bootstrap_ci, gauc
+from blendrank.metrics import bootstrap_ci, gauc
 from blendrank.features.center import FeatureSchema
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.data import load_schema

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from blendrank.cli.main import app
-from blendrank.eval.ab import CommonRandomNumbers, compare_arms, metric_defs, realised_page
-from blendrank.eval.bench import BenchConfig, run_world_bench
+from blendrank.bench.ab import CommonRandomNumbers, compare_arms, metric_defs, realised_page
+from blendrank.bench.world import BenchConfig, run_world_bench
 from blendrank.worlds.logging_policy import write_logs
 from blendrank.worlds.marketplace import MarketplaceWorld
 from blendrank.worlds.presets import world_config
@@ -156,7 +156,7 @@ def test_guardrails_constrain_static_search_and_reach_grade(tmp_path):
 
 
 def test_session_ab_runs_whole_sessions_with_common_random_numbers(tmp_path):
-    from blendrank.eval.sessions import simulate_arm_sessions
+    from blendrank.bench.sessions import simulate_arm_sessions
 
     world = MarketplaceWorld(world_config("quick", overrides=[*SMALL_WORLD, "session.enabled=true"]))
     prod = torch.from_numpy(world.production_weights()).float()
@@ -187,7 +187,7 @@ def test_world_bench_reports_the_session_ab(tmp_path):
 
 def test_bench_defaults_survive_partial_overrides() -> None:
     from blendrank.config import apply_overrides
-    from blendrank.eval.bench import BENCH_DEFAULTS, BenchConfig
+    from blendrank.bench.world import BENCH_DEFAULTS, BenchConfig
 
     dropout = BENCH_DEFAULTS["mtl"]["position_dropout"]
     margin = BENCH_DEFAULTS["grade"]["reward"]["guardrail_margin"]

@@ -126,7 +126,7 @@ def test_short_progressive_run(world):
 
 
 def test_bench_arm(tmp_path):
-    from blendrank.eval.bench import BenchConfig, run_world_bench
+    from blendrank.bench.world import BenchConfig, run_world_bench
 
     cfg = BenchConfig(preset="quick", world_overrides=TINY, methods=["production", "integrated_rl"], eval_requests=50, predictor="world",
                       n_boot=100, integrated_rl=IntegratedRLConfig(rounds=1, sessions_per_round=40, steps_per_round=5,
@@ -139,7 +139,7 @@ def test_bench_arm(tmp_path):
 
 def test_report_plots_the_rounds_and_the_loss_and_q_curves(tmp_path):
     from blendrank.algos.integrated_rl.trainer import step_trace
-    from blendrank.eval.report import write_report
+    from blendrank.bench.report import write_report
     from blendrank.jsonio import write_json
 
     stats = [{"critic_loss": 1.0 / (i + 1), "q_mean": 0.01 * i, **({"actor_loss": -1.0} if i % 2 else {})} for i in range(40)]

@@ -28,7 +28,7 @@ from blendrank.algos.integrated_rl.logs import (
 from blendrank.cli.main import app
 from blendrank.data.synthetic import two_type_log
 from blendrank.errors import DataError
-from blendrank.eval.metrics import ndcg_at_k
+from blendrank.metrics import ndcg_at_k
 from blendrank.fusion.formulas import fuse, fusion_features
 
 OBJECTIVES = ["click", "order"]

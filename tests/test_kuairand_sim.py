@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from blendrank.errors import ConfigError
-from blendrank.eval.bench import BenchConfig, run_world_bench
+from blendrank.bench.world import BenchConfig, run_world_bench
 from blendrank.worlds.kuairand_sim import STREAM_EVAL, KuaiRandSimWorld, _solve_offset
 from blendrank.worlds.kuairand_sim_calibrate import (
     day_length_histogram,

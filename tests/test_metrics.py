@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from blendrank.eval.metrics import (
+from blendrank.metrics import (
     auc,
     bootstrap_ci,
     dcg_at_k,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from blendrank.cli.report import report
 from blendrank.errors import DataError
-from blendrank.eval.report import format_table, load_bench, write_report
+from blendrank.bench.report import format_table, load_bench, write_report
 
 pytest.importorskip("matplotlib")
 

@@ -13,7 +13,7 @@ from blendrank.algos.static_search import (
     offline_ndcg_objective,
     search_weights,
 )
-from blendrank.eval.metrics import ndcg_at_k
+from blendrank.metrics import ndcg_at_k
 from blendrank.fusion.formulas import fuse, fusion_features
 
 W_STAR = np.array([0.5, 0.3, 0.15, 0.05])

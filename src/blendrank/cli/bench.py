@@ -40,7 +40,7 @@ def bench(
     note_replaced(out_dir, ("bench.json", "report.md", "report.html"))
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     if world is not None:
-        from blendrank.eval.bench import BenchConfig, run_world_bench
+        from blendrank.bench.world import BenchConfig, run_world_bench
 
         base = {"world": world, "preset": preset, "seed": seed}
         if method_list:
@@ -52,7 +52,7 @@ def bench(
             fail(f"--world {world!r}: unknown world; available: marketplace, kuairand-sim")
         result = run_world_bench(cfg, out_dir, log=lambda s: out.print(s, highlight=False))
     else:
-        from blendrank.eval.offline_bench import LogBenchConfig, run_log_bench
+        from blendrank.bench.logs import LogBenchConfig, run_log_bench
 
         base = {"seed": seed or 0}
         if method_list:
@@ -63,7 +63,7 @@ def bench(
 
 
 def _finish(result: dict, out_dir: Path) -> None:
-    from blendrank.eval.report import format_table, write_report
+    from blendrank.bench.report import format_table, write_report
 
     md, html = write_report(out_dir)
     out.print(format_table(result))

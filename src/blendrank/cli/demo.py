@@ -20,8 +20,8 @@ def demo(
 ) -> None:
     """Generate a world, validate its logs, run the bench and print the comparison table."""
     from blendrank.data.io import load_log
-    from blendrank.eval.bench import BenchConfig, run_world_bench
-    from blendrank.eval.report import format_table, write_report
+    from blendrank.bench.world import BenchConfig, run_world_bench
+    from blendrank.bench.report import format_table, write_report
     from blendrank.worlds.generate import generate_world
     from blendrank.worlds.presets import world_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from blendrank.cli.common import out, user_errors
-from blendrank.eval.report import format_table, load_bench, write_report
+from blendrank.bench.report import format_table, load_bench, write_report
 
 
 @user_errors

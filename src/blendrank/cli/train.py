@@ -75,7 +75,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
     from blendrank.algos.static_search.config import StaticSearchConfig
     from blendrank.config import load_config
     from blendrank.data.contract import objectives_of
-    from blendrank.eval.offline_bench import SPLITS, LogBenchConfig, load_splits, production_setup
+    from blendrank.bench.logs import SPLITS, LogBenchConfig, load_splits, production_setup
 
     # Validate the config before touching data, so a typo fails fast.
     cfg_type = {"static_search": StaticSearchConfig, "integrated_rl": IntegratedRLConfig}.get(method, GRADEConfig)
@@ -99,7 +99,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
     if method == "static_search":
         if not main:  # a weight search does not shard: rank 0 alone runs it
             return
-        from blendrank.eval.offline_bench import tune_static
+        from blendrank.bench.logs import tune_static
 
         cfg = load_config(StaticSearchConfig, config, overrides)
         res = tune_static(splits["valid"], objectives, prod, lam, LogBenchConfig(static_search=cfg))
@@ -115,7 +115,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
         return
     from blendrank.algos.grade.data import FusionSpec
     from blendrank.algos.grade.trainer import fit_grade
-    from blendrank.eval.offline_bench import grade_defaults
+    from blendrank.bench.logs import grade_defaults
     from blendrank.progress import progress_bar
 
     base = grade_defaults(GRADEConfig(), objectives, lam)
@@ -141,7 +141,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, config:
 def _streamed_train_file(data: Path, mapping: Path | None) -> Path | None:
     """``train.parquet`` of a split directory (train/valid/test) without a column mapping: GRADE
     reads it in record batches, so the log is never loaded whole."""
-    from blendrank.eval.offline_bench import SPLITS
+    from blendrank.bench.logs import SPLITS
 
     if mapping is None and data.is_dir() and all((data / f"{s}.parquet").is_file() for s in SPLITS):
         return data / "train.parquet"
@@ -157,7 +157,7 @@ def _train_integrated_rl(splits: dict, objectives: list[str], prod: Any, lam: An
         fit_integrated_rl_logs,
         production_log_action,
     )
-    from blendrank.eval.offline_bench import LogBenchConfig
+    from blendrank.bench.logs import LogBenchConfig
 
     bench = LogBenchConfig()  # the bench's reward metric and fusion floor, so `bench --data` judges the same thing
     setup = LogSetup(objectives, lam.tolist(), production_log_action(prod, bench.fusion_floor, cfg).tolist(), bench.k, bench.gain)

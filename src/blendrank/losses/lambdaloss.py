@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from blendrank.eval.metrics import gain_values
+from blendrank.metrics import gain_values
 
 Weighting = Literal["ndcgLoss1", "ndcgLoss2", "ndcgLoss2PP", "lambdaRank", "rankNet"]
 Reduction = Literal["mean", "sum", "none"]

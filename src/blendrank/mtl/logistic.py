@@ -446,7 +446,7 @@ def _evaluate(
     objectives: Sequence[str],
 ) -> dict[str, dict[str, float]]:
     """Per-task log-loss and ROC AUC (NaN with a single class) on labelled rows."""
-    from blendrank.eval.metrics import auc
+    from blendrank.metrics import auc
 
     logits = torch.from_numpy(_forward(model, batch))
     y = torch.from_numpy(labels)

@@ -801,7 +801,7 @@ def evaluate_mtl(
     (uniform over requests, single-class requests skipped), log-loss, label rate and mean
     prediction; for regression tasks RMSE and Pearson correlation of log1p values."""
     from blendrank.data.slates import to_slates
-    from blendrank.eval.metrics import auc, gauc
+    from blendrank.metrics import auc, gauc
 
     source = _source("test", data)
     layout = predictor.layout

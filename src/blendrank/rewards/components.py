@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from blendrank.eval.metrics import gain_values
+from blendrank.metrics import gain_values
 
 Gain = Literal["exp2", "linear"]
 RatioRules = Mapping[tuple[int, int], float] | Sequence[tuple[int, int, float]]

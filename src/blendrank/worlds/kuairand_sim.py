@@ -674,7 +674,7 @@ class KuaiRandSimWorld:
     def student_quality(self) -> dict[str, Any]:
         """AUC and mean prediction vs rate of the student on the watched rows of its held-out
         logged sessions, next to the teacher's AUC on the same rows (the ceiling)."""
-        from blendrank.eval.metrics import auc
+        from blendrank.metrics import auc
 
         rows = self.student_valid
         student = self.models["student"].predict(rows)

@@ -33,7 +33,7 @@ from blendrank.data.kuairand import (
     _lookup,
     load_vendored,
 )
-from blendrank.eval.metrics import auc, gauc
+from blendrank.metrics import auc, gauc
 from blendrank.jsonio import read_json, write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import MTLPredictor, fit_mtl

@@ -46,7 +46,7 @@ from blendrank.checkpoint import (
     set_rng_state,
 )
 from blendrank.errors import DataError
-from blendrank.eval.metrics import ndcg_at_k
+from blendrank.metrics import ndcg_at_k
 from blendrank.features.center import FeatureCenter
 from blendrank.jsonio import write_jsonl
 

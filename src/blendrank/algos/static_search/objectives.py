@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blendrank.eval.metrics import Gain, dcg_at_k
+from blendrank.metrics import Gain, dcg_at_k
 from blendrank.fusion.formulas import fuse
 
 
@@ -25,7 +25,7 @@ def offline_ndcg_objective(
 
     Each weight vector re-ranks every request's logged candidates; the value is the weighted sum
     over objectives of the mean NDCG@k of that objective's labels. Conventions match
-    :func:`blendrank.eval.metrics.ndcg_at_k` with ``ties="average"`` and ``empty="skip"``: per
+    :func:`blendrank.metrics.ndcg_at_k` with ``ties="average"`` and ``empty="skip"``: per
     objective, requests with no relevant candidate are left out of the mean; an objective with
     none at all contributes a constant 0 (it cannot change the ranking of weight vectors).
 

@@ -24,7 +24,7 @@ from blendrank.algos.grade.trainer import fit_grade
 from blendrank.algos.static_search.search import search_weights
 from blendrank.config import apply_overrides
 from blendrank.errors import ConfigError
-from blendrank.eval.ab import compare_arms, oracle_share
+from blendrank.bench.ab import compare_arms, oracle_share
 from blendrank.worlds.kuairand_sim import (
     FEEDBACKS,
     FUSION_INPUTS,

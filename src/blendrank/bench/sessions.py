@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from blendrank.eval.ab import CommonRandomNumbers, realised_page
+from blendrank.bench.ab import CommonRandomNumbers, realised_page
 from blendrank.worlds.logging_policy import continue_given_clicks
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blendrank.eval.metrics import resampled_means
+from blendrank.metrics import resampled_means
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
 
 #: metric -> (numerator quantity, denominator quantity, scale)

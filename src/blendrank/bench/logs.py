@@ -32,7 +32,7 @@ from blendrank.data.contract import objectives_of
 from blendrank.data.io import load_log
 from blendrank.data.slates import Slates, to_slates
 from blendrank.errors import ConfigError, DataError
-from blendrank.eval.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
+from blendrank.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
 from blendrank.fusion.formulas import Formula, fuse, fusion_features
 from blendrank.jsonio import write_json
 

@@ -26,14 +26,14 @@ from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
 from blendrank.config import BaseConfig, apply_overrides
 from blendrank.errors import ConfigError
-from blendrank.eval.ab import (
+from blendrank.bench.ab import (
     CommonRandomNumbers,
     compare_arms,
     metric_defs,
     oracle_share,
     realised_page,
 )
-from blendrank.eval.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
+from blendrank.bench.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import fit_mtl
@@ -254,7 +254,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     """Run every method and write ``bench.json``; returns its content."""
     methods = _parse_methods(cfg.methods)
     if cfg.world == "kuairand-sim":
-        from blendrank.worlds.kuairand_sim_bench import run_kuairand_sim_bench
+        from blendrank.bench.kuairand_sim import run_kuairand_sim_bench
 
         return run_kuairand_sim_bench(cfg, out_dir, methods, log=log)
     wcfg = world_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
