@@ -260,10 +260,10 @@ CASES: list[Case] = [
          ["bench", "--world", "marketplace", "--preset", "nope", "--out", "{tmp}/b"],
          ["unknown marketplace preset 'nope'; choose one of default, quick"]),
     Case("unknown method", "config", "train --method xgb", ["train", "--method", "xgb", "--data", "{log}", "--out", "{tmp}/o"],
-         ["--method 'xgb': choose one of grade, ltr, static_search"]),
+         ["--method 'xgb': choose one of static_search, grade, ltr"]),
     Case("unknown variant", "config", "bench --data LOG --methods grade:nope",
          ["bench", "--data", "{log}", "--out", "{tmp}/b", "--methods", "production,grade:nope"],
-         ["--methods: not available on logs: grade:nope", "grade:no_kl"]),
+         ["--methods: grade:nope not available in logs benches", "grade:no_kl"]),
     Case("unknown MTL architecture", "config", "mtl train --model xgb", MTL_TRAIN + ["{mtl_log}", "--model", "xgb"],
          ["--model 'xgb': expected one of mmoe, ple, shared_bottom"]),
     # ---- output paths

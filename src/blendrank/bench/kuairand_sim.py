@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.algos.integrated_rl.ksim import fit_integrated_rl_ksim
 from blendrank.algos.static_search.search import search_weights
 from blendrank.bench import registry
 from blendrank.bench.ab import compare_arms, oracle_share
 from blendrank.data.contract import objectives_of
+from blendrank.errors import ConfigError
 from blendrank.worlds.kuairand_sim import (
     FEEDBACKS,
     FUSION_INPUTS,
@@ -120,9 +122,12 @@ def segment_policy(world: KuaiRandSimWorld, rec: RecordedRequests, grid: np.ndar
     return policy, {f"cluster_{j}": dict(zip(FUSION_INPUTS, w.round(4).tolist())) for j, w in enumerate(seg_w)}
 
 
-def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``cfg.methods`` (production first) in kuairand-sim and write ``bench.json``."""
-    methods = registry.parse_methods(cfg.methods, "kuairand-sim")
+def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] = print,
+                           policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
+    """Run ``cfg.methods`` (production first) and the saved ``policies`` (arm name -> policy) in
+    kuairand-sim and write ``bench.json``."""
+    policies = policies or {}
+    methods = [*registry.parse_methods(cfg.methods, "kuairand-sim"), *policies]
     wcfg = kuairand_sim_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -177,6 +182,13 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
             policy = oracle
         elif m == "true_score":
             policy = lambda c: np.argsort(-c.item_value, axis=1, kind="stable")[:, : wcfg.page_size]
+        elif m in policies:
+            pol = policies[m]
+            if pol.spec.inputs != list(FUSION_INPUTS):
+                raise ConfigError(f"{m}: the policy fuses {pol.spec.inputs}; kuairand-sim fuses {list(FUSION_INPUTS)}")
+
+            def policy(c: StepContext, pol=pol) -> np.ndarray:
+                return world.rank(c.inputs, pol.weights(pol.batch(world.request_table(c))).float())
         elif registry.is_grade(m):
             logs = world.models["student"].add_predictions(world.student_logs)
             spec = registry.fusion_spec(objective, list(FUSION_INPUTS), 1.0, formula=wcfg.fusion, floor=wcfg.fusion_floor)

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec
+from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.objectives import offline_ndcg_objective
@@ -236,9 +237,11 @@ def _integrated_rl(splits: dict[str, pa.Table], test: Slates, goal: LogGoal,
 
 
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Tune on valid, report on test, write ``bench.json``; returns its content."""
-    methods = registry.parse_methods(cfg.methods, "logs")
+                  log: Callable[[str], None] = print, policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
+    """Tune on valid, report on test, write ``bench.json``; returns its content. ``policies``
+    (arm name -> saved policy, for ``blendrank eval``) are reported as arms too."""
+    policies = policies or {}
+    methods = [*registry.parse_methods(cfg.methods, "logs"), *policies]
     timings: dict[str, float] = {}
     t = time.perf_counter()
     splits = load_splits(Path(data), mapping, cfg)
@@ -265,6 +268,11 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
         curves[m] = [{k: v for k, v in r.items() if k != "mean_weights"} for r in pol.history if "step" in r]
         timings[m] = time.perf_counter() - t
+    for m, pol in policies.items():
+        if pol.spec.inputs != goal.inputs:
+            raise ConfigError(f"{m}: the policy fuses {pol.spec.inputs} but the objective ({goal.source}) fuses "
+                              f"{goal.inputs}; evaluate it with the objective it was trained for (--objective)")
+        weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
     scores = {m: fuse(f_test, torch.as_tensor(w, dtype=torch.float32)) for m, w in weights.items()}
     if "logged" in methods:  # the order the log showed: shown items by position, unshown after
         pos = torch.nan_to_num(test.columns["position"], nan=1e9) if "position" in test.columns else None

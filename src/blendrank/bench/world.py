@@ -15,11 +15,13 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import build_batch
+from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.algos.integrated_rl import IntegratedRLConfig, fit_integrated_rl
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
@@ -38,6 +40,7 @@ from blendrank.bench.ab import (
 from blendrank.bench.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
+from blendrank.objective import OBJECTIVE_FILE, Objective
 from blendrank.mtl.train import fit_mtl
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
@@ -97,6 +100,9 @@ class BenchConfig(BaseConfig):
     mtl: MTLConfig = Field(default_factory=lambda: MTLConfig.model_validate(BENCH_DEFAULTS["mtl"]),
                            description="MTL model settings when predictor=mtl (bench defaults: "
                            "position_dropout=0.5, see docs/evaluation.md; --set mtl.position_dropout=0 undoes it).")
+    save_training_logs: bool = Field(False, description="Also write the logs the learned methods train on (with the "
+                                     "bench's MTL predictions) and the world's objective to OUT/training_logs/, so "
+                                     "`blendrank train --data OUT/training_logs` fits the bench's GRADE.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
     session_requests: int = Field(0, ge=0, description="Sessions per arm of the session-level A/B (whole sessions of the "
                                   "same users under each arm; needs world_overrides session.enabled=true; 0 = off). "
@@ -204,6 +210,26 @@ def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
     return probe
 
 
+def save_training_logs(logs: pa.Table, objective: Objective, out_dir: Path) -> Path:
+    """Write the bench's training logs as a split directory (train = every logged request, which
+    is what the bench's GRADE learns from; valid/test = the last 15% of them, for the methods
+    that tune on a held-out split) with the objective beside them."""
+    folder = out_dir / "training_logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = np.unique(logs["request_id"].to_numpy())
+    tail = logs.filter(pc.greater_equal(logs["request_id"], ids[int(0.85 * len(ids))]))
+    for name, table in (("train", logs), ("valid", tail), ("test", tail)):
+        pq.write_table(table, folder / f"{name}.parquet")
+    (folder / OBJECTIVE_FILE).write_text(objective.to_yaml())
+    return folder
+
+
+def check_policy_inputs(pol: GradePolicy, inputs: list[str], name: str) -> None:
+    if pol.spec.inputs != list(inputs):
+        raise ConfigError(f"{name}: the policy fuses {pol.spec.inputs} but this bench fuses {list(inputs)}; "
+                          "evaluate it where its fusion inputs exist")
+
+
 def _guarded_value(metrics: dict[str, np.ndarray], base: dict[str, np.ndarray], guardrails: dict[str, float]) -> np.ndarray:
     """``[M]`` mean value of ``M`` vectors (``metrics``: name -> ``[B, M]``) minus a steep penalty
     for every guard rail broken against production's totals (``base``: name -> ``[B]``) — an exact
@@ -220,11 +246,14 @@ def _guarded_value(metrics: dict[str, np.ndarray], base: dict[str, np.ndarray], 
     return totals["value"] / n - 100.0 * (ref["value"] / n) * penalty
 
 
-def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every method and write ``bench.json``; returns its content."""
+def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print,
+                    policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
+    """Run every method, and every saved policy in ``policies`` (arm name -> policy, for
+    ``blendrank eval``), and write ``bench.json``; returns its content."""
+    policies = policies or {}
     if cfg.world == "kuairand-sim":
-        return run_kuairand_sim_bench(cfg, out_dir, log=log)
-    methods = registry.parse_methods(cfg.methods, "marketplace")
+        return run_kuairand_sim_bench(cfg, out_dir, log=log, policies=policies)
+    methods = [*registry.parse_methods(cfg.methods, "marketplace"), *policies]
     wcfg = world_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -238,6 +267,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         logs = _training_logs(world, cfg.log_requests)
         predict, logs = _mtl_predictor(world, logs, cfg.mtl, log)
         timings["mtl"] = time.perf_counter() - t
+    if cfg.save_training_logs:
+        save_training_logs(logs if logs is not None else _training_logs(world, cfg.log_requests), objective, Path(out_dir))
     ev = WorldBatch(world, STREAM_EVAL, cfg.eval_requests, predict)
     K = ev.inputs.shape[-1]
     prod = objective.production_vector(wcfg.fusion_inputs)
@@ -290,6 +321,13 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             pages[m] = irl.pages(irl_world, ev.req)
             session_pages[m] = irl.session_pages(irl_world)
             curves[m] = irl.history
+        elif m in policies:  # a saved policy, served as it would be deployed
+            if eval_table is None:
+                eval_table = _request_table(world, ev.req, ev.preds)
+            pol = policies[m]
+            check_policy_inputs(pol, wcfg.fusion_inputs, m)
+            weights[m] = pol.weights(pol.batch(eval_table)).numpy()
+            session_pages[m] = _policy_pages(world, predict, pol)
         elif registry.is_grade(m):
             if logs is None:
                 logs = _training_logs(world, cfg.log_requests)
