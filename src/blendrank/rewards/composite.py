@@ -46,7 +46,7 @@ class CompositeRewardConfig(BaseConfig):
     )
     post_normalize: bool = Field(True, description="R_post as NDCG (each request's DCG over its ideal DCG); false: the "
                                  "weighted DCG, so requests keep their magnitude (a high-GMV order outweighs a cheap one).")
-    ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (position bias; docs/grade_losses.md).")
+    ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (docs/grade_losses.md).")
     ips_clip: float = Field(10.0, gt=0, description="Upper bound on an IPS weight 1/exam(pos).")
     prior_coefs: dict[str, float] = Field(
         default_factory=lambda: {"click": 1.0, "order": 1.0, "order*price": 1.0},
