@@ -1,4 +1,4 @@
-"""Personalisation headroom of the marketplace presets (SPEC §3.2).
+"""Personalisation headroom of the marketplace presets (docs/worlds.md).
 
 For each preset, on held-out requests: the business value per page of production, the best single
 global weight vector, the segment oracle, the per-request oracle and the true-score ranking, all

@@ -1,4 +1,4 @@
-"""Bad input across CLI, config, data, model directories and the service (issue #9).
+"""Bad input across CLI, config, data, model directories and the service.
 
 Every case must end in a clear user error: exit code 1, no Python traceback, and a message that
 names the file or field and says what to do. ``docs/reliability.md`` lists every case (these and
@@ -363,7 +363,7 @@ def test_cli_bad_input_is_a_clear_error(case: Case, tmp_path: Path, models: dict
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_cases_cover_the_issue() -> None:
+def test_cases_cover_every_input_area() -> None:
     assert len(CASES) >= 35
     assert {c.area for c in CASES} == {"data", "config", "paths", "model dir"}
 

@@ -1,4 +1,4 @@
-"""GRADE's streamed training requests (issue #8): a Parquet log read in record batches and built
+"""GRADE's streamed training requests: a Parquet log read in record batches and built
 buffer by buffer holds the same requests as the whole-table build, passes visit every request
 once, any stream position replays exactly, and whole-log statistics match the in-memory ones."""
 

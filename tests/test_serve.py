@@ -1,4 +1,4 @@
-"""Serving: ONNX export parity, the in-process Ranker, and the HTTP service (SPEC §7)."""
+"""Serving: ONNX export parity, the in-process Ranker, and the HTTP service (docs/serving.md)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ __all__ = ["CompositeRewardConfig", "RewardOutput", "composite_reward"]
 
 
 class CompositeRewardConfig(BaseConfig):
-    """Weights and settings of the GRADE composite reward (SPEC section 4)."""
+    """Weights and settings of the GRADE composite reward (docs/grade.md)."""
 
     a_post: float = Field(1.0, ge=0, description="Weight of R_post (NDCG@k of logged feedback); 0 switches it off.")
     a_prior: float = Field(1.0, ge=0, description="Weight of R_prior (discounted expected value under MTL predictions); 0 switches it off.")
@@ -46,7 +46,7 @@ class CompositeRewardConfig(BaseConfig):
     )
     post_normalize: bool = Field(True, description="R_post as NDCG (each request's DCG over its ideal DCG); false: the "
                                  "weighted DCG, so requests keep their magnitude (a high-GMV order outweighs a cheap one).")
-    ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (SPEC section 4, position bias).")
+    ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (docs/grade_losses.md).")
     ips_clip: float = Field(10.0, gt=0, description="Upper bound on an IPS weight 1/exam(pos).")
     prior_coefs: dict[str, float] = Field(
         default_factory=lambda: {"click": 1.0, "order": 1.0, "order*price": 1.0},

@@ -1,4 +1,4 @@
-"""Export a trained fusion policy's deterministic head to ONNX for serving (SPEC §7).
+"""Export a trained fusion policy's deterministic head to ONNX for serving (docs/serving.md).
 
 The exported graph is the Dirichlet mean ``m(s)``: ``(cat int64 [B, n_cat], num float32
 [B, n_num], stats float32 [B, n_stats]) -> weights float32 [B, K]`` with a dynamic batch. The

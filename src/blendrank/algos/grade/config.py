@@ -89,7 +89,7 @@ class GRADEConfig(BaseConfig):
     log_every: int = Field(10, ge=1, description="Log diagnostics every N Stage-2 steps.")
 
 
-#: ``grade:<variant>`` ablations as config overrides (SPEC §4).
+#: ``grade:<variant>`` ablations as config overrides (docs/grade.md).
 VARIANTS: dict[str, list[str]] = {
     "gaussian": ["policy.exploration=gaussian_logits"],
     "gaussian_weights": ["policy.exploration=gaussian_weights"],

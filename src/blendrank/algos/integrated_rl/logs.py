@@ -1,4 +1,4 @@
-"""IntegratedRL-MTF on a contract log without a world: one offline round (SPEC §5).
+"""IntegratedRL-MTF on a contract log without a world: one offline round (docs/integrated_rl.md).
 
 - **Sessions**: each user's requests in time order; a gap over ``log_session_gap_s`` (if set)
   starts a new session. The next state is the same user's next request in the session.
