@@ -38,8 +38,9 @@ def dirichlet_log_density(w: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         ``[B]`` float64 log densities. Same computation as the worlds' logging policy, so a
         density recomputed here for the logging ``alpha`` is bit-identical to the logged one.
     """
-    return torch.distributions.Dirichlet(torch.as_tensor(alpha, dtype=torch.float64)).log_prob(
-        torch.as_tensor(w, dtype=torch.float64)).numpy()
+    a = torch.tensor(np.asarray(alpha, dtype=np.float64))  # a copy: inputs may be read-only views
+    return torch.distributions.Dirichlet(a).log_prob(
+        torch.tensor(np.asarray(w, dtype=np.float64))).numpy()
 
 
 def check_propensity(propensity: np.ndarray | None, n_requests: int) -> np.ndarray:
