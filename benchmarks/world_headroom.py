@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_headroom.json")
     args = ap.parse_args()
     rows = []
-    print(f"| preset | predictor | production | segment oracle | oracle | true score | seconds |")
+    print("| preset | predictor | production | segment oracle | oracle | true score | seconds |")
     print("|---|---|---|---|---|---|---|")
     for preset, overrides in CASES:
         t = time.perf_counter()

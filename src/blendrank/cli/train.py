@@ -20,7 +20,7 @@ from blendrank.cli.common import (
 )
 from blendrank import distributed as dist
 from blendrank.algos.grade.config import GRADEConfig
-from blendrank.algos.grade.data import FusionSpec, validate_log_stream
+from blendrank.algos.grade.data import fit_fusion_spec, validate_log_stream
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.integrated_rl.logs import LogSetup, fit_integrated_rl_logs, production_log_action
 from blendrank.algos.static_search.config import StaticSearchConfig
@@ -114,7 +114,7 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, objecti
         _train_integrated_rl(splits, goal, out_dir, cfg, resume, checkpoint_every)
         return
     if train_file is not None and goal.objective.fuses_price and goal.objective.price_scale is None:
-        goal = replace(goal, price_scale=FusionSpec.fit(train_file, goal.behaviours).price_scale)  # streamed median
+        goal = replace(goal, price_scale=fit_fusion_spec(train_file, goal.behaviours).price_scale)  # streamed median
     source = train_file or splits["train"]
     has_price = "price" in cols
     resolved = registry.grade_config(cfg, goal.objective, method, goal.spec(bench_cfg), objectives_of(cols), has_price)

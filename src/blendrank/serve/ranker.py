@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from blendrank.errors import DataError
+from blendrank.fusion.artifact import POLICY_ROLES, load_policy, read_spec
 from blendrank.serve.payload import Limits, ParsedRequest, Schema, as_request_list, parse_request
 
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
-POLICY_ROLES = ("user", "context")
 NUMPY_HEAD_MAX_BATCH = 4  # batches up to this size skip onnxruntime (see _with_numpy_head)
 NUMPY_HEAD_TOL = 1e-6  # max abs weight difference from onnxruntime for the numpy head to be used
 BLOCK_ELEMENTS = 64 * 3 * 200  # fusion inputs per block of a large batch (~150 KB per float32 array)
@@ -93,8 +93,6 @@ class Ranker:
         with the PyTorch policy (when ``policy.pt`` is present). ``limits`` bound each request
         of :meth:`rank` / :meth:`weights` (default :class:`~blendrank.serve.payload.Limits`).
         """
-        from blendrank.algos.grade.data import FusionSpec
-
         path = Path(export_dir)
         if backend not in BACKENDS:
             raise DataError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -102,9 +100,9 @@ class Ranker:
             raise DataError(f"{path}: not an export directory (no manifest.json); run `blendrank export` first")
         try:
             manifest = json.loads((path / "manifest.json").read_text())
-            spec = FusionSpec.model_validate_json((path / "fusion.json").read_text())
+            spec = read_spec(path / "fusion.json")
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable manifest.json or fusion.json ({exc})") from None
+            raise DataError(f"{path}: unreadable manifest.json ({exc})") from None
         from blendrank.serve.export import MANIFEST_FORMAT
 
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -138,9 +136,7 @@ class Ranker:
             if cats != m.get("categorical") or nums != m.get("numeric"):
                 raise DataError("feature_center.json does not match the manifest's feature schema")
         if backend == "torch":
-            from blendrank.algos.grade.trainer import GradePolicy
-
-            pol = GradePolicy.load(self.path).policy.eval()
+            pol = load_policy(self.path)[0]
 
             def run_torch(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
                 with torch.no_grad():
@@ -162,10 +158,9 @@ class Ranker:
                 raise DataError("model.onnx sha256 does not match the manifest (corrupt or edited)")
             session = onnx_session(onnx_path, threads)
             if strict and (self.path / "policy.pt").is_file():
-                from blendrank.algos.grade.trainer import GradePolicy
                 from blendrank.serve.export import FusionHead
 
-                pol = GradePolicy.load(self.path).policy.eval()
+                pol = load_policy(self.path)[0]
                 err = parity_error(FusionHead(pol), session, list(m["cardinalities"]), len(m["numeric"]),
                                    pol.stats_mean, pol.stats_std, batches=(1, 33))
                 if not err <= tol:

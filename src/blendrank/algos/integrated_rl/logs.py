@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from blendrank import distributed as dist
-from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
+from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_fusion_spec, fit_policy_features
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.integrated_rl.networks import Actor
 from blendrank.algos.integrated_rl.rollout import Transitions, action_box, product_scores
@@ -262,7 +262,7 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
     log = (log or (lambda s: None)) if dist.is_main() else (lambda s: None)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    spec = FusionSpec.fit(train, setup.objectives, floor=floor)
+    spec = fit_fusion_spec(train, setup.objectives, floor=floor)
     center = fit_policy_features(train)
     batch = build_batch(train, spec, center)
     state, sess = _states(train, batch, center, setup, cfg)
