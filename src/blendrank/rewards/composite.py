@@ -44,8 +44,10 @@ class CompositeRewardConfig(BaseConfig):
         "exp2",
         description="NDCG gain: 'exp2' (2^y - 1) or 'linear' (y, for GMV-valued labels); one for all or objective -> gain.",
     )
-    post_normalize: bool = Field(True, description="R_post as NDCG (each request's DCG over its ideal DCG); false: the "
-                                 "weighted DCG, so requests keep their magnitude (a high-GMV order outweighs a cheap one).")
+    post_normalize: bool = Field(False, description="false: R_post is the weighted DCG, i.e. the page's realised value "
+                                 "Σ_pos d(pos)·Σ_k w_k·label_k in the objective's units (a high-GMV order outweighs a cheap "
+                                 "one, and labels on different scales combine by their values); true: Σ_k w_k·NDCG_k, each "
+                                 "label normalised by its own ideal DCG.")
     ips: bool = Field(False, description="Inverse-propensity correction of R_post by logged position (docs/grade_losses.md).")
     ips_clip: float = Field(10.0, gt=0, description="Upper bound on an IPS weight 1/exam(pos).")
     prior_coefs: dict[str, float] = Field(

@@ -24,7 +24,11 @@ class LTRConfig(BaseConfig):
     weighting: Literal["ndcgLoss2", "ndcgLoss2PP", "lambdaRank", "rankNet", "ndcgLoss1"] = Field(
         "ndcgLoss2PP", description="LambdaLoss weighting scheme (Wang et al. 2018).")
     k: int | None = Field(10, ge=1, description="Truncation of the loss at the top-k of the predicted ranking.")
-    objective_weights: dict[str, float] | None = Field(None, description="λ_k per objective label; default the composite reward's posterior weights.")
+    objective_weights: dict[str, float] | None = Field(None, description="Weight per objective label; default the composite reward's posterior weights (the objective's values).")
+    grading: Literal["value", "per_objective"] = Field(
+        "value", description="value: one LambdaLoss on each candidate's realised value Σ_k w_k·label_k (the "
+        "objective's page value, so labels on different scales — seconds, clicks, GMV — combine in its units); "
+        "per_objective: one LambdaLoss per label, weighted by w_k (each normalised by its own ideal DCG).")
     gain: Literal["linear", "exp2"] = Field("linear", description="LambdaLoss gain; linear keeps GMV-graded labels on their scale (binary labels: same as exp2).")
     shown_only: bool = Field(True, description="Rank only logged-shown candidates (unshown ones have no feedback).")
 
@@ -86,5 +90,6 @@ VARIANTS: dict[str, list[str]] = {
     "fixed_kappa": ["policy.fixed_kappa=true"],
     "no_ips": ["reward.ips=false"],
     "no_mean_floor": ["policy.mean_floor=0"],
-    "post_dcg": ["reward.post_normalize=false"],
+    "post_ndcg": ["reward.post_normalize=true"],
+    "stage1_per_objective": ["stage1.grading=per_objective"],
 }

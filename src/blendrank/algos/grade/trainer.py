@@ -50,6 +50,10 @@ from blendrank.rewards.components import guardrail_margins, position_bias_from_c
 from blendrank.rewards.composite import composite_reward
 
 
+#: Stage 1's single label under ``grading="value"``: each candidate's realised value.
+VALUE_LABEL = "__value__"
+
+
 @dataclass
 class GradePolicy:
     """A trained fusion policy with everything needed to apply it to new requests."""
@@ -185,12 +189,21 @@ def train_stage1(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
     s1 = cfg.stage1
     data = _requests(data)
     summary = data.summary(cfg.reward.k)
-    lam = s1.objective_weights or cfg.reward.post_objective_weights
-    lam = {o: w for o, w in lam.items() if o in summary.labels and w > 0}
+    weights = s1.objective_weights or cfg.reward.post_objective_weights
+    present = {o: w for o, w in weights.items() if o in summary.labels and w != 0}
+    if s1.grading == "value":  # one grade per candidate: its realised value Σ_o w_o·y_o, floored at 0
+        value_of = {o: w for o, w in present.items()}
+        lam = {VALUE_LABEL: 1.0} if any(w > 0 for w in value_of.values()) else {}
+    else:
+        lam = {o: w for o, w in present.items() if w > 0}
     if not lam:
-        raise DataError(f"Stage 1 needs labels for {list(s1.objective_weights or cfg.reward.post_objective_weights)}; "
-                        f"the data has {summary.labels}")
+        raise DataError(f"Stage 1 needs labels for {list(weights)} (with a positive weight); the data has {summary.labels}")
     names = list(lam)
+
+    def graded(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if s1.grading != "value":
+            return labels
+        return {VALUE_LABEL: sum(w * labels[o].float() for o, w in value_of.items()).clamp_min(0.0)}
     opt = torch.optim.Adam(policy.parameters(), lr=s1.lr)
     model = dist.wrap_ddp(_MeanWeights(policy))
     world = dist.world_size()
@@ -209,11 +222,12 @@ def train_stage1(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
         for bi, batch in enumerate(batches_of(stream, s1.batch_size), first_batch):
             b = batch.index(slice(dist.rank(), None, world)) if world > 1 else batch
             mask = b.shown if shown_only else b.mask
-            counts = dist.all_reduce_sum(_informative(b.labels, mask, names))
+            labels = graded(b.labels)
+            counts = dist.all_reduce_sum(_informative(labels, mask, names))
             scores = fuse(b.features, model(b.cat, b.num, b.stats))
             # sum over this shard / global count = this shard's share of the global mean loss
             loss_part = multi_objective_lambda_loss(
-                scores, b.labels, {o: lam[o] / max(float(c), 1.0) for o, c in zip(names, counts)}, mask,
+                scores, labels, {o: lam[o] / max(float(c), 1.0) for o, c in zip(names, counts)}, mask,
                 weighting=s1.weighting, k=s1.k, gain=s1.gain, reduction="sum")
             opt.zero_grad()
             (loss_part * world).backward()  # DDP averages over ranks: x world gives the global sum
