@@ -168,9 +168,9 @@ CASES: list[Case] = [
     Case("float ts", "data", "ts as whole-number doubles", TRAIN + ["{tmp}/in.parquet"],
          ["ts", "wrong_dtype", "cast it to an integer type"],
          lambda t: write_table(t, with_column(base_log(), "ts", base_log()["ts"].to_numpy().astype(float)))),
-    Case("missing required column", "data", "user_id column dropped", TRAIN + ["{tmp}/in.parquet"],
-         ["user_id", "missing_column", "map an existing column onto it with --mapping"],
-         lambda t: write_table(t, base_log().drop_columns(["user_id"]))),
+    Case("missing required column", "data", "item_id column dropped", TRAIN + ["{tmp}/in.parquet"],
+         ["item_id", "missing_column", "map an existing column onto it with --mapping"],
+         lambda t: write_table(t, base_log().drop_columns(["item_id"]))),
     Case("missing mapping keys", "data", "mapping without `columns:` for renamed id columns",
          ["data", "validate", "{tmp}/in.parquet", "--mapping", "{tmp}/map.yaml"],
          ["4 data contract violation(s)", "request_id", "missing_column", "columns present:", "session"],
@@ -400,7 +400,7 @@ def test_failing_retrain_keeps_the_existing_policy(tmp_path: Path, models: dict[
     shutil.copytree(models["policy"], out)
     before = tree_digest(out)
     bad = tmp_path / "bad.parquet"
-    pq.write_table(base_log().drop_columns(["user_id"]), bad)
+    pq.write_table(base_log().drop_columns(["item_id"]), bad)
     for args in (["--data", bad], ["--data", models["log"], "--set", "stage2.epsilon=2"],
                  ["--data", tmp_path / "missing.parquet"]):
         assert_user_error(invoke("train", "--method", "grade", "--out", out, *args))
