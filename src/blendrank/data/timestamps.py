@@ -19,7 +19,6 @@ Nulls stay null (validation reports them). Parsing is Arrow's (``pyarrow.compute
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pyarrow as pa
