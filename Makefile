@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo test test-fast bench-headroom bench-worldgen clean
+.PHONY: venv demo test test-fast lint bench-headroom bench-worldgen clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not distributed and not soak" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
 
 bench-headroom: $(STAMP)
 	$(BIN)/python benchmarks/world_headroom.py

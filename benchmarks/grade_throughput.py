@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from blendrank.algos.grade.config import GRADEConfig
-from blendrank.algos.grade.data import FusionSpec, build_batch, fit_policy_features
+from blendrank.algos.grade.data import build_batch, fit_fusion_spec, fit_policy_features
 from blendrank.algos.grade.trainer import make_policy, train_stage2
 
 
@@ -47,7 +47,7 @@ GUARDRAILS = {"click": 0.005, "order/click": 0.005, "order": 0.0}
 
 def measure(n_req: int, L: int, G: int, steps: int, batch: int, guardrails: bool = False) -> float:
     table = synthetic_log(n_req, L)
-    spec = FusionSpec.fit(table)
+    spec = fit_fusion_spec(table)
     data = build_batch(table, spec, fit_policy_features(table))
     cfg = GRADEConfig.model_validate({"stage2": {"steps": steps, "batch_size": batch, "num_generations": G},
                                       "reward": {"prior_coefs": {"click": 0.4, "order*price": 1.0},
@@ -55,7 +55,7 @@ def measure(n_req: int, L: int, G: int, steps: int, batch: int, guardrails: bool
                                                  "post_gain": "linear",
                                                  "guardrails": GUARDRAILS if guardrails else {}}})
     anchor = torch.tensor([0.5, 0.35, 0.15]) if guardrails else None
-    policy = make_policy(cfg, list(data.cat.max(0).values + 1), data.num.shape[1], data.stats.shape[1], data.inputs.shape[-1])
+    policy = make_policy(cfg.policy, list(data.cat.max(0).values + 1), data.num.shape[1], data.stats.shape[1], data.inputs.shape[-1])
     policy.set_stats_normalizer(data.stats)
     torch.manual_seed(0)
     train_stage2(policy, data, cfg, spec, anchor, lambda r: None)  # warm-up (allocator, first-call overheads)

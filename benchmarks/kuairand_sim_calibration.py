@@ -9,7 +9,7 @@ the pool, and the shape of impressions per user-day after thinning each impressi
 fitted ρ (the log keeps a small sample of each real day), next to the real log's (tab 1 rates;
 every row for the day lengths).
 
-Variants: ``uncalibrated`` (no Platt scaling, no logit offsets, the session-2 exit defaults) and
+Variants: ``uncalibrated`` (no Platt scaling, no logit offsets, the uncalibrated exit model) and
 ``calibrated`` (the defaults). ``--fit-exits N`` also replays the exit-model grid on N no-exit
 sessions and prints its best cells (what the session defaults were chosen from). The student is
 not needed here, so the worlds are built with ``log_sessions=10``.
@@ -35,7 +35,7 @@ from blendrank.worlds.kuairand_sim_calibrate import (
 )
 from blendrank.worlds.presets import kuairand_sim_config
 
-#: The session-2 world: no calibration and its exit defaults.
+#: The uncalibrated world: no Platt scaling, no rate matching, the unfitted exit model.
 UNCALIBRATED = ["calibration.platt=false", "calibration.match_log_rates=false", "session.exit_base=-4.6",
                 "session.exit_activity=0.5", "session.exit_user_sd=0.5", "session.fatigue=0.25",
                 "session.max_impressions=200"]

@@ -3,7 +3,7 @@
 Prints, per feedback: AUC over every test-day impression, and GAUC over the *standard* test
 split (``blendrank data kuairand``: pseudo-requests with >= 5 videos, GAUC uniform over requests,
 single-class requests skipped) — the same rows and metric as the MTL figures in
-docs/benchmarks.md ("MTL model"), for comparison; then the teacher's calibration on every test-day
+docs/benchmarks.md ("Real logs"), for comparison; then the teacher's calibration on every test-day
 impression, per decile of the prediction, without and with its Platt scaling (fitted on the
 validation days; the world applies it). The teacher is fitted once and cached
 (``$BLENDRANK_CACHE`` or ``~/.cache/blendrank``; ``--cache DIR`` to choose).

@@ -1,4 +1,4 @@
-"""Scale-out benchmark (issue #8): throughput with 1 and 2 processes (torchrun, gloo), peak memory
+"""Scale-out benchmark: throughput with 1 and 2 processes (torchrun, gloo), peak memory
 against the size of the log (MTL and GRADE stream: memory must stay flat at 10x the data), and how
 the cost of each stage grows with the number of logged requests.
 

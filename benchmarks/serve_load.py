@@ -22,7 +22,8 @@ validated and swapped) every ``--reload-every`` seconds: its non-200 count must 
 Also reported: the mean number of requests per policy call (the service ranks requests that
 arrive together as one batch), the server's CPU time per request (from /proc, so less sensitive to other load on
 the machine than wall-clock figures) and the load average. Ends with a Markdown table and the
-issue's goals. Without ``--model`` a small policy is trained and exported first (~10 s).
+serving goals (p99 ≤ 20 ms at 200 candidates and 300 req/s; ≥ 50% of the trivial
+endpoint's throughput). Without ``--model`` a small policy is trained and exported first (~10 s).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Personalisation headroom of the marketplace presets (SPEC §3.2).
+"""Personalisation headroom of the marketplace presets (docs/worlds.md).
 
 For each preset, on held-out requests: the business value per page of production, the best single
 global weight vector, the segment oracle, the per-request oracle and the true-score ranking, all
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_headroom.json")
     args = ap.parse_args()
     rows = []
-    print(f"| preset | predictor | production | segment oracle | oracle | true score | seconds |")
+    print("| preset | predictor | production | segment oracle | oracle | true score | seconds |")
     print("|---|---|---|---|---|---|---|")
     for preset, overrides in CASES:
         t = time.perf_counter()

@@ -188,11 +188,12 @@ def test_world_bench_reports_the_session_ab(tmp_path):
 def test_bench_defaults_survive_partial_overrides() -> None:
     from blendrank.config import apply_overrides
     from blendrank.bench.world import BENCH_DEFAULTS, BenchConfig
+    from blendrank.algos.grade.config import GRADEConfig
 
     dropout = BENCH_DEFAULTS["mtl"]["position_dropout"]
-    margin = BENCH_DEFAULTS["grade"]["reward"]["guardrail_margin"]
+    margin = GRADEConfig().reward.guardrail_margin  # one GRADE: the bench runs the library's defaults
     cfg = BenchConfig()
-    assert cfg.mtl.position_dropout == dropout > 0 and cfg.grade.reward.guardrail_margin == margin > 0
+    assert cfg.mtl.position_dropout == dropout > 0 and cfg.grade == GRADEConfig() and margin > 0
     partial = BenchConfig.model_validate(apply_overrides({}, ["mtl.epochs=3", "grade.reward.a_post=0.5", "grade.seed=3"]))
     assert partial.mtl.epochs == 3 and partial.mtl.position_dropout == dropout
     assert partial.grade.reward.a_post == 0.5 and partial.grade.seed == 3 and partial.grade.reward.guardrail_margin == margin

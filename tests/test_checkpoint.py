@@ -1,4 +1,4 @@
-"""Checkpoints (issue #9): atomic writes survive a crash mid-write, resume state round-trips, and a
+"""Checkpoints: atomic writes survive a crash mid-write, resume state round-trips, and a
 NaN/inf loss or gradient stops training with the step and batch named, never saved."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Scale-out (SPEC §8, issue #8): every trainer under torchrun (2 processes, gloo) matches the
+"""Scale-out (docs/scaling.md): every trainer under torchrun (2 processes, gloo) matches the
 1-process run with the same global batch: loss trajectory and final parameters."""
 
 from __future__ import annotations

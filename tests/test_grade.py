@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from blendrank.algos.grade.config import VARIANTS, GRADEConfig
+from blendrank.algos.grade.data import fit_fusion_spec
 from blendrank.algos.grade.trainer import GradePolicy, fit_grade, make_policy
 from blendrank.config import apply_overrides
 from blendrank.data.synthetic import two_type_log
@@ -86,7 +87,7 @@ def test_every_variant_is_a_valid_config_and_every_field_is_documented():
 
 
 def test_make_policy_matches_config():
-    p = make_policy(GRADEConfig(), [4], 2, 8, 3)
+    p = make_policy(GRADEConfig().policy, [4], 2, 8, 3)
     assert p.k == 3 and p.exploration == "dirichlet"
 
 
@@ -136,7 +137,7 @@ def test_guardrail_keeps_predicted_clicks_while_prior_pulls_to_orders():
 
 
 def test_shown_prefix_ranks_the_shown_candidates_as_the_whole_list_does():
-    from blendrank.algos.grade.data import FusionSpec, build_batch, fit_policy_features
+    from blendrank.algos.grade.data import build_batch, fit_policy_features
     from blendrank.algos.grade.trainer import _shown_prefix
     from blendrank.fusion.formulas import top_k
     from blendrank.rewards.components import posterior_reward
@@ -147,7 +148,7 @@ def test_shown_prefix_ranks_the_shown_candidates_as_the_whole_list_does():
     hidden = (torch.rand(table.num_rows, generator=rng).numpy() < 0.4) | (pos == pos.max())  # unshown tail per request
     table = table.set_column(table.column_names.index("position"), "position",
                              pa.array(pos, mask=hidden))
-    b = build_batch(table, FusionSpec.fit(table), fit_policy_features(table))
+    b = build_batch(table, fit_fusion_spec(table), fit_policy_features(table))
     assert int(b.shown.sum(1).max()) < b.mask.shape[1]  # there is an unshown tail to skip
     scores = torch.randn(len(b), 5, b.mask.shape[1])
     sub_scores, sub_shown = _shown_prefix(scores, b.shown, 4)

@@ -1,4 +1,4 @@
-"""GRADE's streamed training requests (issue #8): a Parquet log read in record batches and built
+"""GRADE's streamed training requests: a Parquet log read in record batches and built
 buffer by buffer holds the same requests as the whole-table build, passes visit every request
 once, any stream position replays exactly, and whole-log statistics match the in-memory ones."""
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from blendrank.algos.grade.data import (
-    FusionSpec,
     RequestBatch,
     RequestLog,
     batches_of,
     build_batch,
+    fit_fusion_spec,
     fit_policy_features,
     shuffled_requests,
 )
@@ -55,12 +55,12 @@ def test_streamed_buffers_hold_the_whole_table_build(tmp_path: Path, read_rows: 
     table = _ragged_log()
     path = _shards(table, tmp_path / "log", 333)  # shard and batch boundaries cut requests
     log = RequestLog.scan(path, read_batch_rows=read_rows, buffer_requests=buffer)
-    whole = build_batch(table, FusionSpec.fit(table), fit_policy_features(table))
+    whole = build_batch(table, fit_fusion_spec(table), fit_policy_features(table))
     assert log.n_requests == len(whole) == 400 and log.width == 8
     bufs = list(log.buffers())
     assert all(len(b) == buffer for b in bufs[:-1]) and 0 < len(bufs[-1]) <= buffer
     _assert_same(RequestBatch.concat(bufs), whole)
-    assert log.spec == FusionSpec.fit(table)
+    assert log.spec == fit_fusion_spec(table)
     # whole-log statistics from the streaming pass = those of the in-memory build
     s = log.summary(4)
     torch.testing.assert_close(s.stats_mean, whole.stats.mean(0), rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from blendrank.algos.grade.data import FusionSpec, build_batch, fit_policy_features
+from blendrank.algos.grade.data import build_batch, fit_fusion_spec, fit_policy_features
 from blendrank.algos.integrated_rl import IntegratedRLConfig
 from blendrank.algos.integrated_rl.logs import (
     LogPolicy,
@@ -81,7 +81,7 @@ def test_session_context_uses_only_earlier_logged_feedback():
 
 def test_replayed_reward_of_the_production_action_is_the_production_ndcg():
     t = _log()
-    spec = FusionSpec.fit(t, OBJECTIVES)
+    spec = fit_fusion_spec(t, OBJECTIVES)
     batch = build_batch(t, spec, fit_policy_features(t))
     setup = _setup()
     a = torch.tensor(setup.production_action).expand(len(batch), -1)
@@ -99,7 +99,7 @@ def test_replayed_reward_of_the_production_action_is_the_production_ndcg():
 def test_transitions_stay_in_the_trusted_interval_and_chain_sessions():
     t = _log()
     center = fit_policy_features(t)
-    batch = build_batch(t, FusionSpec.fit(t, OBJECTIVES), center)
+    batch = build_batch(t, fit_fusion_spec(t, OBJECTIVES), center)
     from blendrank.algos.integrated_rl.logs import _states
 
     state, sess = _states(t, batch, center, _setup(), FAST)

@@ -1,4 +1,4 @@
-"""Kill -9 and resume (SPEC §9, issue #9): every trainer, killed right after a checkpoint and
+"""Kill -9 and resume (docs/scaling.md): every trainer, killed right after a checkpoint and
 restarted with the same command, reaches the result of an uninterrupted run with the same seed."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CASES = {
     # streamed in buffers of 200 requests: the resumed position lies past the first buffer
     "grade_streamed_s1": (["--epochs", "2", "--steps", "2", *STREAMED], 3, 7),  # Stage 1 epoch 1, batch 5
     "grade_streamed_s2": (["--epochs", "1", "--steps", "6", *STREAMED], 3, 7),  # Stage 2, after step 3
-    "integrated_rl": (["--steps", "6"], 4, 3),  # round 1, mid round
+    "integrated_rl": (["--steps", "6"], 4, 3),  # mid-way through the second round
 }
 
 

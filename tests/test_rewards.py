@@ -299,7 +299,8 @@ def test_composite_adds_lagrangian_guard_term() -> None:
 def test_guardrails_belong_to_the_rule_component() -> None:
     cfg = CompositeRewardConfig(a_rule=0, guardrails={"click": 0.0})
     assert cfg.active_guardrails == {}
-    assert CompositeRewardConfig(guardrails={"click": 0.0}).active_guardrails == {"click": 0.0}
+    assert CompositeRewardConfig(guardrails={"click": 0.0}, guardrail_margin=0).active_guardrails == {"click": 0.0}
+    assert CompositeRewardConfig(guardrails={"click": 0.01}).active_guardrails == {"click": pytest.approx(0.0075)}
 
 
 def test_guardrail_margin_tightens_every_rail() -> None:

@@ -1,6 +1,6 @@
 """The service soak (benchmarks/serve_soak.py): real uvicorn server on loopback, concurrent
 clients, RSS sampled. ``make test`` skips it (``-m "not soak"``); run it with
-``pytest -m soak tests/test_soak.py``. The 10-minute figures are in docs/benchmarks.md."""
+``pytest -m soak tests/test_soak.py``. Figures: docs/reliability.md, docs/benchmarks.md."""
 
 from __future__ import annotations
 

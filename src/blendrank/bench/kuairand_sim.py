@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from blendrank.algos.grade.config import VARIANTS, GRADEConfig
-from blendrank.algos.grade.data import FusionSpec
-from blendrank.algos.grade.trainer import fit_grade
+from blendrank.algos.grade.trainer import GradePolicy
+from blendrank.algos.integrated_rl.ksim import fit_integrated_rl_ksim
 from blendrank.algos.static_search.search import search_weights
-from blendrank.config import apply_overrides
-from blendrank.errors import ConfigError
+from blendrank.bench import registry
 from blendrank.bench.ab import compare_arms, oracle_share
+from blendrank.data.contract import objectives_of
+from blendrank.errors import ConfigError
 from blendrank.worlds.kuairand_sim import (
     FEEDBACKS,
     FUSION_INPUTS,
@@ -48,7 +48,6 @@ SESSION_METRICS: dict[str, tuple[str, str, float]] = {
     "watch_per_impression": ("watch_s", "impressions", 1.0),
     **{f"{k}_rate": (k, "impressions", 1.0) for k in FEEDBACKS},
 }
-UNAVAILABLE: dict[str, str] = {}  # method -> why it cannot run in this world
 N_CLUSTERS = 6
 
 
@@ -123,34 +122,21 @@ def segment_policy(world: KuaiRandSimWorld, rec: RecordedRequests, grid: np.ndar
     return policy, {f"cluster_{j}": dict(zip(FUSION_INPUTS, w.round(4).tolist())) for j, w in enumerate(seg_w)}
 
 
-def _grade_config(base: GRADEConfig, world: KuaiRandSimWorld, method: str) -> GRADEConfig:
-    """GRADE with the business value as its goal: R_prior on the fused predictions (watch time
-    approximated by click and long view), R_post on logged watch time and engagements."""
-    v = world.config.value
-    data = base.model_dump(mode="json")
-    data["reward"]["prior_coefs"] = {"click": 20.0 * v.watch, "long_view": 40.0 * v.watch,
-                                     **{k: getattr(v, k) for k in FUSION_INPUTS if k not in ("click", "long_view")}}
-    data["reward"]["post_objective_weights"] = {"play_time_ms": v.watch / 1000.0,
-                                                **{k: getattr(v, k) for k in POST_CLICK if k != "long_view"}}
-    data["reward"]["post_gain"] = "linear"
-    overrides = VARIANTS[method.split(":", 1)[1]] if ":" in method else []
-    if method == "ltr":
-        overrides = ["stage2.steps=0"]
-    return GRADEConfig.model_validate(apply_overrides(data, overrides))
-
-
-def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``methods`` (production first) in kuairand-sim and write ``bench.json``."""
-    bad = [m for m in methods if m.split(":")[0] in UNAVAILABLE]
-    if bad:
-        raise ConfigError(f"--methods: {', '.join(bad)} not available in kuairand-sim ({UNAVAILABLE[bad[0].split(':')[0]]}); "
-                          "drop it from --methods")
+def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] = print,
+                           policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
+    """Run ``cfg.methods`` (production first) and the saved ``policies`` (arm name -> policy) in
+    kuairand-sim and write ``bench.json``."""
+    policies = policies or {}
+    methods = [*registry.parse_methods(cfg.methods, "kuairand-sim"), *policies]
     wcfg = kuairand_sim_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     world = KuaiRandSimWorld(wcfg, log=log)
+    objective = world.objective(cfg.guardrails)
+    log(f"objective: {objective.describe()}")
     timings["world"] = time.perf_counter() - t
-    prod = world.production_weights()
+    prod = objective.production_vector(list(FUSION_INPUTS))
+    grade_notes: list[str] = []
     K = len(prod)
     prod_t = torch.from_numpy(prod).float()
     grid = candidate_vectors(K, extra=prod, max_points=cfg.oracle_grid_points, seed=wcfg.seed)
@@ -196,24 +182,28 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Ca
             policy = oracle
         elif m == "true_score":
             policy = lambda c: np.argsort(-c.item_value, axis=1, kind="stable")[:, : wcfg.page_size]
-        elif m == "ltr" or m.split(":")[0] == "grade":
+        elif m in policies:
+            pol = policies[m]
+            if pol.spec.inputs != list(FUSION_INPUTS):
+                raise ConfigError(f"{m}: the policy fuses {pol.spec.inputs}; kuairand-sim fuses {list(FUSION_INPUTS)}")
+
+            def policy(c: StepContext, pol=pol) -> np.ndarray:
+                return world.rank(c.inputs, pol.weights(pol.batch(world.request_table(c))).float())
+        elif registry.is_grade(m):
             logs = world.models["student"].add_predictions(world.student_logs)
-            gcfg = _grade_config(cfg.grade, world, m)
-            spec = FusionSpec(objectives=list(FUSION_INPUTS), use_price=False, formula=wcfg.fusion, floor=wcfg.fusion_floor)
-            pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec)
+            spec = registry.fusion_spec(objective, list(FUSION_INPUTS), 1.0, formula=wcfg.fusion, floor=wcfg.fusion_floor)
+            resolved = registry.grade_config(cfg.grade, objective, m, spec, objectives_of(logs.column_names), False)
+            grade_notes = resolved.notes()
+            pol = registry.fit_method(resolved, logs, objective, spec)
 
             def policy(c: StepContext, pol=pol) -> np.ndarray:
                 w = pol.weights(pol.batch(world.request_table(c)))
                 return world.rank(c.inputs, w.float())
         elif m == "integrated_rl":
-            from blendrank.algos.integrated_rl.ksim import fit_integrated_rl_ksim
-
             irl = fit_integrated_rl_ksim(world, cfg.integrated_rl, ab_sessions=n_valid, log=log)
             curves[m] = irl.history
             runner = irl.runner()
             policy, record = runner, runner.record
-        else:
-            raise ConfigError(f"--methods: {m!r} is not available in kuairand-sim")
         totals[m] = world.run_sessions(policy, n_eval, STREAM_EVAL, record=record).totals
         timings[m] = time.perf_counter() - t
         tot = totals[m]
@@ -243,6 +233,8 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, methods: list[str], log: Ca
         "metric_notes": {"value": "realised business value per session (seconds-equivalent)",
                          "page_value": "teacher-expected myopic value per request (what the oracles maximise)",
                          "oracle_share": "on page_value; sessions differ by arm, so it is not bounded by 1"},
+        "objective": objective.model_dump(mode="json"),
+        "grade_notes": grade_notes,
         "bench_config": cfg.model_dump(mode="json"),
     }
     out = Path(out_dir)

@@ -9,6 +9,7 @@ Logs without ``pred_*`` columns get predictions from a per-task logistic model f
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -17,41 +18,41 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-import yaml
 from pydantic import Field
 
-from blendrank.algos.grade.config import VARIANTS, GRADEConfig
+from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec
-from blendrank.algos.grade.trainer import fit_grade
+from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.objectives import offline_ndcg_objective
 from blendrank.algos.static_search.search import search_weights
-from blendrank.config import BaseConfig, apply_overrides
+from blendrank.bench import registry
+from blendrank.config import BaseConfig
 from blendrank.data import splits as data_splits
 from blendrank.data.contract import objectives_of
 from blendrank.data.slates import Slates, to_slates
 from blendrank.errors import ConfigError
-from blendrank.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
-from blendrank.fusion.formulas import Formula, fuse, fusion_features
+from blendrank.fusion.formulas import Formula, fuse, fusion_features, position_discount, top_k
 from blendrank.jsonio import write_json
+from blendrank.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
+from blendrank.objective import Objective, log_objective, term_factors
 
-LOG_METHODS = ("production", "static_search", "ltr", "grade", *(f"grade:{v}" for v in VARIANTS), "integrated_rl")
 SPLITS = ("train", "valid", "test")
 
 
 class LogBenchConfig(BaseConfig):
     """Offline bench on logs."""
 
-    methods: list[str] = Field(default_factory=lambda: ["production", "static_search"], description=f"Arms to run (any of {', '.join(LOG_METHODS)}); production is always the baseline.")
+    methods: list[str] = Field(default_factory=lambda: ["production", "static_search"], description="Arms to run (`blendrank methods` lists them); production is always the baseline.")
     seed: int = Field(0, description="Seed of the search and the bootstrap.")
     k: int = Field(10, ge=1, description="NDCG cut-off.")
     gain: str = Field("exp2", description="NDCG gain: exp2 or linear.")
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for validation when the log is one file.")
     test_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for test when the log is one file.")
     test_where: str | None = Field(None, description="Test split filter on one log, COLUMN OP VALUE (e.g. 'random_bool == 1', 'split == \"test\"'): matching requests are the test split, the rest split by time into train/valid (valid_frac of them); default the mapping's test_where, else a time split.")
-    objective_weights: dict[str, float] | None = Field(None, description="lambda_k of the composite NDCG; default the production weights.")
-    production_weights: dict[str, float] | None = Field(None, description="Production fusion weights; default production.yaml beside the data, else equal.")
+    objective: str | None = Field(None, description="Objective YAML file (value, guard rails, production weights; "
+                                  "docs/objective.md); null: objective.yaml beside the data, else the default it names.")
     fusion: Formula = Field("log_linear", description="Fusion formula.")
     fusion_floor: float = Field(1e-3, gt=0, description="Floor b_k inside log(p + b_k).")
     n_boot: int = Field(1000, ge=100, description="Bootstrap resamples.")
@@ -65,35 +66,6 @@ class LogBenchConfig(BaseConfig):
 
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
     return data_splits.load_splits(data, mapping, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, test_where=cfg.test_where)
-
-
-def _production(data: Path, cfg: LogBenchConfig) -> tuple[dict[str, float] | None, list[str] | None, str]:
-    """Production weights (config, else ``production.yaml`` beside the data) and, from that file,
-    the objectives to fuse (e.g. KuaiRand leaves out the negative ``hate`` signal)."""
-    if cfg.production_weights is not None:
-        return cfg.production_weights, None, "config production_weights"
-    prod_file = (data if data.is_dir() else data.parent) / "production.yaml"
-    if not prod_file.exists():
-        return None, None, "equal weights"
-    try:
-        content = yaml.safe_load(prod_file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{prod_file}: not valid YAML ({exc})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("weights"), dict):
-        raise ConfigError(f"{prod_file}: expected a mapping with a 'weights: {{objective: weight}}' section")
-    return content["weights"], content.get("objectives"), str(prod_file)
-
-
-def _weight_vector(w: dict[str, float] | None, objectives: list[str], source: str) -> np.ndarray:
-    if w is None:
-        return np.full(len(objectives), 1.0 / len(objectives))
-    unknown = set(w) - set(objectives)
-    if unknown:
-        raise ConfigError(f"{source}: weights name unknown objectives {sorted(unknown)}; known: {objectives}")
-    vec = np.array([float(w.get(o, 0.0)) for o in objectives])
-    if vec.sum() <= 0 or (vec < 0).any():
-        raise ConfigError(f"{source}: weights must be non-negative with a positive sum")
-    return vec / vec.sum()
 
 
 def _ensure_predictions(splits: dict[str, pa.Table], log: Callable[[str], None]) -> tuple[dict[str, pa.Table], list[str]]:
@@ -111,7 +83,8 @@ def _ensure_predictions(splits: dict[str, pa.Table], log: Callable[[str], None])
 
 
 def _slates(table: pa.Table, objectives: list[str]) -> Slates:
-    return to_slates(table, [f"pred_{o}" for o in objectives] + [f"label_{o}" for o in objectives])
+    extra = [c for c in ("price", "position") if c in table.column_names]
+    return to_slates(table, [f"pred_{o}" for o in objectives] + [f"label_{o}" for o in objectives] + extra)
 
 
 def _evaluate(sl: Slates, scores: torch.Tensor, objectives: list[str], lam: np.ndarray,
@@ -134,56 +107,94 @@ def _evaluate(sl: Slates, scores: torch.Tensor, objectives: list[str], lam: np.n
     return metrics, composite.numpy()
 
 
-def grade_defaults(grade: GRADEConfig, objectives: list[str], lam: np.ndarray) -> dict[str, Any]:
-    """GRADE on logs: R_post and Stage 1 weight each objective's NDCG by the composite's λ, and
-    R_prior values the page by the same λ on the predictions."""
-    data = grade.model_dump(mode="json")
-    weights = {o: float(w) for o, w in zip(objectives, lam) if w > 0}
-    data["reward"]["post_objective_weights"] = weights
-    data["reward"]["prior_coefs"] = weights
-    return data
+@dataclass(frozen=True)
+class LogGoal:
+    """A log's objective resolved against its columns: what is fused and how it is judged."""
+
+    objective: Objective
+    source: str  # where the objective came from (file, legacy file or the default)
+    behaviours: list[str]  # fused pred_<name>, in order
+    prod: np.ndarray  # [K] production weights over the fusion inputs (behaviours, then price)
+    lam: np.ndarray  # [len(behaviours)] composite-NDCG weights: the objective's value of each behaviour
+    price_scale: float  # unit of price as a fusion input and in GMV terms
+
+    @property
+    def inputs(self) -> list[str]:
+        return [*self.behaviours, *(["price"] if self.objective.fuses_price else [])]
+
+    def spec(self, cfg: LogBenchConfig) -> FusionSpec:
+        return registry.fusion_spec(self.objective, self.behaviours, self.price_scale,
+                                    formula=cfg.fusion, floor=cfg.fusion_floor)
 
 
-def _grade_config(cfg: LogBenchConfig, method: str, objectives: list[str], lam: np.ndarray) -> GRADEConfig:
-    data = grade_defaults(cfg.grade, objectives, lam)
-    data["seed"] = cfg.seed
-    overrides = ["stage2.steps=0"] if method == "ltr" else VARIANTS[method.split(":", 1)[1]] if ":" in method else []
-    return GRADEConfig.model_validate(apply_overrides(data, overrides))
-
-
-def production_setup(data: Path, splits: dict[str, pa.Table], cfg: LogBenchConfig,
-                     log: Callable[[str], None]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Fused objectives, production weights and composite-NDCG weights λ for a log."""
-    splits_, objectives = _ensure_predictions(splits, log)
+def log_goal(data: Path, splits: dict[str, pa.Table], cfg: LogBenchConfig, log: Callable[[str], None]) -> LogGoal:
+    """The objective of a log (``cfg.objective``, else ``objective.yaml`` beside it, else the
+    default it states), checked against the columns; adds predictions when the log has none."""
+    splits_, predicted = _ensure_predictions(splits, log)
     splits.update(splits_)
-    prod_map, prod_objectives, prod_source = _production(Path(data), cfg)
-    if prod_objectives:
-        missing = [o for o in prod_objectives if o not in objectives]
-        if missing:
-            raise ConfigError(f"{prod_source}: objectives {missing} have no label_/pred_ columns in {data}")
-        objectives = list(prod_objectives)
-    prod = _weight_vector(prod_map, objectives, prod_source)
-    # Composite NDCG weights: the business's priorities, i.e. the production weights by default.
-    lam = (_weight_vector(cfg.objective_weights, objectives, "objective_weights")
-           if cfg.objective_weights is not None else prod)
-    return objectives, prod, lam
+    objective, source = log_objective(data, cfg.objective, default_value={o: 1.0 / len(predicted) for o in predicted})
+    log(f"objective from {source}: {objective.describe()}")
+    behaviours = objective.fusion_behaviours(predicted)
+    missing = [b for b in behaviours if b not in predicted]
+    if missing:
+        raise ConfigError(f"{source}: production_weights fuse {missing}, which have no label_/pred_ columns in {data}")
+    cols = splits["train"].column_names
+    if objective.fuses_price and "price" not in cols:
+        raise ConfigError(f"{source}: production_weights fuse price but {data} has no price column; map one "
+                          "(mapping `price:`) or drop price from production_weights")
+    price_scale = objective.price_scale or (float(np.median(splits["train"]["price"].to_numpy())) if "price" in cols else 1.0)
+    goal_inputs = [*behaviours, *(["price"] if objective.fuses_price else [])]
+    prod = objective.production_vector(goal_inputs)
+    lam = np.array([max(objective.value.get(o, 0.0), 0.0) for o in behaviours])
+    lam = lam / lam.sum() if lam.sum() > 0 else prod[: len(behaviours)] / prod[: len(behaviours)].sum()
+    return LogGoal(objective, source, behaviours, prod, lam, max(price_scale, 1e-6))
 
 
-def _featurise(sl: Slates, objectives: list[str], cfg: LogBenchConfig) -> torch.Tensor:
-    return fusion_features(torch.stack([sl.columns[f"pred_{o}"] for o in objectives], -1), cfg.fusion, cfg.fusion_floor)
+def _grade(cfg: LogBenchConfig, goal: LogGoal, method: str, train: pa.Table) -> registry.ResolvedGrade:
+    base = cfg.grade.model_copy(update={"seed": cfg.seed})
+    return registry.grade_config(base, goal.objective, method, goal.spec(cfg), objectives_of(train.column_names),
+                                 "price" in train.column_names)
 
 
-def tune_static(table: pa.Table, objectives: list[str], prod: np.ndarray, lam: np.ndarray, cfg: LogBenchConfig):
-    """Static search on one split's composite NDCG; returns a ``SearchResult``."""
-    valid = _slates(table, objectives)
-    labels = {o: valid.columns[f"label_{o}"] for o in objectives}
-    objective = offline_ndcg_objective(_featurise(valid, objectives, cfg), labels, valid.mask,
-                                       dict(zip(objectives, lam)), k=cfg.k, gain=cfg.gain)
-    ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include], "seed": cfg.seed})
-    return search_weights(objective, len(objectives), ss)
+def _featurise(sl: Slates, goal: LogGoal, cfg: LogBenchConfig) -> torch.Tensor:
+    parts = [sl.columns[f"pred_{o}"] for o in goal.behaviours]
+    if goal.objective.fuses_price:
+        parts.append(sl.columns["price"] / goal.price_scale)
+    return fusion_features(torch.stack(parts, -1), cfg.fusion, cfg.fusion_floor)
 
 
-def _integrated_rl(splits: dict[str, pa.Table], test: Slates, objectives: list[str], prod: np.ndarray, lam: np.ndarray,
+def tune_static(table: pa.Table, goal: LogGoal, cfg: LogBenchConfig):
+    """Static search on one split's composite NDCG (the objective's value per behaviour as its
+    weights); returns a ``SearchResult``."""
+    valid = _slates(table, goal.behaviours)
+    labels = {o: valid.columns[f"label_{o}"] for o in goal.behaviours}
+    objective = offline_ndcg_objective(_featurise(valid, goal, cfg), labels, valid.mask,
+                                       dict(zip(goal.behaviours, goal.lam)), k=cfg.k, gain=cfg.gain)
+    ss = cfg.static_search.model_copy(update={"include": [goal.prod.tolist(), *cfg.static_search.include], "seed": cfg.seed})
+    return search_weights(objective, len(goal.inputs), ss)
+
+
+def page_value(sl: Slates, scores: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """``[B]`` the objective's realised value of the page ``scores [B, L]`` shows: Σ_pos d(pos) ·
+    Σ_terms value · logged label (a price term: label × price; candidates the log did not show
+    have no feedback and count 0)."""
+    k = objective.page_size
+    idx, valid = top_k(scores, sl.mask, k)
+    item = torch.zeros_like(sl.mask, dtype=torch.float32)
+    for term, coef in objective.value.items():
+        factors = term_factors(term)
+        cols = [f"label_{f}" if f != "price" else "price" for f in factors]
+        if coef == 0 or not all(c in sl.columns for c in cols):
+            continue
+        x = torch.ones_like(item)
+        for c in cols:
+            x = x * torch.nan_to_num(sl.columns[c].float(), nan=0.0)
+        item = item + float(coef) * x
+    disc = position_discount(idx.shape[-1], objective.discount)
+    return (torch.gather(item, 1, idx) * valid * disc).sum(-1)
+
+
+def _integrated_rl(splits: dict[str, pa.Table], test: Slates, goal: LogGoal,
                    cfg: LogBenchConfig, log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
     """One offline round of IntegratedRL-MTF on train: its test scores ``[B, L]`` (aligned with
     ``test``), its powers ``[B, K]`` (the weights of the report) and its per-round history."""
@@ -196,8 +207,13 @@ def _integrated_rl(splits: dict[str, pa.Table], test: Slates, objectives: list[s
     if cfg.fusion != "log_linear":
         raise ConfigError(f"integrated_rl starts from the production fusion as a product fusion, which needs "
                           f"fusion=log_linear (got {cfg.fusion!r}); drop integrated_rl from --methods or set fusion=log_linear")
+    if goal.objective.fuses_price:
+        raise ConfigError(f"{goal.source}: integrated_rl on logs fuses predictions only, but the production weights "
+                          "fuse price; drop integrated_rl from --methods or price from production_weights")
     icfg = cfg.integrated_rl.model_copy(update={"seed": cfg.seed})
-    setup = LogSetup(objectives, lam.tolist(), production_log_action(prod, cfg.fusion_floor, icfg).tolist(), cfg.k, cfg.gain)
+    objectives = goal.behaviours
+    setup = LogSetup(objectives, goal.lam.tolist(), production_log_action(goal.prod, cfg.fusion_floor, icfg).tolist(),
+                     cfg.k, cfg.gain)
     pol = fit_integrated_rl_logs(splits["train"], splits["valid"], setup, icfg, floor=cfg.fusion_floor, log=log)
     request_id, scores, action = pol.scores(splits["test"])
     if not np.array_equal(request_id, test.request_id) or scores.shape != test.mask.shape:
@@ -208,44 +224,61 @@ def _integrated_rl(splits: dict[str, pa.Table], test: Slates, objectives: list[s
 
 
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Tune on valid, report on test, write ``bench.json``; returns its content."""
-    unknown = [m for m in cfg.methods if m not in LOG_METHODS]
-    if unknown:
-        raise ConfigError(f"--methods: not available on logs: {', '.join(unknown)}; available: {', '.join(LOG_METHODS)}")
-    methods = ["production"] + [m for m in dict.fromkeys(cfg.methods) if m != "production"]
+                  log: Callable[[str], None] = print, policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
+    """Tune on valid, report on test, write ``bench.json``; returns its content. ``policies``
+    (arm name -> saved policy, for ``blendrank eval``) are reported as arms too."""
+    policies = policies or {}
+    methods = [*registry.parse_methods(cfg.methods, "logs"), *policies]
     timings: dict[str, float] = {}
     t = time.perf_counter()
     splits = load_splits(Path(data), mapping, cfg)
-    objectives, prod, lam = production_setup(Path(data), splits, cfg, log)
+    goal = log_goal(Path(data), splits, cfg, log)
+    objectives = goal.behaviours
     test = _slates(splits["test"], objectives)
-    f_test = _featurise(test, objectives, cfg)
+    f_test = _featurise(test, goal, cfg)
     timings["data"] = time.perf_counter() - t
-    weights = {"production": prod}
+    weights = {"production": goal.prod}
     if "static_search" in methods:
         t = time.perf_counter()
-        res = tune_static(splits[cfg.static_search_split], objectives, prod, lam, cfg)
+        res = tune_static(splits[cfg.static_search_split], goal, cfg)
         weights["static_search"] = res.best_weights
         timings["static_search"] = time.perf_counter() - t
         log(f"static_search ({cfg.static_search.method}, {res.n_evals} vectors): "
-            f"{dict(zip(objectives, np.round(res.best_weights, 3).tolist()))}")
+            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))}")
     curves = {}
-    for m in [m for m in methods if m == "ltr" or m.startswith("grade")]:
+    grade_notes: list[str] = []
+    for m in [m for m in methods if registry.is_grade(m)]:
         t = time.perf_counter()
-        pol = fit_grade(splits["train"], _grade_config(cfg, m, objectives, lam), anchor=prod.tolist(),
-                        spec=FusionSpec(objectives=objectives, formula=cfg.fusion, floor=cfg.fusion_floor))
+        resolved = _grade(cfg, goal, m, splits["train"])
+        grade_notes = resolved.notes()
+        pol = registry.fit_method(resolved, splits["train"], goal.objective, goal.spec(cfg))
         weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
         curves[m] = [{k: v for k, v in r.items() if k != "mean_weights"} for r in pol.history if "step" in r]
         timings[m] = time.perf_counter() - t
+    for m, pol in policies.items():
+        if pol.spec.inputs != goal.inputs:
+            raise ConfigError(f"{m}: the policy fuses {pol.spec.inputs} but the objective ({goal.source}) fuses "
+                              f"{goal.inputs}; evaluate it with the objective it was trained for (--objective)")
+        weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
     scores = {m: fuse(f_test, torch.as_tensor(w, dtype=torch.float32)) for m, w in weights.items()}
+    if "logged" in methods:  # the order the log showed: shown items by position, unshown after
+        pos = torch.nan_to_num(test.columns["position"], nan=1e9) if "position" in test.columns else None
+        if pos is None:
+            raise ConfigError(f"{data}: the logged arm needs a position column; map one or drop logged from --methods")
+        scores["logged"] = -pos
     if "integrated_rl" in methods:
         t = time.perf_counter()
         scores["integrated_rl"], weights["integrated_rl"], curves["integrated_rl"] = _integrated_rl(
-            splits, test, objectives, prod, lam, cfg, log)
+            splits, test, goal, cfg, log)
         timings["integrated_rl"] = time.perf_counter() - t
     offline, composite = {}, {}
+    values = {}
+    value_name = f"value@{goal.objective.page_size}"
     for m in methods:
-        offline[m], composite[m] = _evaluate(test, scores[m], objectives, lam, cfg)
+        offline[m], composite[m] = _evaluate(test, scores[m], objectives, goal.lam, cfg)
+        values[m] = page_value(test, scores[m], goal.objective).numpy()
+        mean, lo, hi = bootstrap_ci(torch.from_numpy(values[m]), cfg.n_boot, cfg.seed)
+        offline[m][value_name] = {"mean": mean, "ci95": [lo, hi]}
     value_metric = f"composite_ndcg@{cfg.k}"
 
     def lifts_vs(base: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -254,16 +287,21 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
             if m != base:
                 rel, lo, hi = paired_bootstrap_rel_lift(composite[m], composite[base], cfg.n_boot, cfg.seed)
                 out[m] = {value_metric: {"rel": rel, "ci95": [lo, hi]}}
+                if values[base].sum() > 0:
+                    rel, lo, hi = paired_bootstrap_rel_lift(values[m], values[base], cfg.n_boot, cfg.seed)
+                    out[m][value_name] = {"rel": rel, "ci95": [lo, hi]}
         return out
 
     lifts = lifts_vs("production")
     bench = {
         "data": str(data), "config": "logs", "seed": cfg.seed, "n_eval_requests": len(test),
         "baseline_arm": "production", "value_metric": value_metric,
-        "objectives": objectives, "objective_weights": dict(zip(objectives, lam.round(4).tolist())),
+        "objectives": objectives, "objective_weights": dict(zip(objectives, goal.lam.round(4).tolist())),
+        "objective": goal.objective.model_dump(mode="json"), "objective_source": goal.source,
+        "grade_notes": grade_notes,
         "arms": {m: {k: v["mean"] for k, v in offline[m].items()} for m in methods},
         "offline": offline, "lifts": lifts,
-        "weights": {"fusion_inputs": objectives,
+        "weights": {"fusion_inputs": goal.inputs,
                     "global": {m: np.round(np.atleast_2d(w).mean(0), 4).tolist() for m, w in weights.items()}},
         "learning_curves": curves,
         "split_requests": {s: int(pc.count_distinct(t_["request_id"]).as_py()) for s, t_ in splits.items()},

@@ -1,6 +1,6 @@
 """``bench.json`` -> ``report.md`` + ``report.html`` with plots.
 
-The report reads only ``bench.json`` (layout in SPEC §6) and copes with any section being
+The report reads only ``bench.json`` (layout in docs/evaluation.md) and copes with any section being
 absent: a minimal file with just ``arms`` works, and so does a log-only bench that has an
 ``offline`` section and no world.
 

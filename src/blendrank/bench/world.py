@@ -15,16 +15,20 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from blendrank.algos.grade.config import VARIANTS, GRADEConfig
-from blendrank.algos.grade.data import FusionSpec, build_batch
-from blendrank.algos.grade.trainer import fit_grade
+from blendrank.algos.grade.config import GRADEConfig
+from blendrank.algos.grade.data import build_batch
+from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.algos.integrated_rl import IntegratedRLConfig, fit_integrated_rl
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
-from blendrank.config import BaseConfig, apply_overrides
+from blendrank.bench import registry
+from blendrank.bench.kuairand_sim import run_kuairand_sim_bench
+from blendrank.config import BaseConfig
+from blendrank.data.contract import objectives_of
 from blendrank.errors import ConfigError
 from blendrank.bench.ab import (
     CommonRandomNumbers,
@@ -36,6 +40,7 @@ from blendrank.bench.ab import (
 from blendrank.bench.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
+from blendrank.objective import OBJECTIVE_FILE, Objective
 from blendrank.mtl.train import fit_mtl
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
@@ -48,21 +53,16 @@ from blendrank.worlds.oracle import (
 from blendrank.worlds.presets import world_config
 
 STREAM_VALID, STREAM_EVAL, STREAM_CRN, STREAM_SESSIONS = 3, 4, 5, 6
-WORLD_METHODS = ("production", "static_search", "integrated_rl", "segment_oracle", "oracle", "true_score")
-LEARNED_METHODS = ("ltr", "grade", *(f"grade:{v}" for v in VARIANTS))
-#: Guard-railed A/B metric -> (numerator, denominator) page totals, and the R_prior terms they map to.
+#: Guard-railed A/B metric -> (numerator, denominator) page totals.
 GUARDED = {"ctr": ("clicks", None), "cvr": ("orders", "clicks"), "opm": ("orders", None), "gpm": ("gmv", None)}
-PRIOR_TERM = {"clicks": "click", "orders": "order", "gmv": "order*price"}
 
 
-# Bench defaults that differ from the libraries' (docs/evaluation.md; measured in docs/benchmarks.md,
-# session 5). mtl: the worlds' logging policy ranks on taste the features cannot see, so the MTL
-# position tower absorbs part of it; hiding half the positions in training keeps it in the towers,
-# which rank the unshown candidates fusion re-ranks better. grade: GRADE judges the guard rails on
-# those (imperfect) predictions; a 0.25% margin leaves room for their error on the true metrics.
+# Bench defaults that differ from the libraries' (docs/evaluation.md; measured in docs/benchmarks.md).
+# mtl: the worlds' logging policy ranks on taste the features cannot see, so the MTL position tower
+# absorbs part of it; hiding half the positions in training keeps it in the towers, which rank the
+# unshown candidates fusion re-ranks better.
 BENCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mtl": {"position_dropout": 0.5},
-    "grade": {"reward": {"guardrail_margin": 0.0025}},
 }
 
 
@@ -90,9 +90,9 @@ class BenchConfig(BaseConfig):
     oracle_refine: int = Field(32, ge=0, description="Local refinement samples per request for the per-request oracle.")
     static_search: StaticSearchConfig = Field(default_factory=StaticSearchConfig, description="static_search settings.")
     log_requests: int = Field(20000, ge=10, description="Logged requests (production policy + exploration) that learned methods train on.")
-    grade: GRADEConfig = Field(default_factory=lambda: GRADEConfig.model_validate(BENCH_DEFAULTS["grade"]),
-                               description="GRADE settings (ltr = GRADE with stage2.steps=0; bench default: "
-                               "reward.guardrail_margin=0.0025, see docs/evaluation.md).")
+    grade: GRADEConfig = Field(default_factory=GRADEConfig,
+                               description="GRADE settings; its goal (R_prior, R_post, guard rails) comes from the "
+                               "world's objective (docs/objective.md), the variants from the method registry.")
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (progressive explore-then-train rounds in the world).")
     predictor: Literal["world", "mtl"] = Field(
         "mtl", description="Predictions every arm fuses (but true_score): an MTL model trained on the logs (the "
@@ -100,20 +100,24 @@ class BenchConfig(BaseConfig):
     mtl: MTLConfig = Field(default_factory=lambda: MTLConfig.model_validate(BENCH_DEFAULTS["mtl"]),
                            description="MTL model settings when predictor=mtl (bench defaults: "
                            "position_dropout=0.5, see docs/evaluation.md; --set mtl.position_dropout=0 undoes it).")
+    save_training_logs: bool = Field(False, description="Also write the logs the learned methods train on (with the "
+                                     "bench's MTL predictions) and the world's objective to OUT/training_logs/, so "
+                                     "`blendrank train --data OUT/training_logs` fits the bench's GRADE.")
     probe_requests: int = Field(1000, ge=0, description="Validation requests on which learned methods' true value is logged along training (0 = off).")
     session_requests: int = Field(0, ge=0, description="Sessions per arm of the session-level A/B (whole sessions of the "
                                   "same users under each arm; needs world_overrides session.enabled=true; 0 = off). "
                                   "The oracle has no session arm.")
-    guardrails: dict[Literal["ctr", "cvr", "opm", "gpm"], float] = Field(
-        default_factory=lambda: {"ctr": 0.005, "cvr": 0.005, "opm": 0.0},
-        description="Business guard rails: A/B metric -> largest allowed relative loss against production, e.g. "
-        "{ctr: 0.005, cvr: 0.005} ({} = pure value). static_search maximises value subject to them (on the validation requests' truth); "
-        "GRADE enforces them on its predicted pages (reward.guardrails); segment_oracle keeps them within each segment. "
-        "The per-request oracle and true_score stay unconstrained.")
+    guardrails: dict[Literal["ctr", "cvr", "opm", "gpm"], float] | None = Field(
+        None,
+        description="The objective's guard rails: A/B metric -> largest allowed relative loss against production; "
+        "null = the world's (marketplace: {ctr: 0.005, cvr: 0.005, opm: 0}; kuairand-sim: none), {} = pure value. "
+        "static_search maximises value subject to them (on the validation requests' truth); GRADE enforces them "
+        "on its predicted pages; segment_oracle keeps them within each segment. The per-request oracle and "
+        "true_score stay unconstrained.")
     eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
     valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
 
-    @field_validator("mtl", "grade", mode="before")
+    @field_validator("mtl", mode="before")
     @classmethod
     def _bench_defaults(cls, value: Any, info: ValidationInfo) -> Any:
         # `--set mtl.epochs=3` gives a partial dict: keep the bench defaults under it.
@@ -182,14 +186,6 @@ def _policy_pages(world: MarketplaceWorld, predict: Predict | None, pol: Any) ->
     return pages
 
 
-def _parse_methods(methods: list[str]) -> list[str]:
-    unknown = [m for m in methods if m not in WORLD_METHODS + LEARNED_METHODS]
-    if unknown:
-        raise ConfigError(f"--methods: unknown or not yet available in worlds: {', '.join(unknown)}; "
-                          f"available: {', '.join(WORLD_METHODS + LEARNED_METHODS)}")
-    return ["production"] + [m for m in dict.fromkeys(methods) if m != "production"]
-
-
 def _training_logs(world: MarketplaceWorld, n: int) -> pa.Table:
     """Logged traffic of the production policy with exploration (the logs' first shards)."""
     per_shard = 10_000
@@ -214,6 +210,26 @@ def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
     return probe
 
 
+def save_training_logs(logs: pa.Table, objective: Objective, out_dir: Path) -> Path:
+    """Write the bench's training logs as a split directory (train = every logged request, which
+    is what the bench's GRADE learns from; valid/test = the last 15% of them, for the methods
+    that tune on a held-out split) with the objective beside them."""
+    folder = out_dir / "training_logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = np.unique(logs["request_id"].to_numpy())
+    tail = logs.filter(pc.greater_equal(logs["request_id"], ids[int(0.85 * len(ids))]))
+    for name, table in (("train", logs), ("valid", tail), ("test", tail)):
+        pq.write_table(table, folder / f"{name}.parquet")
+    (folder / OBJECTIVE_FILE).write_text(objective.to_yaml())
+    return folder
+
+
+def check_policy_inputs(pol: GradePolicy, inputs: list[str], name: str) -> None:
+    if pol.spec.inputs != list(inputs):
+        raise ConfigError(f"{name}: the policy fuses {pol.spec.inputs} but this bench fuses {list(inputs)}; "
+                          "evaluate it where its fusion inputs exist")
+
+
 def _guarded_value(metrics: dict[str, np.ndarray], base: dict[str, np.ndarray], guardrails: dict[str, float]) -> np.ndarray:
     """``[M]`` mean value of ``M`` vectors (``metrics``: name -> ``[B, M]``) minus a steep penalty
     for every guard rail broken against production's totals (``base``: name -> ``[B]``) — an exact
@@ -230,37 +246,20 @@ def _guarded_value(metrics: dict[str, np.ndarray], base: dict[str, np.ndarray], 
     return totals["value"] / n - 100.0 * (ref["value"] / n) * penalty
 
 
-def _grade_config(cfg: BenchConfig, world: MarketplaceWorld, method: str) -> GRADEConfig:
-    """The bench's GRADE config for ``method`` (ltr, grade or grade:<variant>), with the prior
-    reward set to the world's business value (the business states its own goal)."""
-    v = world.config.value
-    data = cfg.grade.model_dump(mode="json")
-    extras = {o.name: o.value_weight for o in world.config.extra_objectives}
-    data["reward"]["prior_coefs"] = {"click": v.click, "order": v.order, "order*price": v.gmv, **extras}
-    # R_post and Stage 1 grade the logged feedback by the same business weights (GMV linear).
-    post = {k: w for k, w in {"click": v.click, "order": v.order, "gmv": v.gmv, **extras}.items() if w > 0}
-    data["reward"]["post_objective_weights"] = post
-    data["reward"]["post_gain"] = "linear"
-    for metric, tol in cfg.guardrails.items():
-        num, den = GUARDED[metric]
-        data["reward"]["guardrails"][PRIOR_TERM[num] + (f"/{PRIOR_TERM[den]}" if den else "")] = tol
-    overrides = VARIANTS[method.split(":", 1)[1]] if ":" in method else []
-    if method == "ltr":
-        overrides = ["stage2.steps=0"]
-    return GRADEConfig.model_validate(apply_overrides(data, overrides))
-
-
-def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every method and write ``bench.json``; returns its content."""
-    methods = _parse_methods(cfg.methods)
+def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print,
+                    policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
+    """Run every method, and every saved policy in ``policies`` (arm name -> policy, for
+    ``blendrank eval``), and write ``bench.json``; returns its content."""
+    policies = policies or {}
     if cfg.world == "kuairand-sim":
-        from blendrank.bench.kuairand_sim import run_kuairand_sim_bench
-
-        return run_kuairand_sim_bench(cfg, out_dir, methods, log=log)
+        return run_kuairand_sim_bench(cfg, out_dir, log=log, policies=policies)
+    methods = [*registry.parse_methods(cfg.methods, "marketplace"), *policies]
     wcfg = world_config(cfg.preset, overrides=cfg.world_overrides, seed=cfg.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     world = MarketplaceWorld(wcfg)
+    objective = world.objective(cfg.guardrails)
+    log(f"objective: {objective.describe()}")
     timings["world"] = time.perf_counter() - t
     logs = eval_table = probe = predict = None
     if cfg.predictor == "mtl":
@@ -268,13 +267,16 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         logs = _training_logs(world, cfg.log_requests)
         predict, logs = _mtl_predictor(world, logs, cfg.mtl, log)
         timings["mtl"] = time.perf_counter() - t
+    if cfg.save_training_logs:
+        save_training_logs(logs if logs is not None else _training_logs(world, cfg.log_requests), objective, Path(out_dir))
     ev = WorldBatch(world, STREAM_EVAL, cfg.eval_requests, predict)
     K = ev.inputs.shape[-1]
-    prod = world.production_weights()
+    prod = objective.production_vector(wcfg.fusion_inputs)
     weights: dict[str, np.ndarray] = {}  # arm -> [B, K]
     curves: dict[str, list[dict[str, Any]]] = {}
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
     session_pages: dict[str, PageFn] = {}  # arm -> pages(req, session ctx) for the session A/B
+    grade_notes: list[str] = []  # what of the objective GRADE's rewards cannot see
 
     for m in methods:
         t = time.perf_counter()
@@ -286,7 +288,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
             base = {k: v[:, 0] for k, v in vector_metrics(world, valid.inputs, valid.truth, prod[None]).items()}
             res = search_weights(lambda W, valid=valid, base=base: _guarded_value(
-                vector_metrics(world, valid.inputs, valid.truth, W), base, cfg.guardrails), K, ss)
+                vector_metrics(world, valid.inputs, valid.truth, W), base, objective.guardrails), K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
             session_pages[m] = _weights_pages(world, predict, res.best_weights)
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
@@ -300,7 +302,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                 for s in np.unique(ev.segment):
                     rows = ev.segment == s
                     seg_metrics = {k: v[rows] for k, v in grid_metrics.items()}
-                    best[s] = grid[_guarded_value(seg_metrics, {k: v[rows] for k, v in base.items()}, cfg.guardrails).argmax()]
+                    best[s] = grid[_guarded_value(seg_metrics, {k: v[rows] for k, v in base.items()}, objective.guardrails).argmax()]
                 w = best[ev.segment]
                 session_pages[m] = _segment_pages(world, predict, best)
             else:
@@ -319,16 +321,23 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             pages[m] = irl.pages(irl_world, ev.req)
             session_pages[m] = irl.session_pages(irl_world)
             curves[m] = irl.history
-        elif m in LEARNED_METHODS:
+        elif m in policies:  # a saved policy, served as it would be deployed
+            if eval_table is None:
+                eval_table = _request_table(world, ev.req, ev.preds)
+            pol = policies[m]
+            check_policy_inputs(pol, wcfg.fusion_inputs, m)
+            weights[m] = pol.weights(pol.batch(eval_table)).numpy()
+            session_pages[m] = _policy_pages(world, predict, pol)
+        elif registry.is_grade(m):
             if logs is None:
                 logs = _training_logs(world, cfg.log_requests)
             if eval_table is None:
                 eval_table = _request_table(world, ev.req, ev.preds)
                 probe = _truth_probe(world, cfg.probe_requests, predict)
-            gcfg = _grade_config(cfg, world, m)
-            # Fuse exactly the world's inputs (its price scale), as a deployment would configure.
-            spec = FusionSpec(objectives=wcfg.objectives, use_price=True, price_scale=world.price_scale)
-            pol = fit_grade(logs, gcfg, anchor=prod.tolist(), spec=spec, probe=probe)
+            spec = registry.fusion_spec(objective, wcfg.objectives, world.price_scale)
+            resolved = registry.grade_config(cfg.grade, objective, m, spec, objectives_of(logs.column_names), True)
+            grade_notes = resolved.notes()
+            pol = registry.fit_method(resolved, logs, objective, spec, probe=probe)
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
             session_pages[m] = _policy_pages(world, predict, pol)
             curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
@@ -363,6 +372,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         "learning_curves": {a: [{k: v for k, v in r.items() if k != "mean_weights"} for r in c] for a, c in curves.items()},
         "predictor": cfg.predictor,
         "ci_method": "paired percentile bootstrap over requests (common random numbers across arms)",
+        "objective": objective.model_dump(mode="json"),
+        "grade_notes": grade_notes,
         "bench_config": cfg.model_dump(mode="json"),
     }
     if "static_search" in ab.metrics:

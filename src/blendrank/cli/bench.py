@@ -25,6 +25,9 @@ def bench(
     preset: str = typer.Option("default", "--preset", help="World preset."),
     data: Path | None = typer.Option(None, "--data", help="Contract log (file or directory) for an offline bench."),
     mapping: Path | None = typer.Option(None, "--mapping", help="YAML column mapping for --data."),
+    objective: Path | None = typer.Option(
+        None, "--objective", help="Objective YAML for --data (value, guard rails, production weights; "
+        "docs/objective.md). Default: objective.yaml beside the data, else the default it names."),
     methods: str | None = typer.Option(
         None, "--methods", help="Comma-separated methods (production is always the baseline). Default: "
         "production,static_search,segment_oracle,oracle,true_score in a world; production,static_search on logs."),
@@ -54,15 +57,15 @@ def bench(
     else:
         from blendrank.bench.logs import LogBenchConfig, run_log_bench
 
-        base = {"seed": seed or 0}
+        base = {"seed": seed or 0, "objective": str(objective) if objective else None}
         if method_list:
             base["methods"] = method_list
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=lambda s: out.print(s, highlight=False))
-    _finish(result, out_dir)
+    finish(result, out_dir)
 
 
-def _finish(result: dict, out_dir: Path) -> None:
+def finish(result: dict, out_dir: Path) -> None:
     from blendrank.bench.report import format_table, write_report
 
     md, html = write_report(out_dir)

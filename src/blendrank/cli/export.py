@@ -10,6 +10,7 @@ import typer
 
 from blendrank.cli.common import check_writable_dir, fail, out, user_errors
 from blendrank.errors import DataError
+from blendrank.objective import OBJECTIVE_FILE, load_objective
 
 
 def _check_policy_files(policy: Path) -> None:
@@ -79,7 +80,8 @@ def export(
         None, "--fallback-weights",
         help="Static weights served when the model cannot be used, normally the production formula's: "
              "comma-separated (one per fusion input), or a file: a world's summary.json, a production.yaml, "
-             "a static_weights.json. Default: uniform (a policy directory does not record production weights)."),
+             "a static_weights.json, an objective.yaml. Default: the production weights of the objective the "
+             "policy was trained for (its objective.yaml), else uniform."),
 ) -> None:
     """Export the policy's deterministic head to ONNX, checked against PyTorch with onnxruntime."""
     from blendrank.serve.export import export_policy
@@ -87,6 +89,8 @@ def export(
     check_writable_dir(out_dir)
     _check_policy_files(policy)
     weights, source = _fallback(fallback_weights)
+    if weights is None and (policy / OBJECTIVE_FILE).is_file():  # the objective the policy was trained for
+        weights, source = load_objective(policy / OBJECTIVE_FILE).production_weights, f"{policy / OBJECTIVE_FILE}"
     m = export_policy(policy, out_dir, fallback_weights=weights, fallback_source=source)
     out.print(f"exported {policy} -> {out_dir}/model.onnx ({m['exporter']} exporter, inputs {m['fusion_inputs']}, "
               f"parity max abs error {m['parity_max_abs_error']:.2g}, sha256 {m['model_sha256'][:12]})")

@@ -17,7 +17,9 @@ from blendrank.cli import world as world_cli
 from blendrank.cli.bench import bench
 from blendrank.cli.common import show_data_warnings
 from blendrank.cli.demo import demo
+from blendrank.cli.eval import eval_policy
 from blendrank.cli.export import export
+from blendrank.cli.methods import methods
 from blendrank.cli.report import report
 from blendrank.cli.serve import serve
 from blendrank.cli.train import train
@@ -45,6 +47,8 @@ app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)
 app.command("train")(train)
+app.command("eval")(eval_policy)
+app.command("methods")(methods)
 app.command("export")(export)
 app.command("serve")(serve)
 

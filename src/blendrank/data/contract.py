@@ -1,4 +1,4 @@
-"""The data contract (SPEC §2): one row per impression, grouped into requests.
+"""The data contract (docs/data_contract.md): one row per impression, grouped into requests.
 
 ========================  =========================  ========  ===================================
 column                    type                       nulls     values

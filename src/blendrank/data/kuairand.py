@@ -1,4 +1,4 @@
-"""KuaiRand-Pure → data-contract Parquet (SPEC §2, §3.1).
+"""KuaiRand-Pure → data-contract Parquet (docs/kuairand.md).
 
 The vendored copy in ``blendrank/resources/kuairand`` (CC BY-SA 4.0, see its ``ATTRIBUTION.md``)
 is turned into pseudo-requests (one user's impressions within one calendar day), de-duplicated

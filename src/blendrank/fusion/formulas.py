@@ -1,4 +1,6 @@
-"""Fusion formulas and batched top-K: the one code path used offline, in worlds and in serving.
+"""Fusion formulas and batched top-K: the one torch code path used offline, in worlds and in
+training; serving runs their numpy twins (:mod:`blendrank.fusion.numpy_twins`, checked against
+these in one parity test).
 
 Shapes: ``B`` requests, ``L`` candidates per request (padded), ``K`` fusion inputs (one per
 objective prediction, plus value terms such as price), ``G`` weight vectors per request.

@@ -1,6 +1,6 @@
 """Fusion policies: request state → fusion weights on the simplex.
 
-``DirichletPolicy`` is GRADE's policy (SPEC §4): an MLP gives mean logits ``z(s)`` and a
+``DirichletPolicy`` is GRADE's policy (docs/grade.md): an MLP gives mean logits ``z(s)`` and a
 concentration head ``c(s)``; ``m = (1 − ε)·softmax(z) + ε/K``, ``κ = κ_min + softplus(c)``, ``α = κ·m`` and
 ``π(w|s) = Dir(w; α)``. Serving uses the deterministic mean ``m(s)``. Ablations swap the
 exploration law (Gaussian on logits then softmax, Gaussian on weights then clip-and-renormalise)
@@ -20,7 +20,6 @@ from torch.nn import functional as F
 
 Exploration = Literal["dirichlet", "gaussian_logits", "gaussian_weights"]
 ACTION_FLOOR = 1e-6
-MEAN_FLOOR = float(__import__("os").environ.get("BR_MEAN_FLOOR", "0.0"))  # stored actions are clamped away from the simplex boundary before log_prob
 
 
 class StateEncoder(nn.Module):

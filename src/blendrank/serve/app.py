@@ -1,4 +1,4 @@
-"""The HTTP service (SPEC §7): FastAPI over a :class:`~blendrank.serve.ranker.Ranker`.
+"""The HTTP service (docs/serving.md): FastAPI over a :class:`~blendrank.serve.ranker.Ranker`.
 
 Endpoints: ``POST /v1/rank``, ``POST /v1/weights``, ``GET /healthz``, ``GET /metrics``
 (Prometheus text format, written by hand) and ``POST /admin/reload`` (bearer token; the new

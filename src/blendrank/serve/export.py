@@ -1,4 +1,4 @@
-"""Export a trained fusion policy's deterministic head to ONNX for serving (SPEC §7).
+"""Export a trained fusion policy's deterministic head to ONNX for serving (docs/serving.md).
 
 The exported graph is the Dirichlet mean ``m(s)``: ``(cat int64 [B, n_cat], num float32
 [B, n_num], stats float32 [B, n_stats]) -> weights float32 [B, K]`` with a dynamic batch. The
@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from blendrank import __version__
 from blendrank.errors import DataError
+from blendrank.features.center import FeatureCenter
+from blendrank.fusion.artifact import POLICY_ROLES, load_policy
 
 MANIFEST_FORMAT = "blendrank.serving_export"
 MANIFEST_VERSION = 1
@@ -194,21 +196,15 @@ def export_policy(policy_dir: str | Path, out_dir: str | Path,
     directory does not record the production weights, so they must be passed here.
     ``fallback_source`` (e.g. the file they came from) is recorded in the manifest.
     """
-    from blendrank.algos.grade.data import POLICY_ROLES
-    from blendrank.algos.grade.trainer import GradePolicy
-
     policy_dir, out = Path(policy_dir), Path(out_dir)
-    gp = GradePolicy.load(policy_dir)
-    pol = gp.policy.eval()
-    inputs = gp.spec.inputs
-    k = len(inputs)
-    if pol.k != k:
-        raise ExportError(f"{policy_dir}: policy has {pol.k} outputs but fusion.json lists {k} inputs {inputs}")
+    pol, spec, _ = load_policy(policy_dir)
+    center = FeatureCenter.load(policy_dir / "feature_center.json")
+    inputs = spec.inputs
     fb, dropped = fallback_vector(fallback_weights, inputs, fallback_source or "fallback weights")
-    cards = list(gp.center.cardinalities.values())
-    cat_names = gp.center.categorical_names(POLICY_ROLES)
-    num_names = gp.center.numeric_names(POLICY_ROLES)
-    if len(cat_names) != len(pol.encoder.embeddings) or len(num_names) != len(gp.center.numeric_names()):
+    cards = list(center.cardinalities.values())
+    cat_names = center.categorical_names(POLICY_ROLES)
+    num_names = center.numeric_names(POLICY_ROLES)
+    if len(cat_names) != len(pol.encoder.embeddings) or len(num_names) != len(center.numeric_names()):
         raise ExportError(f"{policy_dir}: feature center does not match the policy's inputs")
     head = FusionHead(pol)
     example = random_states(cards, len(num_names), pol.stats_mean, pol.stats_std, 4)
@@ -233,16 +229,16 @@ def export_policy(policy_dir: str | Path, out_dir: str | Path,
     for name in ("feature_center.json", "fusion.json", "policy.pt", "config.json"):
         if (policy_dir / name).resolve() != (out / name).resolve():
             shutil.copyfile(policy_dir / name, out / name)
-    schema = [s.model_dump(mode="json") for s in gp.center.schema.select(POLICY_ROLES)]
+    schema = [s.model_dump(mode="json") for s in center.schema.select(POLICY_ROLES)]
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "blendrank_version": __version__,
         "created_unix": int(time.time()),
         "source": str(policy_dir),
-        "objectives": list(gp.spec.objectives),
+        "objectives": list(spec.objectives),
         "fusion_inputs": inputs,
-        "fusion": gp.spec.model_dump(mode="json"),
+        "fusion": spec.model_dump(mode="json"),
         "feature_schema": schema,
         "categorical": cat_names,
         "numeric": num_names,

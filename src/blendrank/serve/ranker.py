@@ -24,7 +24,6 @@ weights from the manifest (the production weights given at export, else uniform)
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +35,12 @@ import numpy as np
 import torch
 
 from blendrank.errors import DataError
+from blendrank.fusion.artifact import POLICY_ROLES, load_policy, read_spec
+from blendrank.fusion.numpy_twins import fuse_np, fusion_features_np, list_stats_np, top_single_np
 from blendrank.serve.payload import Limits, ParsedRequest, Schema, as_request_list, parse_request
 
 Backend = Literal["onnx", "torch"]
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
-POLICY_ROLES = ("user", "context")
 NUMPY_HEAD_MAX_BATCH = 4  # batches up to this size skip onnxruntime (see _with_numpy_head)
 NUMPY_HEAD_TOL = 1e-6  # max abs weight difference from onnxruntime for the numpy head to be used
 BLOCK_ELEMENTS = 64 * 3 * 200  # fusion inputs per block of a large batch (~150 KB per float32 array)
@@ -93,8 +93,6 @@ class Ranker:
         with the PyTorch policy (when ``policy.pt`` is present). ``limits`` bound each request
         of :meth:`rank` / :meth:`weights` (default :class:`~blendrank.serve.payload.Limits`).
         """
-        from blendrank.algos.grade.data import FusionSpec
-
         path = Path(export_dir)
         if backend not in BACKENDS:
             raise DataError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -102,9 +100,9 @@ class Ranker:
             raise DataError(f"{path}: not an export directory (no manifest.json); run `blendrank export` first")
         try:
             manifest = json.loads((path / "manifest.json").read_text())
-            spec = FusionSpec.model_validate_json((path / "fusion.json").read_text())
+            spec = read_spec(path / "fusion.json")
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable manifest.json or fusion.json ({exc})") from None
+            raise DataError(f"{path}: unreadable manifest.json ({exc})") from None
         from blendrank.serve.export import MANIFEST_FORMAT
 
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -138,9 +136,7 @@ class Ranker:
             if cats != m.get("categorical") or nums != m.get("numeric"):
                 raise DataError("feature_center.json does not match the manifest's feature schema")
         if backend == "torch":
-            from blendrank.algos.grade.trainer import GradePolicy
-
-            pol = GradePolicy.load(self.path).policy.eval()
+            pol = load_policy(self.path)[0]
 
             def run_torch(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
                 with torch.no_grad():
@@ -162,10 +158,9 @@ class Ranker:
                 raise DataError("model.onnx sha256 does not match the manifest (corrupt or edited)")
             session = onnx_session(onnx_path, threads)
             if strict and (self.path / "policy.pt").is_file():
-                from blendrank.algos.grade.trainer import GradePolicy
                 from blendrank.serve.export import FusionHead
 
-                pol = GradePolicy.load(self.path).policy.eval()
+                pol = load_policy(self.path)[0]
                 err = parity_error(FusionHead(pol), session, list(m["cardinalities"]), len(m["numeric"]),
                                    pol.stats_mean, pol.stats_std, batches=(1, 33))
                 if not err <= tol:
@@ -254,12 +249,7 @@ class Ranker:
         return cat, num
 
     def _features(self, values: np.ndarray) -> np.ndarray:
-        """``[B, K, L]`` fusion features from raw inputs (``fusion_features``, numpy)."""
-        if self.spec.formula == "log_linear":
-            return np.log(values + np.float32(self.spec.floor))
-        if self.spec.formula == "additive":
-            return values
-        raise DataError(f"unknown fusion formula {self.spec.formula!r}")
+        return fusion_features_np(values, self.spec.formula, self.spec.floor)
 
     def _rank_core(self, cat: np.ndarray, num: np.ndarray, values: np.ndarray, mask: np.ndarray | None,
                    k: int | None) -> tuple[np.ndarray, bool, np.ndarray | None, np.ndarray | None]:
@@ -288,10 +278,10 @@ class Ranker:
         w, used_fallback = self.policy_weights(cat, num, list_stats_np(feats, mask, self.spec.stats_top))
         if k is None:
             return w, used_fallback, None, None
-        scores = np.matmul(w[:, None, :], feats)[:, 0]  # [B, L]
+        scores = fuse_np(w, feats)  # [B, L]
         page = min(max(int(k), 1), scores.shape[1])
         if mask is None and scores.shape[0] == 1:
-            found = _top_single(scores, page)
+            found = top_single_np(scores, page)
             if found is not None:
                 return w, used_fallback, *found
         if mask is not None:
@@ -412,20 +402,6 @@ class Ranker:
         return w, fb
 
 
-def _top_single(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(index [1, page], scores [1, page])`` of one request's best candidates with numpy, or
-    None when two of the ``page + 1`` best scores are equal or a score is NaN (then the caller's
-    ``torch.topk`` decides, whose order among equal scores is its own and which ranks NaN first).
-    Otherwise the page is unique, so this is exactly ``torch.topk``'s answer; for one request it
-    avoids torch's per-call cost (~10-30 µs with the cache effects of a whole request)."""
-    order = np.argsort(-scores[0], kind="stable")
-    best = scores[0, order[:page + 1]]
-    # NaN sorts last: the last score is NaN iff any is
-    if math.isnan(scores[0, order[-1]]) or (best[1:] == best[:-1]).any():
-        return None
-    return order[None, :page], best[None, :page]
-
-
 def _with_numpy_head(run_onnx: Any, onnx_path: Path, states: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
     """``run_onnx`` for large batches, the same ONNX graph evaluated with numpy for batches up to
     ``NUMPY_HEAD_MAX_BATCH`` — when :func:`~blendrank.serve.numpy_head.compile_head` supports the
@@ -446,44 +422,3 @@ def _with_numpy_head(run_onnx: Any, onnx_path: Path, states: list[tuple[np.ndarr
 
     run.numpy_head = True  # type: ignore[attr-defined]  (for tests: which path serves)
     return run
-
-
-_sum_reduce = np.add.reduce
-
-
-def list_stats_np(features: np.ndarray, mask: np.ndarray | None, top: int = 10) -> np.ndarray:
-    """numpy twin of :func:`blendrank.fusion.state.list_stats` in the serving layout.
-
-    Args:
-        features: ``[B, K, L]`` fusion features (candidates contiguous).
-        mask: ``[B, L]`` True on real candidates, or None when every candidate is real.
-        top: size of the "top" set whose mean is reported.
-
-    Returns:
-        ``[B, 4K]`` float32: per feature its mean, std, max and top-``top`` mean over real
-        candidates (zeros for a request without candidates), in ``list_stats``'s order.
-    """
-    n = features.shape[-1]
-    t = min(top, n)
-    if mask is None:  # (add.reduce * 1/n rather than .mean/.sum: this runs per request and
-        # their Python-level wrappers show; add.reduce is what .sum runs, so the same bits)
-        mean = _sum_reduce(features, axis=-1) * np.float32(1.0 / n)
-        d = features - mean[..., None]
-        std = np.sqrt(np.einsum("bkl,bkl->bk", d, d) * np.float32(1.0 / n))
-        # A full sort is the cheapest way to the top-t here: numpy's SIMD sort of float32 rows
-        # beats partition-based selection for rows of a few hundred.
-        srt = features.copy()
-        srt.sort(axis=-1)
-        mx, top_mean = srt[..., -1], _sum_reduce(srt[..., n - t:], axis=-1) * np.float32(1.0 / t)
-    else:
-        m = mask[:, None, :]
-        cnt = mask.sum(-1, dtype=np.float32)[:, None]  # [B, 1]
-        mean = np.where(m, features, 0).sum(-1, dtype=np.float32) / np.maximum(cnt, 1)
-        d = np.where(m, features - mean[..., None], 0)
-        std = np.sqrt(np.einsum("bkl,bkl->bk", d, d) / np.maximum(cnt, 1))
-        srt = np.sort(np.where(m, features, -np.inf), axis=-1)
-        top_vals = srt[..., n - t:]
-        valid = top_vals > -np.inf
-        top_mean = np.where(valid, top_vals, 0).sum(-1, dtype=np.float32) / np.maximum(valid.sum(-1), 1)
-        mx = np.where(cnt > 0, srt[..., -1], 0)
-    return np.concatenate([mean, std, mx, top_mean], axis=1).astype(np.float32, copy=False)

@@ -41,6 +41,7 @@ from blendrank.fusion.formulas import Formula, fuse, fusion_features, top_k
 from blendrank.jsonio import read_json, write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.train import MTLPredictor, fit_mtl
+from blendrank.objective import Objective
 from blendrank.prerank import Prerank, PrerankConfig, fit_prerank, recall_at_n
 from blendrank.worlds.kuairand_sim_teacher import (
     POST_CLICK,
@@ -490,6 +491,14 @@ class KuaiRandSimWorld:
         if (w <= 0).any():
             raise ConfigError(f"production_weights must be positive for every input {list(FUSION_INPUTS)}")
         return w / w.sum()
+
+    def objective(self, guardrails: dict[str, float] | None = None) -> Objective:
+        """The world's own business objective: its value per impression (seconds watched, the
+        post-click engagements, hate as a cost) as logged labels, and the production formula."""
+        v = self.config.value
+        value = {WATCH: v.watch / 1000.0, **{k: getattr(v, k) for k in POST_CLICK if k != "long_view"}, "hate": v.hate}
+        return Objective(value=value, page_size=self.config.page_size, guardrails=guardrails or {},
+                         production_weights=dict(zip(FUSION_INPUTS, self.production_weights().tolist())))
 
     def examination(self) -> np.ndarray:
         return self.config.exam_decay ** np.arange(self.config.page_size)

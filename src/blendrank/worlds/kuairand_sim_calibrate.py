@@ -1,8 +1,8 @@
 """Fitting kuairand-sim's exit model to the shape of the real log's user-day lengths.
 
 KuaiRand-Pure keeps a small sample of each real user-day, so only the *shape* of the number of
-impressions per user-day is identifiable, not its level (design note, "Calibration to the real
-log"). Indirect inference: simulate logging-policy sessions, thin each impression with
+impressions per user-day is identifiable, not its level (docs/worlds.md, "Calibration to
+the log"). Indirect inference: simulate logging-policy sessions, thin each impression with
 probability ρ (the log's sampling), drop the days left empty, and compare the histogram of what
 is left (1, 2, …, 7, ≥ 8) with the log's. The session level is fixed by θ̄ (a mean of
 ``target_mean`` impressions per session); σ_θ, η and ρ are chosen by χ².

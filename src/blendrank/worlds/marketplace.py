@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from blendrank.config import BaseConfig
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, top_k
+from blendrank.objective import Objective
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -125,6 +126,10 @@ class MarketplaceConfig(BaseConfig):
         return [*self.objectives, "price"]
 
 
+#: The marketplace business's guard rails: CTR and CVR may lose 0.5%, orders per impression nothing.
+DEFAULT_GUARDRAILS: dict[str, float] = {"ctr": 0.005, "cvr": 0.005, "opm": 0.0}
+
+
 @dataclass(frozen=True)
 class Requests:
     """A batch of requests. ``cand`` holds item indices ``[B, L]``."""
@@ -211,6 +216,18 @@ class MarketplaceWorld:
             # Hand-set default: mostly CTR and CTCVR, a little price, small extras.
             w = np.array([0.5, 0.35] + [0.05] * len(cfg.extra_objectives) + [0.1])
         return w / w.sum()
+
+    def objective(self, guardrails: dict[str, float] | None = None) -> Objective:
+        """The world's own business objective: its true value (clicks, orders, GMV in units of
+        the median price, extra behaviours), the production formula, and the guard rails
+        (default :data:`DEFAULT_GUARDRAILS`)."""
+        v = self.config.value
+        extras = {o.name: o.value_weight for o in self.config.extra_objectives}
+        return Objective(value={"click": v.click, "order": v.order, "order*price": v.gmv, **extras},
+                         page_size=self.config.page_size,
+                         guardrails=DEFAULT_GUARDRAILS if guardrails is None else guardrails,
+                         production_weights=dict(zip(self.config.fusion_inputs, self.production_weights().tolist())),
+                         price_scale=self.price_scale)
 
     def sample_requests(self, n: int, rng: np.random.Generator, users: np.ndarray | None = None) -> Requests:
         """Draw ``n`` requests: user, query category, and ``L`` distinct candidates each."""

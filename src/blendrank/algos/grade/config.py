@@ -11,23 +11,8 @@ from typing import Literal
 from pydantic import Field
 
 from blendrank.config import BaseConfig
-from blendrank.fusion.policy import Exploration
+from blendrank.fusion.artifact import PolicyConfig
 from blendrank.rewards.composite import CompositeRewardConfig
-
-
-class PolicyConfig(BaseConfig):
-    """The fusion policy network ``state → Dir(κ(s)·m(s))``."""
-
-    hidden: list[int] = Field(default_factory=lambda: [64, 64], description="MLP hidden sizes.")
-    emb_dim: int = Field(4, ge=1, description="Embedding size of each user/context categorical feature.")
-    kappa_min: float = Field(0.05, gt=0, description="κ_min: floor of the Dirichlet total concentration.")
-    kappa_init: float = Field(30.0, gt=0, description="Initial total concentration κ (exploration width).")
-    exploration: Exploration = Field("dirichlet", description="Exploration law: dirichlet (GRADE), gaussian_logits, gaussian_weights (ablations).")
-    fixed_kappa: bool = Field(False, description="Use one learned κ for all states instead of the state-dependent head (ablation).")
-    gaussian_std_init: float = Field(0.1, gt=0, description="Initial std of the Gaussian ablations.")
-    mean_floor: float = Field(0.05, ge=0, lt=1, description="ε in m = (1−ε)·softmax(z) + ε/K: keeps every fusion input "
-                              "explorable (without it Stage 1 can drive an input's weight, and so its Dirichlet α, to ~0 "
-                              "and Stage 2 never samples it again).")
 
 
 class LTRConfig(BaseConfig):
@@ -89,7 +74,7 @@ class GRADEConfig(BaseConfig):
     log_every: int = Field(10, ge=1, description="Log diagnostics every N Stage-2 steps.")
 
 
-#: ``grade:<variant>`` ablations as config overrides (SPEC §4).
+#: ``grade:<variant>`` ablations as config overrides (docs/grade.md).
 VARIANTS: dict[str, list[str]] = {
     "gaussian": ["policy.exploration=gaussian_logits"],
     "gaussian_weights": ["policy.exploration=gaussian_weights"],

@@ -23,53 +23,37 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
-from blendrank.config import BaseConfig
 from blendrank.data.contract import format_violations, objectives_of, validate_table
 from blendrank.data.io import PARQUET_SUFFIXES, iter_record_batches, parquet_files
 from blendrank.data.slates import to_slates
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter, FeatureSchema
-from blendrank.fusion.formulas import Formula, fusion_features
+from blendrank.fusion.artifact import POLICY_ROLES, FusionSpec
+from blendrank.fusion.formulas import fusion_features
 from blendrank.fusion.state import list_stats
 from blendrank.rewards.components import position_click_counts
 
-POLICY_ROLES = ("user", "context")
 REQUEST_ID = "request_id"
 #: Prices kept (a uniform, seeded sample) to estimate the median training price: exact below it.
 PRICE_SAMPLE = 1_000_000
 
 
-class FusionSpec(BaseConfig):
-    """Which columns are fused and how; fitted on the training split and saved with a policy."""
-
-    objectives: list[str] = Field(description="Objectives whose pred_<name> are fusion inputs, in order.")
-    use_price: bool = Field(False, description="Add price / price_scale as the last fusion input.")
-    price_scale: float = Field(1.0, gt=0, description="Median training price (price inputs are relative to it).")
-    formula: Formula = Field("log_linear", description="Fusion formula.")
-    floor: float = Field(1e-3, gt=0, description="Floor b_k inside log(x + b_k).")
-    stats_top: int = Field(10, ge=1, description="Top-N size of the list statistics in the state.")
-
-    @property
-    def inputs(self) -> list[str]:
-        return [*self.objectives, *(["price"] if self.use_price else [])]
-
-    @classmethod
-    def fit(cls, data: pa.Table | str | Path, objectives: list[str] | None = None, **kw) -> FusionSpec:
-        """Fit on a training table or Parquet log (file or directory of shards, streamed); the
-        median price is exact up to :data:`PRICE_SAMPLE` prices, else that of a uniform sample."""
-        source = _source(data)
-        cols = _column_names(source)
-        objs = objectives or [o for o in objectives_of(cols) if f"pred_{o}" in cols]
-        missing = [o for o in objs if f"pred_{o}" not in cols]
-        if not objs or missing:
-            raise DataError(f"fusion needs pred_<objective> columns; missing {missing or 'all'} "
-                            "(run `blendrank mtl predict` first, or use a log with predictions)")
-        use_price = "price" in cols
-        scale = _sampled_median(rb.column(0) for rb in _record_batches(source, ["price"], 262_144)) if use_price else 1.0
-        return cls(objectives=objs, use_price=use_price, price_scale=max(scale, 1e-6), **kw)
+def fit_fusion_spec(data: pa.Table | str | Path, objectives: list[str] | None = None, **kw) -> FusionSpec:
+    """The fusion of a training table or Parquet log (file or directory of shards, streamed): its
+    ``pred_*`` inputs and price; the median price is exact up to :data:`PRICE_SAMPLE` prices, else
+    that of a uniform sample."""
+    source = _source(data)
+    cols = _column_names(source)
+    objs = objectives or [o for o in objectives_of(cols) if f"pred_{o}" in cols]
+    missing = [o for o in objs if f"pred_{o}" not in cols]
+    if not objs or missing:
+        raise DataError(f"fusion needs pred_<objective> columns; missing {missing or 'all'} "
+                        "(run `blendrank mtl predict` first, or use a log with predictions)")
+    use_price = "price" in cols
+    scale = _sampled_median(rb.column(0) for rb in _record_batches(source, ["price"], 262_144)) if use_price else 1.0
+    return FusionSpec(objectives=objs, use_price=use_price, price_scale=max(scale, 1e-6), **kw)
 
 
 @dataclass(frozen=True)
@@ -368,7 +352,7 @@ class RequestLog:
         if REQUEST_ID not in _column_names(source):
             raise DataError(f"{'the training table' if isinstance(source, pa.Table) else source[0]}: "
                             f"no {REQUEST_ID} column; GRADE trains on requests (see docs/data_contract.md)")
-        spec = spec or FusionSpec.fit(source)
+        spec = spec or fit_fusion_spec(source)
         schema = policy_schema(source, read_batch_rows)
         size = [0, 0]  # requests, longest request
 

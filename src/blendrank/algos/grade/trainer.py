@@ -33,7 +33,6 @@ from blendrank.algos.grade.data import (
 from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the stages)
     Checkpointer,
     NonFiniteError,  # noqa: F401
-    atomic_torch_save,
     check_finite,
     fingerprint,
     rng_state,
@@ -42,6 +41,7 @@ from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.formulas import fuse, position_discount, top_k
+from blendrank.fusion.artifact import load_policy, make_policy, save_policy
 from blendrank.fusion.policy import DirichletPolicy
 from blendrank.jsonio import write_jsonl
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
@@ -71,39 +71,20 @@ class GradePolicy:
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"state_dict": self.policy.state_dict(), "cardinalities": list(self.center.cardinalities.values()),
-                           "n_numeric": len(self.center.numeric_names()), "n_stats": int(self.policy.stats_mean.numel()),
-                           "k": self.policy.k}, out / "policy.pt")
+        save_policy(out, self.policy, self.spec, list(self.center.cardinalities.values()),
+                    len(self.center.numeric_names()), self.config.model_dump_json(indent=2))
         self.center.save(out / "feature_center.json")
-        (out / "fusion.json").write_text(self.spec.model_dump_json(indent=2))
-        (out / "config.json").write_text(self.config.model_dump_json(indent=2))
         write_jsonl(out / "history.jsonl", self.history)
         return out
 
     @classmethod
     def load(cls, path: str | Path) -> GradePolicy:
-        path = Path(path)
-        needed = ["policy.pt", "feature_center.json", "fusion.json", "config.json"]
-        missing = [n for n in needed if not (path / n).exists()]
-        if missing:
-            raise DataError(f"{path}: not a trained policy directory (missing {', '.join(missing)}); "
-                            "train one with `blendrank train --method grade`")
-        cfg = GRADEConfig.model_validate_json((path / "config.json").read_text())
-        spec = FusionSpec.model_validate_json((path / "fusion.json").read_text())
-        center = FeatureCenter.load(path / "feature_center.json")
-        blob = torch.load(path / "policy.pt", weights_only=True)
-        policy = make_policy(cfg, blob["cardinalities"], blob["n_numeric"], blob["n_stats"], blob["k"])
-        policy.load_state_dict(blob["state_dict"])
-        return cls(policy, spec, center, cfg)
-
-
-def make_policy(cfg: GRADEConfig, cardinalities: list[int], n_numeric: int, n_stats: int, k: int) -> DirichletPolicy:
-    p = cfg.policy
-    return DirichletPolicy(cardinalities, n_numeric, n_stats, k, hidden=tuple(p.hidden), emb_dim=p.emb_dim,
-                           kappa_min=p.kappa_min, kappa_init=p.kappa_init, exploration=p.exploration,
-                           fixed_kappa=p.fixed_kappa, gaussian_std_init=p.gaussian_std_init,
-                           mean_floor=p.mean_floor)
+        policy, spec, config = load_policy(path)
+        try:
+            cfg = GRADEConfig.model_validate(config)
+        except ValueError as exc:
+            raise DataError(f"{Path(path) / 'config.json'}: not a GRADE config ({str(exc).splitlines()[0]})") from None
+        return cls(policy, spec, FeatureCenter.load(Path(path) / "feature_center.json"), cfg)
 
 
 @dataclass
@@ -421,7 +402,7 @@ def fit_grade(train: pa.Table | str | Path, cfg: GRADEConfig, anchor: list[float
     if data.n_requests < 2:
         raise DataError("GRADE needs at least 2 training requests")
     summary = data.summary(cfg.reward.k)  # streaming pass: list-statistics moments, position clicks
-    policy = make_policy(cfg, list(center.cardinalities.values()), len(center.numeric_names()),
+    policy = make_policy(cfg.policy, list(center.cardinalities.values()), len(center.numeric_names()),
                          summary.stats_mean.numel(), len(spec.inputs))
     policy.set_stats_moments(summary.stats_mean, summary.stats_std)
     anchor_t = None

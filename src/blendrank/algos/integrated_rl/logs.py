@@ -1,4 +1,4 @@
-"""IntegratedRL-MTF on a contract log without a world: one offline round (SPEC §5).
+"""IntegratedRL-MTF on a contract log without a world: one offline round (docs/integrated_rl.md).
 
 - **Sessions**: each user's requests in time order; a gap over ``log_session_gap_s`` (if set)
   starts a new session. The next state is the same user's next request in the session.
@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from blendrank import distributed as dist
-from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_policy_features
+from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_fusion_spec, fit_policy_features
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.integrated_rl.networks import Actor
 from blendrank.algos.integrated_rl.rollout import Transitions, action_box, product_scores
@@ -262,7 +262,7 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
     log = (log or (lambda s: None)) if dist.is_main() else (lambda s: None)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    spec = FusionSpec.fit(train, setup.objectives, floor=floor)
+    spec = fit_fusion_spec(train, setup.objectives, floor=floor)
     center = fit_policy_features(train)
     batch = build_batch(train, spec, center)
     state, sess = _states(train, batch, center, setup, cfg)

@@ -1,4 +1,4 @@
-"""``static_search`` baseline: one global fusion weight vector on the simplex (SPEC §5)."""
+"""``static_search``: one global fusion weight vector on the simplex (docs/static_search.md)."""
 
 from blendrank.algos.static_search.config import METHODS, StaticSearchConfig
 from blendrank.algos.static_search.objectives import offline_ndcg_objective
