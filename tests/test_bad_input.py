@@ -89,6 +89,16 @@ def truncated(tmp: Path) -> None:
     (tmp / "in.parquet").write_bytes(data[: len(data) // 2])
 
 
+def csv_log(tmp: Path, times: list[str] | None = None, extra: str = "") -> None:
+    """A 4-request CSV log with ISO date-times, string ids and no user column, and its mapping
+    (``extra`` appended to it)."""
+    times = times or [f"2024-03-01 {8 + r // 2:02d}:00:00" for r in range(8)]
+    rows = [f"s{r // 2},{times[r]},i{r % 2},{r % 2},{r % 2 + 1}" for r in range(8)]
+    (tmp / "log.csv").write_text("srch,time,item,clicked,pos\n" + "\n".join(rows) + "\n")
+    (tmp / "map.yaml").write_text("columns: {request_id: srch, ts: time, item_id: item, position: pos}\n"
+                                  "labels: {click: clicked}\n" + extra)
+
+
 def renamed(tmp: Path) -> None:
     """The log under a user's own column names (for mapping cases)."""
     t = base_log()
@@ -168,12 +178,12 @@ CASES: list[Case] = [
     Case("float ts", "data", "ts as whole-number doubles", TRAIN + ["{tmp}/in.parquet"],
          ["ts", "wrong_dtype", "cast it to an integer type"],
          lambda t: write_table(t, with_column(base_log(), "ts", base_log()["ts"].to_numpy().astype(float)))),
-    Case("missing required column", "data", "user_id column dropped", TRAIN + ["{tmp}/in.parquet"],
-         ["user_id", "missing_column", "map an existing column onto it with --mapping"],
-         lambda t: write_table(t, base_log().drop_columns(["user_id"]))),
+    Case("missing required column", "data", "item_id column dropped", TRAIN + ["{tmp}/in.parquet"],
+         ["item_id", "missing_column", "map an existing column onto it with --mapping"],
+         lambda t: write_table(t, base_log().drop_columns(["item_id"]))),
     Case("missing mapping keys", "data", "mapping without `columns:` for renamed id columns",
          ["data", "validate", "{tmp}/in.parquet", "--mapping", "{tmp}/map.yaml"],
-         ["4 data contract violation(s)", "request_id", "missing_column", "columns present:", "session"],
+         ["3 data contract violation(s)", "request_id", "missing_column", "columns present:", "session"],
          lambda t: (renamed(t), (t / "map.yaml").write_text("labels: {click: label_click}\n"))),
     Case("mapping names a nonexistent column", "data", "columns.request_id: sessionid (absent)",
          ["train", "--method", "grade", "--data", "{tmp}/in.parquet", "--mapping", "{tmp}/map.yaml", "--out", "{tmp}/o"],
@@ -236,7 +246,7 @@ CASES: list[Case] = [
     Case("negative epochs (MTL)", "config", "mtl train --set epochs=-1",
          MTL_TRAIN + ["{mtl_log}", "--set", "epochs=-1"], ["epochs: Input should be greater than or equal to 1"]),
     Case("unknown key", "config", "--set stage2.stepz=3", GRADE_CFG + ["stage2.stepz=3"],
-         ["stage2.stepz: unknown key (check the spelling"]),
+         ["stage2.stepz: unknown key (check the spelling", "`blendrank config show GRADEConfig` lists every field"]),
     Case("unknown key in YAML", "config", "--config with `stage1: {epoch: 2}`",
          ["train", "--method", "grade", "--data", "{log}", "--out", "{tmp}/o", "--config", "{tmp}/c.yaml"],
          ["c.yaml: invalid configuration", "stage1.epoch: unknown key"],
@@ -327,6 +337,30 @@ CASES: list[Case] = [
     Case("serve: foreign manifest", "model dir", "manifest.json = {\"format\": \"other\"}",
          ["serve", "--model", "{tmp}/model"], ["manifest.json: not a blendrank serving manifest"],
          **corrupt("export", "manifest.json", b'{"format": "other"}')),
+    Case("unparseable date-time ts", "data", "an ISO date-time column with the text 'yesterday'",
+         ["data", "validate", "{tmp}/log.csv", "--mapping", "{tmp}/map.yaml"],
+         ["log.csv: column 'time' (ts): cannot parse 'yesterday' (row 3)", "set ts_format in the mapping"],
+         lambda t: csv_log(t, times=["2024-03-01 08:00:00"] * 3 + ["yesterday"] + ["2024-03-01 09:00:00"] * 4)),
+    Case("date-time not matching ts_format", "data", "day-first date-times, ts_format year-first",
+         ["mtl", "train", "--out", "{tmp}/out", "--data", "{tmp}/log.csv", "--mapping", "{tmp}/map.yaml"],
+         ["column 'time' (ts): cannot parse '01/03/2024 08:00' (row 0) with ts_format '%Y-%m-%d %H:%M'"],
+         lambda t: csv_log(t, times=["01/03/2024 08:00"] * 8, extra="ts_format: '%Y-%m-%d %H:%M'\n")),
+    Case("unknown ts_timezone", "data", "ts_timezone: Europe/Pariss",
+         ["bench", "--data", "{tmp}/log.csv", "--mapping", "{tmp}/map.yaml", "--out", "{tmp}/out"],
+         ["map.yaml: invalid column mapping", "key ts_timezone", "unknown time zone 'Europe/Pariss'"],
+         lambda t: csv_log(t, extra="ts_timezone: Europe/Pariss\n")),
+    Case("bad test_where", "config", "--set test_where='random_bool = 1' (one =)",
+         ["bench", "--data", "{tmp}/log.csv", "--mapping", "{tmp}/map.yaml", "--out", "{tmp}/out",
+          "--set", "test_where=random_bool = 1"],
+         ["test_where: filter 'random_bool = 1': expected COLUMN OP VALUE"], lambda t: csv_log(t)),
+    Case("test_where unknown column", "data", "the mapping's test_where names an absent column",
+         ["bench", "--data", "{tmp}/log.csv", "--mapping", "{tmp}/map.yaml", "--out", "{tmp}/out"],
+         ["filter 'randomised == 1': no column 'randomised'", "available columns:"],
+         lambda t: csv_log(t, extra="test_where: randomised == 1\n")),
+    Case("test_where splits requests", "data", "test_where on an item-level column",
+         ["bench", "--data", "{tmp}/log.csv", "--mapping", "{tmp}/map.yaml", "--out", "{tmp}/out"],
+         ["test_where 'item == \"i1\"' matches only some rows of 4 request(s)", "request-level column"],
+         lambda t: csv_log(t, extra="test_where: item == \"i1\"\n")),
     Case("serve: unknown backend", "model dir", "serve --backend tensorrt",
          ["serve", "--model", "{export}", "--backend", "tensorrt"], ["backend 'tensorrt': choose one of onnx, torch"]),
 ]
@@ -400,7 +434,7 @@ def test_failing_retrain_keeps_the_existing_policy(tmp_path: Path, models: dict[
     shutil.copytree(models["policy"], out)
     before = tree_digest(out)
     bad = tmp_path / "bad.parquet"
-    pq.write_table(base_log().drop_columns(["user_id"]), bad)
+    pq.write_table(base_log().drop_columns(["item_id"]), bad)
     for args in (["--data", bad], ["--data", models["log"], "--set", "stage2.epsilon=2"],
                  ["--data", tmp_path / "missing.parquet"]):
         assert_user_error(invoke("train", "--method", "grade", "--out", out, *args))

@@ -92,7 +92,7 @@ def set_at(column: str, row: int, value: Any) -> Callable[[Rows], Rows]:
 
 # (id, modifier, file format, column, kind, first offending rows)
 BAD_CASES = [
-    ("missing user_id", edit(user_id=None), "csv", "user_id", Kind.MISSING_COLUMN, []),
+    ("missing item_id", edit(item_id=None), "csv", "item_id", Kind.MISSING_COLUMN, []),
     (
         "no label",
         edit(label_click=None, label_order=None, pred_click=None),

@@ -73,7 +73,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `--help` lists the fields)"
+            msg = (f"unknown key (check the spelling; `blendrank config show {exc.title}` lists "
+                   "every field with its default)")
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
 

@@ -13,3 +13,8 @@ class ConfigError(BlendrankError):
 
 class DataError(BlendrankError):
     """Input data violates the data contract or cannot be read."""
+
+
+class DataWarning(UserWarning):
+    """Input data is valid but something in it will change results (e.g. no user ids); the CLI
+    prints it as one ``warning:`` line."""

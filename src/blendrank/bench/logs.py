@@ -29,10 +29,10 @@ from blendrank.algos.static_search.objectives import offline_ndcg_objective
 from blendrank.algos.static_search.search import search_weights
 from blendrank.bench import registry
 from blendrank.config import BaseConfig
+from blendrank.data import splits as data_splits
 from blendrank.data.contract import objectives_of
-from blendrank.data.io import load_log
 from blendrank.data.slates import Slates, to_slates
-from blendrank.errors import ConfigError, DataError
+from blendrank.errors import ConfigError
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, position_discount, top_k
 from blendrank.jsonio import write_json
 from blendrank.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
@@ -50,6 +50,7 @@ class LogBenchConfig(BaseConfig):
     gain: str = Field("exp2", description="NDCG gain: exp2 or linear.")
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for validation when the log is one file.")
     test_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for test when the log is one file.")
+    test_where: str | None = Field(None, description="Test split filter on one log, COLUMN OP VALUE (e.g. 'random_bool == 1', 'split == \"test\"'): matching requests are the test split, the rest split by time into train/valid (valid_frac of them); default the mapping's test_where, else a time split.")
     objective: str | None = Field(None, description="Objective YAML file (value, guard rails, production weights; "
                                   "docs/objective.md); null: objective.yaml beside the data, else the default it names.")
     fusion: Formula = Field("log_linear", description="Fusion formula.")
@@ -64,21 +65,7 @@ class LogBenchConfig(BaseConfig):
 
 
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
-    if data.is_dir() and all((data / f"{s}.parquet").exists() for s in SPLITS):
-        return {s: load_log(data / f"{s}.parquet", mapping)[0] for s in SPLITS}
-    table, _ = load_log(data, mapping)
-    # Time split by each request's first timestamp, so a request never straddles two splits.
-    first = table.group_by("request_id", use_threads=False).aggregate([("ts", "min")])
-    ts = np.sort(first["ts_min"].to_numpy())
-    lo, hi = np.quantile(ts, [1 - cfg.valid_frac - cfg.test_frac, 1 - cfg.test_frac])
-    req_split = np.where(first["ts_min"].to_numpy() < lo, 0, np.where(first["ts_min"].to_numpy() < hi, 1, 2))
-    out = {}
-    for i, s in enumerate(SPLITS):
-        ids = pc.filter(first["request_id"], pa.array(req_split == i))
-        out[s] = table.filter(pc.is_in(table["request_id"], value_set=ids))
-        if out[s].num_rows == 0:
-            raise DataError(f"{data}: the {s} split is empty; the log needs more requests spread over time")
-    return out
+    return data_splits.load_splits(data, mapping, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, test_where=cfg.test_where)
 
 
 def _ensure_predictions(splits: dict[str, pa.Table], log: Callable[[str], None]) -> tuple[dict[str, pa.Table], list[str]]:

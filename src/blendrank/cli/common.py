@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from blendrank.errors import BlendrankError
+from blendrank.errors import BlendrankError, DataWarning
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,6 +27,25 @@ err = Console(stderr=True)
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def show_data_warnings() -> None:
+    """Print every :class:`DataWarning` as one yellow ``warning:`` line on stderr (each time it
+    is issued); other warnings keep Python's default display."""
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DataWarning):
+            err.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False,
+                      soft_wrap=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    if getattr(warnings.showwarning, "_blendrank", False):
+        return
+    show._blendrank = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.simplefilter("always", DataWarning)
 
 
 def user_errors(fn: F) -> F:

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from blendrank.cli.common import check_writable_dir, fail, out, user_errors
+from blendrank.cli.common import check_writable_dir, err, fail, out, user_errors
 from blendrank.data.contract import (
     REQUEST_KINDS,
     STRUCTURAL_KINDS,
@@ -80,6 +80,13 @@ def _summary_table(s: Summary, source: str) -> Table:
     table.add_row("label rates (means)", rates)
     if s.preds:
         table.add_row("predictions", ", ".join(s.preds))
+    for o, c in s.calibration.items():
+        flag = "  [yellow](far off)[/]" if c.far_off else ""
+        table.add_row(
+            f"calibration {escape(o)}",
+            f"mean pred {c.mean_pred:.4g} vs rate {c.rate:.4g} (x{c.ratio:.3g}), "
+            f"ECE {c.ece:.3g}{flag}",
+        )
     if s.ts_min is not None:
         table.add_row("ts range (ms)", f"{s.ts_min} .. {s.ts_max}")
     table.add_row("optional columns", ", ".join(s.optional) or "-")
@@ -98,7 +105,7 @@ def _summary_table(s: Summary, source: str) -> Table:
 @app.command("validate")
 @user_errors
 def validate(
-    path: Path = typer.Argument(..., help="Parquet file, directory of Parquet shards, or CSV."),
+    path: Path = typer.Argument(..., help="Parquet file, directory of Parquet shards, or CSV(.gz)."),
     mapping: Path | None = typer.Option(
         None, "--mapping", help="YAML column mapping onto the contract (docs/data_contract.md)."
     ),
@@ -109,7 +116,9 @@ def validate(
         False, "--drop-small-requests", help="Drop (and count) small requests instead of failing."
     ),
 ) -> None:
-    """Check a log against the data contract: list every violation (exit 1) or summarize it."""
+    """Check a log against the data contract: list every violation (exit 1) or summarize it
+    (with the calibration of every pred_* column against its label), then print warnings: no
+    user ids, predictions far from their label's rate."""
     report = validate_table(
         read_log(path, mapping),
         str(path),
@@ -121,6 +130,8 @@ def validate(
         fail(f"{path}: {len(report.violations)} data contract violation(s); see the table above")
     assert report.summary is not None  # a report without violations always has a summary
     out.print(_summary_table(report.summary, str(path)))
+    for message in report.warnings:
+        err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.command("kuairand")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 import typer
+from typer import rich_utils
 
 from blendrank import __version__
+from blendrank.cli import config_cmd
 from blendrank.cli import data as data_cli
 from blendrank.cli import mtl as mtl_cli
 from blendrank.cli import world as world_cli
 from blendrank.cli.bench import bench
+from blendrank.cli.common import show_data_warnings
 from blendrank.cli.demo import demo
 from blendrank.cli.eval import eval_policy
 from blendrank.cli.export import export
@@ -19,6 +23,13 @@ from blendrank.cli.methods import methods
 from blendrank.cli.report import report
 from blendrank.cli.serve import serve
 from blendrank.cli.train import train
+
+#: Width of --help when it is not shown on a terminal (piped, captured): rich's default of 80
+#: columns cuts long defaults and examples. A terminal keeps its own width; TERMINAL_WIDTH (typer's
+#: setting) overrides both.
+HELP_WIDTH = 120
+if rich_utils.MAX_WIDTH is None and not sys.stdout.isatty():
+    rich_utils.MAX_WIDTH = HELP_WIDTH
 
 app = typer.Typer(
     name="blendrank",
@@ -31,6 +42,7 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(world_cli.app, name="world")
 app.add_typer(mtl_cli.app, name="mtl")
+app.add_typer(config_cmd.app, name="config")
 app.command("demo")(demo)
 app.command("bench")(bench)
 app.command("report")(report)
@@ -57,6 +69,7 @@ def root(
     # Small batched tensor ops run fastest on one intra-op thread; several threads on a busy
     # 2-core machine were measured 5-10x slower. BLENDRANK_THREADS overrides.
     torch.set_num_threads(int(os.environ.get("BLENDRANK_THREADS", "1")))
+    show_data_warnings()
 
 
 if __name__ == "__main__":

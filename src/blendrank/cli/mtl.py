@@ -21,6 +21,12 @@ from blendrank.cli.common import (
 from blendrank.cli.train import ResumeOption, checkpoint_every_option
 from blendrank.errors import ConfigError
 
+MappingOption = typer.Option(
+    None,
+    "--mapping",
+    help="YAML column mapping for --data (docs/data_contract.md); the log is then read whole.",
+)
+
 app = typer.Typer(
     help="Multi-task models (MMoE, PLE, shared-bottom): train on contract logs, add pred_* columns.",
     no_args_is_help=True,
@@ -96,10 +102,11 @@ def train(
     data: Path = typer.Option(
         ...,
         "--data",
-        help="Directory with train/valid/test.parquet, or a Parquet file / directory of shards "
-        "(split 70/15/15 by request time).",
+        help="Directory with train/valid/test logs, or one log: a Parquet file, a directory of "
+        "shards, or CSV(.gz) (split 70/15/15 by request time, or by the mapping's test_where).",
     ),
     out_dir: Path = typer.Option(..., "--out", help="Output directory (model, metrics.json)."),
+    mapping: Path | None = MappingOption,
     model: str | None = typer.Option(
         None, "--model", help="Architecture: mmoe (default), ple or shared_bottom."
     ),
@@ -124,12 +131,14 @@ def train(
 
     dist.init_from_env()
     try:
-        _train(data, out_dir, model, config, set_, seed, quiet, resume, checkpoint_every, lanes)
+        _train(data, out_dir, mapping, model, config, set_, seed, quiet, resume, checkpoint_every,
+               lanes)
     finally:
         dist.destroy()
 
 
-def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, set_: list[str] | None,
+def _train(data: Path, out_dir: Path, mapping: Path | None, model: str | None,
+           config: Path | None, set_: list[str] | None,
            seed: int | None, quiet: bool, resume: bool, checkpoint_every: int, lanes: int | None) -> None:
     from blendrank import distributed as dist
     from blendrank.config import load_config
@@ -148,7 +157,8 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
     note_replaced(out_dir, (WEIGHTS_FILE, METRICS_FILE), "from the first epoch that improves")
     log = None if quiet else (lambda msg: out.print(msg, highlight=False))
     _, metrics = train_mtl(
-        data, out_dir, cfg, log=log, checkpoint_every=checkpoint_every, resume=resume, lanes=lanes
+        data, out_dir, cfg, log=log, checkpoint_every=checkpoint_every, resume=resume, lanes=lanes,
+        mapping=mapping,
     )
     if not dist.is_main():
         return
@@ -173,25 +183,39 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
 @user_errors
 def predict(
     model_dir: Path = typer.Option(..., "--model", help="Directory written by `mtl train`."),
-    data: Path = typer.Option(..., "--data", help="Contract Parquet file or directory of shards."),
+    data: Path = typer.Option(
+        ..., "--data", help="Log to score: a Parquet file, a directory of shards, or CSV(.gz)."
+    ),
     out_path: Path = typer.Option(
         ...,
         "--out",
         help="Output directory (mirrors the input's shards), or a .parquet file for a file input.",
     ),
+    mapping: Path | None = MappingOption,
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows per record batch."),
 ) -> None:
     """Add pred_<objective> (probabilities) and est_<objective> (regression) columns to every
-    row, streaming batch by batch; each output shard is written atomically."""
+    row, streaming batch by batch; each output shard is written atomically (as Parquet).
+
+    With --mapping or a CSV input the log is read whole and mapped; the columns are added to
+    the rows as stored, so the same mapping reads the output."""
     import pyarrow.parquet as pq
 
     from blendrank.data.io import parquet_files
-    from blendrank.mtl.train import MTLPredictor, predict_parquet
+    from blendrank.mtl.data import loads_whole
+    from blendrank.mtl.train import MTLPredictor, predict_log, predict_parquet
     from blendrank.progress import progress_bar
 
     file_out = data.is_file() and out_path.suffix.lower() in (".parquet", ".pq")
     check_writable_dir(out_path.parent if file_out else out_path)
     predictor = MTLPredictor.load(model_dir)
+    cols = [f"pred_{o}" for o in predictor.objectives] + [f"est_{o}" for o in predictor.regression]
+    if loads_whole(data, mapping):
+        paths = predict_log(predictor, data, out_path, mapping, batch_rows=batch_rows)
+        out.print(
+            f"added {', '.join(cols)} to {len(paths)} file(s) -> {out_path}", highlight=False
+        )
+        return
     total = 0
     for f in parquet_files(data):
         with contextlib.suppress(Exception):  # unreadable files are reported by predict_parquet
@@ -205,7 +229,6 @@ def predict(
             batch_rows=batch_rows,
             on_batch=lambda n: bar.update(task, advance=n),
         )
-    cols = [f"pred_{o}" for o in predictor.objectives] + [f"est_{o}" for o in predictor.regression]
     out.print(
         f"added {', '.join(cols)} to {total:,} rows in {len(paths)} file(s) -> {out_path}",
         highlight=False,

@@ -4,7 +4,7 @@
 column                    type                       nulls     values
 ========================  =========================  ========  ===================================
 ``request_id``            int64 or string            no        one ranking request
-``user_id``               int64 or string            no        one user per request
+``user_id``               int64 or string            no        one user per request (optional)
 ``ts``                    int64 (ms since epoch)     no        request time, used for time splits
 ``item_id``               int64 or string            no        unique within a request
 ``position``              int32 (optional)           yes       1-based; null = not shown
@@ -16,7 +16,10 @@ column                    type                       nulls     values
 ========================  =========================  ========  ===================================
 
 Objectives are discovered from the ``label_*`` columns. Other columns are allowed and reported
-as ignored. :func:`validate_table` collects *every* violation (never just the first) and never
+as ignored. A log without ``user_id`` is valid: each request is taken as its own user (the
+report's table gets ``user_id = request_id``) and the report warns that session methods will
+treat every request as its own session; so does a log where every user has one request.
+Predictions far from their labels' rate are a warning too (see :mod:`blendrank.data.calibration`). :func:`validate_table` collects *every* violation (never just the first) and never
 changes a value; the only change it may make is dropping whole small requests when asked to.
 All checks are vectorised (pyarrow.compute / numpy), linear or ``n log n`` in the number of rows.
 """
@@ -33,9 +36,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from blendrank.data.calibration import RATIO_RANGE, Calibration, calibration
+
 REQUEST_ID, USER_ID, TS, ITEM_ID = "request_id", "user_id", "ts", "item_id"
 POSITION, PRICE, PROPENSITY = "position", "price", "propensity"
 REQUIRED_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_ID, TS, ITEM_ID)
+#: Required columns whose absence is a warning, not a violation (filled in, see the docstring).
+WARN_IF_MISSING: frozenset[str] = frozenset({USER_ID})
 OPTIONAL_COLUMNS: tuple[str, ...] = (POSITION, PRICE, PROPENSITY)
 LABEL_PREFIX, PRED_PREFIX, FEATURE_PREFIX = "label_", "pred_", "f_"
 PREFIXES: tuple[str, ...] = (LABEL_PREFIX, PRED_PREFIX, FEATURE_PREFIX)
@@ -138,6 +145,9 @@ class Summary:
     ignored_columns: list[str]  # columns outside the contract (kept, unused)
     dropped_requests: int = 0
     dropped_impressions: int = 0
+    #: per objective with both label_ and pred_ columns (labels in [0, 1]); shown rows only
+    #: when there is a position column
+    calibration: dict[str, Calibration] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,14 +155,16 @@ class ValidationReport:
     """Result of :func:`validate_table`.
 
     ``table`` is the input table, minus the small requests when ``small_requests="drop"``
-    (values are never modified). ``summary`` is ``None`` when the id columns are too broken to
-    group rows into requests.
+    and plus ``user_id = request_id`` when the log has no user_id (values are never modified).
+    ``summary`` is ``None`` when the id columns are too broken to group rows into requests.
+    ``warnings`` are one-line messages about valid data that will change results.
     """
 
     source: str
     violations: list[Violation]
     summary: Summary | None
     table: pa.Table = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -385,6 +397,10 @@ class _Collector:
     def __init__(self, source: str) -> None:
         self.source = source
         self.violations: list[Violation] = []
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(f"{self.source}: {message}")
 
     def add(
         self, column: str, kind: Kind, count: int, rows: list[int], message: str, fix: str
@@ -404,7 +420,7 @@ class _Collector:
 def _check_names(table: pa.Table, out: _Collector) -> None:
     names = table.column_names
     for name in REQUIRED_COLUMNS:
-        if name not in names:
+        if name not in names and name not in WARN_IF_MISSING:
             out.add(
                 name,
                 Kind.MISSING_COLUMN,
@@ -500,8 +516,9 @@ def _check_dtype(name: str, col: pa.ChunkedArray, rule: _Rule, out: _Collector) 
 def _dtype_fix(name: str, rule: _Rule) -> str:
     if name == TS:
         return (
-            "store int64 milliseconds since the epoch (a mapping with `ts_unit: s` "
-            "converts whole seconds)"
+            "store int64 milliseconds since the epoch, or read the log with --mapping: a "
+            "mapping converts date-time strings and timestamps (`ts_format`, `ts_timezone`) "
+            "and seconds (`ts_unit: s`)"
         )
     if rule.family == "id":
         return "store ids as int64 or string"
@@ -629,6 +646,60 @@ def _check_requests(
     return None
 
 
+_SESSION_NOTE = (
+    "session methods (integrated_rl) will treat every request as its own session, and "
+    "per-user features or metrics see one request per user"
+)
+
+
+def _check_users(g: _Groups, out: _Collector) -> None:
+    """Warn when every user has exactly one request (e.g. user_id mapped onto request_id)."""
+    n_requests = len(g.req_values)
+    users_of_requests = np.unique(g.user[g.req_first_row]).size
+    if n_requests > 1 and users_of_requests == n_requests:
+        out.warn(
+            f"every user_id has exactly one request ({n_requests:,} requests, "
+            f"{users_of_requests:,} users): {_SESSION_NOTE}; map user_id to a real user column "
+            "if the log has one"
+        )
+
+
+def _calibrations(table: pa.Table, usable: set[str]) -> dict[str, Calibration]:
+    """Calibration of every objective with usable label_ and pred_ columns and labels in
+    [0, 1], over shown rows (position not null) when there is a position column."""
+    shown = None
+    if POSITION in table.column_names and POSITION in usable:
+        shown = pc.is_valid(table.column(POSITION))
+    out: dict[str, Calibration] = {}
+    for o in objectives_of(table.column_names):
+        label_col, pred_col = LABEL_PREFIX + o, PRED_PREFIX + o
+        if not {label_col, pred_col} <= usable:
+            continue
+        pair = table.select([label_col, pred_col])
+        if shown is not None:
+            pair = pair.filter(shown)
+        label = pair.column(0).cast(pa.float64()).to_numpy()
+        pred = pair.column(1).cast(pa.float64()).to_numpy()
+        # Only on valid values: NaN or out-of-range predictions are violations already.
+        valid = (np.isfinite(pred).all() and np.isfinite(label).all()
+                 and pred.min(initial=0.0) >= 0.0 and pred.max(initial=0.0) <= 1.0)
+        if label.size and valid and label.min() >= 0.0 and label.max() <= 1.0:
+            out[o] = calibration(pred, label)
+    return out
+
+
+def _check_calibration(cal: dict[str, Calibration], out: _Collector) -> None:
+    lo, hi = RATIO_RANGE
+    for o, c in cal.items():
+        if c.far_off:
+            out.warn(
+                f"{PRED_PREFIX}{o}: mean prediction {c.mean_pred:.4g} is {c.ratio:.3g}x the "
+                f"label rate {c.rate:.4g} (outside [{lo:g}, {hi:g}]; ECE {c.ece:.3g}); fusion "
+                f"weights tuned on these predictions will be off: recalibrate them or "
+                "re-predict with `blendrank mtl predict`"
+            )
+
+
 def _summarize(
     table: pa.Table, groups: _Groups, usable: set[str], dropped: tuple[int, int]
 ) -> Summary:
@@ -663,6 +734,7 @@ def _summarize(
         ignored_columns=[c for c in names if not is_contract_column(c)],
         dropped_requests=dropped[0],
         dropped_impressions=dropped[1],
+        calibration=_calibrations(table, usable),
     )
 
 
@@ -692,6 +764,10 @@ def validate_table(
         raise ValueError(f"small_requests must be 'error' or 'drop', got {small_requests!r}")
     out = _Collector(source)
     _check_names(table, out)
+    filled_users = USER_ID not in table.column_names and REQUEST_ID in table.column_names
+    if filled_users:
+        out.warn(f"no user_id column: every request is taken as its own user; {_SESSION_NOTE}")
+        table = table.append_column(USER_ID, table.column(REQUEST_ID))
     if table.num_rows == 0:
         out.add(
             TABLE,
@@ -701,11 +777,11 @@ def validate_table(
             "the table has no rows",
             "check the export (filters, date range) and the path",
         )
-        return ValidationReport(source, out.violations, None, table)
+        return ValidationReport(source, out.violations, None, table, out.warnings)
 
     usable = _check_columns(table, out)
     if not {REQUEST_ID, USER_ID, ITEM_ID} <= usable:
-        return ValidationReport(source, out.violations, None, table)
+        return ValidationReport(source, out.violations, None, table, out.warnings)
 
     groups = _group(table)
     drop = _check_requests(groups, out, min_candidates, small_requests)
@@ -725,7 +801,10 @@ def validate_table(
                 "lower --min-candidates or check how rows are grouped into requests",
             )
     summary = _summarize(table, groups, usable, dropped)
-    return ValidationReport(source, out.violations, summary, table)
+    if not filled_users:  # a filled-in user_id was warned about already
+        _check_users(groups, out)
+    _check_calibration(summary.calibration, out)
+    return ValidationReport(source, out.violations, summary, table, out.warnings)
 
 
 def format_violations(report: ValidationReport) -> str:

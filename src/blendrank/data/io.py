@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,8 +23,11 @@ from blendrank.data.contract import (
     format_violations,
     validate_table,
 )
-from blendrank.data.mapping import ColumnMapping, apply_mapping, load_mapping
-from blendrank.errors import DataError
+from blendrank.data.mapping import ColumnMapping, apply_mapping, load_mapping, parse_mapping
+from blendrank.errors import DataError, DataWarning
+
+#: What a mapping argument may be: a YAML path, a parsed mapping, or a dict in the YAML's form.
+MappingLike = str | Path | ColumnMapping | Mapping[str, Any]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -104,32 +109,54 @@ def read_raw(path: str | Path) -> pa.Table:
     return tables[0] if len(tables) == 1 else _concat_shards(files, tables)
 
 
-def read_log(path: str | Path, mapping: str | Path | ColumnMapping | None = None) -> pa.Table:
-    """Read a log and apply a column mapping (a YAML path or a parsed :class:`ColumnMapping`).
+def resolve_mapping(mapping: MappingLike | None) -> tuple[ColumnMapping | None, str]:
+    """A mapping argument as a validated :class:`ColumnMapping` and the name errors give it.
+
+    A dict is validated exactly like a YAML file (unknown keys, bad names and values are a
+    :class:`DataError` naming the key)."""
+    if mapping is None or isinstance(mapping, ColumnMapping):
+        return mapping, "<mapping>"
+    if isinstance(mapping, Mapping):
+        return parse_mapping(dict(mapping), "<mapping dict>"), "<mapping dict>"
+    if isinstance(mapping, (str, Path)):
+        return load_mapping(mapping), str(mapping)
+    raise DataError(
+        f"column mapping: expected a YAML path, a dict or a ColumnMapping, got "
+        f"{type(mapping).__name__}"
+    )
+
+
+def map_table(table: pa.Table, mapping: MappingLike | None, source: str) -> pa.Table:
+    """Apply ``mapping`` (any :data:`MappingLike`; None: unchanged) to a table read from
+    ``source``."""
+    parsed, mapping_source = resolve_mapping(mapping)
+    if parsed is None:
+        return table
+    return apply_mapping(table, parsed, source=source, mapping_source=mapping_source)
+
+
+def read_log(path: str | Path, mapping: MappingLike | None = None) -> pa.Table:
+    """Read a log and apply a column mapping (a YAML path, a dict in the YAML's form, or a
+    parsed :class:`ColumnMapping`).
 
     The result is in contract column names but not validated; see :func:`load_log`.
     """
-    table = read_raw(path)
-    if mapping is None:
-        return table
-    if isinstance(mapping, ColumnMapping):
-        return apply_mapping(table, mapping, source=str(path))
-    return apply_mapping(
-        table, load_mapping(mapping), source=str(path), mapping_source=str(mapping)
-    )
+    return map_table(read_raw(path), mapping, str(path))
 
 
 def load_log(
     path: str | Path,
-    mapping: str | Path | ColumnMapping | None = None,
+    mapping: MappingLike | None = None,
     *,
     min_candidates: int = 2,
     small_requests: SmallRequests = "error",
 ) -> tuple[pa.Table, ValidationReport]:
     """Read, map and validate a log; raise :class:`DataError` listing every violation.
 
-    Returns the validated table (small requests removed when ``small_requests="drop"``) and
-    its report.
+    Returns the validated table (small requests removed when ``small_requests="drop"``; a
+    ``user_id`` column added when the log has none) and its report. The report's warnings
+    (no users, far-off predictions) are also issued as :class:`~blendrank.errors.DataWarning`,
+    which the CLI prints as ``warning:`` lines.
     """
     report = validate_table(
         read_log(path, mapping),
@@ -139,6 +166,8 @@ def load_log(
     )
     if not report.ok:
         raise DataError(format_violations(report))
+    for message in report.warnings:
+        warnings.warn(message, DataWarning, stacklevel=2)
     return report.table, report
 
 

@@ -9,14 +9,20 @@ Example (every key is optional; unmapped contract columns are expected under the
     price: cost
     propensity: prop
     ts_unit: ms                                 # ms | s  (s: multiplied by 1000)
+    ts_format: "%Y-%m-%d %H:%M:%S"              # strptime format of date-time strings
+    ts_timezone: Europe/Paris                   # IANA zone of wall-clock times (default UTC)
+    test_where: random_bool == 1                # requests in the test split (splits.py)
 
 Applying a mapping renames columns (a source column may feed several contract columns); source
 columns that were mapped are not kept under their old name, other columns pass through
-unchanged. The only value change is the explicit ``ts_unit: s`` conversion to milliseconds.
+unchanged. The only value changes are to ``ts``: numbers follow ``ts_unit``; date-time strings,
+Arrow timestamps and dates become int64 ms since the epoch (:mod:`blendrank.data.timestamps`:
+``ts_format`` or inferred ISO-8601, wall-clock times in ``ts_timezone``).
 """
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +40,9 @@ from blendrank.data.contract import (
     PROPENSITY,
     TS,
 )
-from blendrank.errors import BlendrankError, DataError
+from blendrank.data.filters import parse_filter
+from blendrank.data.timestamps import to_epoch_ms
+from blendrank.errors import BlendrankError, ConfigError, DataError
 
 
 class CoreColumns(BaseModel):
@@ -61,6 +69,40 @@ class ColumnMapping(BaseModel):
     price: str | None = None
     propensity: str | None = None
     ts_unit: Literal["ms", "s"] = "ms"
+    ts_format: str | None = None
+    ts_timezone: str = "UTC"
+    test_where: str | None = None
+
+    @field_validator("ts_format")
+    @classmethod
+    def _ts_format(cls, value: str | None) -> str | None:
+        if value is not None and "%" not in value:
+            raise ValueError(
+                f"{value!r} has no % code; give a strptime format such as '%Y-%m-%d %H:%M:%S'"
+            )
+        return value
+
+    @field_validator("ts_timezone")
+    @classmethod
+    def _ts_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as UTC, Europe/Paris or "
+                "America/New_York"
+            ) from None
+        return value
+
+    @field_validator("test_where")
+    @classmethod
+    def _test_where(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_filter(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("labels", "preds", "features")
     @classmethod
@@ -176,6 +218,11 @@ def apply_mapping(
         table.column(c) for c in passthrough
     ]
     out = pa.Table.from_arrays(cols, names=names)
-    if mapping.ts_unit == "s" and TS in out.column_names:
-        out = out.set_column(out.column_names.index(TS), TS, _seconds_to_ms(out.column(TS)))
+    if TS in out.column_names:
+        ts = out.column(TS)
+        if mapping.ts_unit == "s":
+            ts = _seconds_to_ms(ts)
+        where = f"{source}: column {targets.get(TS, (TS, ''))[0]!r} (ts)"
+        ts = to_epoch_ms(ts, fmt=mapping.ts_format, timezone=mapping.ts_timezone, where=where)
+        out = out.set_column(out.column_names.index(TS), TS, ts)
     return out

@@ -13,6 +13,10 @@ Two data layouts are accepted (:func:`resolve_data`):
   split by time: the request timestamps' quantiles at 70% / 85% (``MTLConfig.split``) cut it into
   train ``ts < c1``, validation ``c1 <= ts < c2`` and test ``ts >= c2``. ``ts`` is the request
   time (contract), so a request never straddles two splits.
+
+A CSV log, or any log read with a column mapping, is loaded whole instead, mapped and validated
+like every other command's input (:func:`blendrank.data.splits.load_splits`: split files, the
+mapping's ``test_where`` filter, or the same time split), and served from memory.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from torch import Tensor
 
 from blendrank.config import format_validation_error
 from blendrank.data.columns import label_values
-from blendrank.data.io import iter_record_batches, parquet_files
+from blendrank.data.io import CSV_SUFFIXES, MappingLike, iter_record_batches, parquet_files
+from blendrank.data.splits import load_splits, split_files
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter, FeatureSchema, FeatureSpec
 from blendrank.mtl.models import TaskLayout
@@ -170,11 +175,49 @@ def _split_path(root: Path, name: str) -> Path | None:
     return None
 
 
-def resolve_data(path: str | Path, fractions: Sequence[float] = (0.7, 0.15, 0.15)) -> DataSplits:
-    """Train/valid/test sources for ``path`` (see the module docstring)."""
+def _is_csv(path: Path) -> bool:
+    return path.name.lower().endswith(CSV_SUFFIXES)
+
+
+def loads_whole(path: str | Path, mapping: MappingLike | None) -> bool:
+    """Whether ``path`` is read through the whole-log reader (a mapping, or CSV) rather than
+    streamed from Parquet."""
+    path = Path(path)
+    if mapping is not None:
+        return True
+    if path.is_file():
+        return _is_csv(path)
+    files = split_files(path)
+    return files is not None and any(_is_csv(p) for p in files.values())
+
+
+def _loaded_splits(
+    path: Path, mapping: MappingLike | None, fractions: Sequence[float]
+) -> DataSplits:
+    """Sources over the mapped, validated tables of :func:`load_splits` (training keeps
+    single-candidate requests: they still carry labels)."""
+    tables = load_splits(
+        path, mapping, valid_frac=fractions[1], test_frac=fractions[2], min_candidates=1
+    )
+    features = (path if path.is_dir() else path.parent) / FEATURES_FILE
+    return DataSplits(
+        *(Source.of(name, tables[name]) for name in SPLIT_NAMES),
+        features_file=features if features.is_file() else None,
+        how="files" if split_files(path) is not None else "loaded",
+    )
+
+
+def resolve_data(
+    path: str | Path,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    mapping: MappingLike | None = None,
+) -> DataSplits:
+    """Train/valid/test sources for ``path`` read with ``mapping`` (see the module docstring)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
+    if loads_whole(path, mapping):
+        return _loaded_splits(path, mapping, fractions)
     if path.is_dir():
         found = {name: _split_path(path, name) for name in SPLIT_NAMES}
         if any(found.values()):
@@ -228,8 +271,9 @@ def time_cutoffs(files: Sequence[Path], fractions: Sequence[float]) -> tuple[int
             ts = batch.column(TS)
             if not pa.types.is_integer(ts.type):
                 raise DataError(
-                    f"{path}: column 'ts' is {ts.type}; it must be an integer (ms since the epoch), "
-                    "see docs/data_contract.md"
+                    f"{path}: column 'ts' is {ts.type}; it must be an integer (ms since the epoch): "
+                    "pass --mapping to convert date-time strings or timestamps, see "
+                    "docs/data_contract.md"
                 )
             if ts.null_count:
                 raise DataError(f"{path}: column 'ts' has nulls; every row needs a request time")

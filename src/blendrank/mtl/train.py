@@ -32,6 +32,16 @@ from torch import Tensor
 from blendrank import distributed as dist
 from blendrank.checkpoint import Checkpointer, check_finite, fingerprint, rng_state, set_rng_state
 from blendrank.data.columns import put_column
+from blendrank.data.contract import format_violations, validate_table
+from blendrank.data.io import (
+    CSV_SUFFIXES,
+    MappingLike,
+    map_table,
+    parquet_files,
+    read_raw,
+    resolve_mapping,
+    write_parquet,
+)
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.jsonio import read_json, write_json
@@ -886,15 +896,17 @@ def train_mtl(
     checkpoint_every: int = 500,
     resume: bool = True,
     lanes: int | None = None,
+    mapping: MappingLike | None = None,
 ) -> tuple[MTLPredictor, dict[str, Any]]:
-    """``blendrank mtl train``: resolve the splits of ``data``, fit with early stopping on the
+    """``blendrank mtl train``: resolve the splits of ``data`` (read with ``mapping``, and
+    loaded whole for a mapping or CSV: :func:`blendrank.mtl.data.resolve_data`), fit with early stopping on the
     validation split (best model checkpointed into ``out_dir``), evaluate on the test split and
     write ``out_dir/metrics.json``. Returns the predictor and the metrics.
 
     Resumable (``out_dir/checkpoint.pt``, see :func:`fit_mtl`). Under ``torchrun`` every rank
     trains; rank 0 alone evaluates and writes (other ranks return empty metrics)."""
     config = config or MTLConfig()
-    splits: DataSplits = resolve_data(data, config.split)
+    splits: DataSplits = resolve_data(data, config.split, mapping)
     out_dir = Path(out_dir)
     predictor = fit_mtl(
         splits.train,
@@ -921,6 +933,7 @@ def train_mtl(
     metrics: dict[str, Any] = {
         "model": config.model,
         "data": str(data),
+        "mapping": str(mapping) if isinstance(mapping, (str, Path)) else None,
         "split": splits.how,
         "cutoffs": list(splits.cutoffs) if splits.cutoffs else None,
         "features_file": str(splits.features_file) if splits.features_file else None,
@@ -1017,3 +1030,77 @@ def predict_parquet(
             raise
         written.append(dst)
     return written
+
+
+def predict_log(
+    predictor: MTLPredictor,
+    data: str | Path,
+    out: str | Path,
+    mapping: MappingLike | None = None,
+    *,
+    batch_rows: int = 65_536,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Add ``pred_*`` / ``est_*`` columns to a log read whole through ``mapping`` (a CSV, or
+    Parquet with a column mapping), file by file.
+
+    Predictions are computed on the mapped, validated rows, and added to the rows *as stored*
+    (original column names and values), so the same mapping reads the output again. Outputs
+    are Parquet: ``out`` itself when it ends in ``.parquet`` and ``data`` is one file, else
+    ``out/<input name>.parquet`` (shard names mirrored for a directory). Returns the paths."""
+    data, out = Path(data), Path(out)
+    parsed, mapping_source = resolve_mapping(mapping)
+    if parsed is not None:
+        clash = sorted(set(parsed.preds) & set(predictor.objectives))
+        if clash:
+            raise ConfigError(
+                f"{mapping_source}: preds.{clash[0]} maps {parsed.preds[clash[0]]!r} onto "
+                f"pred_{clash[0]}, which `mtl predict` writes; remove the key from the mapping "
+                "used with the model's predictions"
+            )
+    files = [data] if data.is_file() and _is_csv_path(data) else parquet_files(data)
+    if data.is_dir():
+        targets = [out / f.relative_to(data) for f in files]
+    elif out.suffix.lower() in (".parquet", ".pq"):
+        targets = [out]
+    else:
+        targets = [out / data.name]
+    targets = [t.with_name(_parquet_name(t.name)) for t in targets]
+    if any(t.resolve() in {f.resolve() for f in files} for t in targets):
+        raise DataError(f"{out}: the output would overwrite its input; choose another --out")
+    results = []
+    for src in files:  # map and validate every input before writing anything
+        raw = read_raw(src)
+        report = validate_table(map_table(raw, parsed, str(src)), str(src), min_candidates=1)
+        if not report.ok:
+            raise DataError(format_violations(report))
+        results.append((raw, report.table))
+    names = [PRED_PREFIX + o for o in predictor.objectives]
+    names += [EST_PREFIX + o for o in predictor.regression]
+    written = []
+    for (raw, mapped), dst in zip(results, targets, strict=True):
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for rb in mapped.to_batches(max_chunksize=batch_rows):
+            with_preds = predictor.add_predictions(pa.Table.from_batches([rb]))
+            for n in names:
+                parts[n].append(with_preds.column(n).to_numpy())
+            if on_batch is not None:
+                on_batch(rb.num_rows)
+        for n in names:
+            values = np.concatenate(parts[n]) if parts[n] else np.zeros(0, np.float32)
+            raw = put_column(raw, n, values)
+        written.append(write_parquet(raw, dst))
+    return written
+
+
+def _is_csv_path(path: Path) -> bool:
+    return path.name.lower().endswith(CSV_SUFFIXES)
+
+
+def _parquet_name(name: str) -> str:
+    """``log.csv.gz`` -> ``log.parquet``; Parquet names unchanged."""
+    lower = name.lower()
+    for suffix in CSV_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)] + ".parquet"
+    return name
