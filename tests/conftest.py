@@ -23,8 +23,8 @@ SMALL_WORLD = ["n_items=400", "n_users=300", "candidates=20", "page_size=5"]
 
 @pytest.fixture
 def small_world_logs(tmp_path):
-    """`blendrank world generate` of a small quick-preset world: its logs/ directory (with the
-    world's objective.yaml beside the shards)."""
+    """`blendrank world generate` of a small quick-preset world: its logs/ directory (the world's
+    objective.yaml is beside it)."""
     from typer.testing import CliRunner
 
     from blendrank.cli.main import app

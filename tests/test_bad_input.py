@@ -332,7 +332,7 @@ CASES: list[Case] = [
     Case("serve: missing model dir", "model dir", "serve --model nope", ["serve", "--model", "{tmp}/nope"],
          ["not an export directory (no manifest.json)", "blendrank export"]),
     Case("serve: corrupt manifest", "model dir", "manifest.json overwritten with garbage",
-         ["serve", "--model", "{tmp}/model"], ["unreadable manifest.json or fusion.json"],
+         ["serve", "--model", "{tmp}/model"], ["unreadable manifest.json"],
          **corrupt("export", "manifest.json", b"garbage")),
     Case("serve: foreign manifest", "model dir", "manifest.json = {\"format\": \"other\"}",
          ["serve", "--model", "{tmp}/model"], ["manifest.json: not a blendrank serving manifest"],

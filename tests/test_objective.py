@@ -149,6 +149,6 @@ def test_export_falls_back_to_the_objectives_production_weights(tmp_path: Path, 
     r = runner.invoke(app, ["export", "--policy", str(tmp_path / "pol"), "--out", str(tmp_path / "exp")])
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
-    prod = load_objective(logs / "objective.yaml").production_weights
+    prod = load_objective(logs.parent / "objective.yaml").production_weights
     assert manifest["fusion_inputs"] == ["click", "order", "price"]
     assert np.allclose(manifest["fallback_weights"], np.array(list(prod.values())) / sum(prod.values()), atol=1e-6)

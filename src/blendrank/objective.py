@@ -208,8 +208,11 @@ def log_objective(data: str | Path, explicit: str | Path | None = None,
         return load_objective(explicit), str(explicit)
     data = Path(data)
     folder = data if data.is_dir() else data.parent
-    if (folder / OBJECTIVE_FILE).is_file():
-        return load_objective(folder / OBJECTIVE_FILE), str(folder / OBJECTIVE_FILE)
+    # Beside the data: in its folder, or for a directory of shards also one level up (a world's
+    # objective.yaml sits next to its logs/, where Parquet readers of logs/ never see it).
+    for candidate in (folder / OBJECTIVE_FILE, *([folder.parent / OBJECTIVE_FILE] if data.is_dir() else [])):
+        if candidate.is_file():
+            return load_objective(candidate), str(candidate)
     if (folder / LEGACY_PRODUCTION_FILE).is_file():
         return (_from_production_file(folder / LEGACY_PRODUCTION_FILE),
                 f"{folder / LEGACY_PRODUCTION_FILE} (read as the objective's value and production weights; "

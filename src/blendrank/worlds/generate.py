@@ -84,8 +84,8 @@ def generate_world(config: MarketplaceConfig, n_requests: int, out_dir: str | Pa
     else:
         paths = write_logs(world, n_requests, out, shard_requests=shard_requests, on_shard=on_shard)
     t_logs = time.perf_counter() - t0
-    # The world's objective beside its logs: `train`, `bench --data` and `eval` read it from there.
-    (out / "logs" / OBJECTIVE_FILE).write_text(world.objective().to_yaml())
+    # The world's objective beside its logs/: `train`, `bench --data` and `eval` read it from there.
+    (out / OBJECTIVE_FILE).write_text(world.objective().to_yaml())
     summary: dict[str, Any] = {
         "world": "marketplace",
         "seed": config.seed,
