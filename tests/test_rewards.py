@@ -314,3 +314,20 @@ def test_guardrail_margin_tightens_every_rail() -> None:
                            preds={"click": click, "order": click}, anchor_order=torch.tensor([[0]]))
     assert out.margins[0, 0, 0].item() == pytest.approx(0.0, abs=1e-6)  # click: tol 0, page == anchor
     assert out.margins[0, 0, 1].item() == pytest.approx(-0.005, rel=1e-4)  # order: must gain 0.5%
+
+
+def test_label_model_recovers_a_linear_expectation() -> None:
+    from blendrank.rewards.label_model import Moments, fit_ridge, label_design, predict_label
+
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.rand(400, 6, 2, generator=g)
+    design = label_design(inputs, 1e-3)
+    true = torch.tensor([0.5, 2.0, -1.0, 0.3, 0.0])
+    y = design @ true + 0.01 * torch.randn(400, 6, generator=g)
+    mask = torch.rand(400, 6, generator=g) < 0.7
+    half = mask.clone()
+    half[200:] = False
+    rest = mask & ~half
+    beta = fit_ridge(Moments.of(design, y, half) + Moments.of(design, y, rest), ridge=0.0)
+    assert torch.allclose(beta, true, atol=0.02)  # two streamed parts = one fit
+    assert predict_label(design, beta, 0.0, 1.0).min() >= 0 and predict_label(design, beta, 0.0, 1.0).max() <= 1

@@ -54,6 +54,11 @@ class CompositeRewardConfig(BaseConfig):
         default_factory=lambda: {"click": 1.0, "order": 1.0, "order*price": 1.0},
         description="Term -> coefficient in R_prior; a term is a prediction name or a product such as 'order*price' (GMV, price divided by price_scale).",
     )
+    prior_fitted: list[str] = Field(
+        default_factory=list,
+        description="R_prior terms that have logged labels but no prediction: their expectation is fitted from the "
+        "fused inputs on the logged shown candidates (ridge regression, rewards.label_model) before Stage 2, so "
+        "R_prior values the whole page (e.g. watch time when the model predicts clicks and long views).")
     prior_discount: Literal["log2", "none"] = Field("log2", description="Position discount of R_prior: 1/log2(pos+1) or none.")
     price_scale: float = Field(1.0, gt=0, description="Divisor of price in R_prior terms (e.g. the median price) so GMV is O(1).")
     min_weights: list[float] | None = Field(None, description="Per-input minimum weight [K]; hinge penalty below it. None = no rule.")

@@ -48,6 +48,7 @@ from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
 from blendrank.rewards.components import guardrail_margins, position_bias_from_counts
 from blendrank.rewards.composite import composite_reward
+from blendrank.rewards.label_model import Moments, fit_ridge, label_design, predict_label
 
 
 #: Stage 1's single label under ``grading="value"``: each candidate's realised value.
@@ -252,6 +253,30 @@ def _shown_prefix(scores: torch.Tensor, shown: torch.Tensor, k: int) -> tuple[to
     return scores[..., :s], shown[:, :s]
 
 
+def _fit_label_models(data: RequestLog, terms: list[str], floor: float) -> dict[str, tuple[torch.Tensor, float, float]]:
+    """term -> (ridge coefficients, label min, label max) of ``E[label_term | fusion inputs]`` on
+    the logged shown candidates, from one streaming pass (:mod:`blendrank.rewards.label_model`)."""
+    if not terms:
+        return {}
+    moments: dict[str, Moments] = {}
+    lo = dict.fromkeys(terms, float("inf"))
+    hi = dict.fromkeys(terms, float("-inf"))
+    for buf in data.buffers():
+        missing = [t for t in terms if t not in buf.labels]
+        if missing:
+            raise DataError(f"reward.prior_fitted: no label_ column for {missing}; the data has {list(buf.labels)}")
+        design = label_design(buf.inputs, floor)
+        for t in terms:
+            m = Moments.of(design, buf.labels[t].float(), buf.shown)
+            moments[t] = moments[t] + m if t in moments else m
+            if buf.shown.any():
+                y = buf.labels[t][buf.shown].float()
+                lo[t], hi[t] = min(lo[t], float(y.min())), max(hi[t], float(y.max()))
+    if any(m.n == 0 for m in moments.values()):
+        raise DataError("reward.prior_fitted needs logged shown candidates (a position column) to fit on")
+    return {t: (fit_ridge(moments[t]), lo[t], hi[t]) for t in terms}
+
+
 def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
                  anchor: torch.Tensor | None, log: Callable[[dict[str, Any]], None],
                  probe: Callable[[DirichletPolicy], dict[str, float]] | None = None,
@@ -302,6 +327,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
     else:  # the Stage-2 starting point (Stage 1 done): resuming from here skips Stage 1
         run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers,
                  ema=ema.state_dict() if ema is not None else None)
+    fitted = _fit_label_models(data, rc.prior_fitted, spec.floor) if s2.steps > first_step else {}
     objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
     batches = batches_of(shuffled_requests(data, cfg.seed, 2, start=first_step * n_global, passes=None), n_global)
     for step in range(first_step, s2.steps):
@@ -325,6 +351,9 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
             page_shown, _ = top_k(*_shown_prefix(scores, b.shown, rc.k), rc.k)
             # R_prior reads the MTL predictions; its price terms use price relative to the training median.
             preds = {o: b.inputs[..., j].contiguous() for j, o in enumerate(spec.objectives)}
+            if fitted:
+                design = label_design(b.inputs, spec.floor)
+                preds.update({t: predict_label(design, beta, lo, hi) for t, (beta, lo, hi) in fitted.items()})
             rel_price = b.price / spec.price_scale
             anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
