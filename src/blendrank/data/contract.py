@@ -666,10 +666,15 @@ def _check_users(g: _Groups, out: _Collector) -> None:
 
 def _calibrations(table: pa.Table, usable: set[str]) -> dict[str, Calibration]:
     """Calibration of every objective with usable label_ and pred_ columns and labels in
-    [0, 1], over shown rows (position not null) when there is a position column."""
+    [0, 1], over the rows shown at position 1 when there is a position column (lower positions
+    are examined less, so their feedback rates sit below a position-free prediction by design),
+    or over every shown row when fewer than 100 were shown first."""
     shown = None
     if POSITION in table.column_names and POSITION in usable:
         shown = pc.is_valid(table.column(POSITION))
+        first = pc.fill_null(pc.equal(table.column(POSITION), 1), False)
+        if (pc.sum(first).as_py() or 0) >= 100:
+            shown = first
     out: dict[str, Calibration] = {}
     for o in objectives_of(table.column_names):
         label_col, pred_col = LABEL_PREFIX + o, PRED_PREFIX + o
