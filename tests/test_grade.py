@@ -126,7 +126,7 @@ def test_guardrail_keeps_predicted_clicks_while_prior_pulls_to_orders():
     clicks; with a click guard rail (Lagrange multiplier) it keeps them within tolerance."""
     table = two_type_log(400)
     common = ["stage1.epochs=0", "stage2.steps=80", "stage2.ema_decay=0", "reward.a_post=0", "reward.a_prior=1", "reward.k=2",
-              "reward.prior_coefs={order: 1.0}"]
+              "reward.prior_coefs={order: 1.0}", "reward.prior_model=predictions"]
     anchor = [0.9, 0.1]
     free = fit_grade(table, cfg(*common), anchor=anchor)
     guarded = fit_grade(table, cfg(*common, "reward.guardrails={click: 0.02}"), anchor=anchor)

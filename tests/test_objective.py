@@ -87,16 +87,15 @@ def test_registry_variants_apply_after_the_objective() -> None:
         registry.parse_methods(["logged"], "marketplace")
 
 
-def test_unpredicted_terms_are_fitted_from_labels_or_reported() -> None:
+def test_unpredicted_terms_are_reported() -> None:
     obj = Objective(value={"play_time_ms": 0.001, "like": 100.0, "follow": 600.0},
                     production_weights={"click": 0.5, "like": 0.5})
     spec = FusionSpec(objectives=["click", "like"])
     resolved = registry.grade_config(GRADEConfig(), obj, "grade", spec, ["click", "like", "play_time_ms"], False)
-    # a labelled term without a prediction is fitted from the predictions; one with neither is reported
-    assert resolved.config.reward.prior_coefs == {"like": 100.0, "play_time_ms": 0.001}
-    assert resolved.config.reward.prior_fitted == ["play_time_ms"]
-    assert resolved.unvalued_prior == ["follow"] and resolved.unvalued_post == ["follow"]
-    assert any("play_time_ms" in n for n in resolved.notes()) and any("follow" in n for n in resolved.notes())
+    assert resolved.config.reward.prior_coefs == {"like": 100.0}
+    assert resolved.unvalued_prior == ["play_time_ms", "follow"] and resolved.unvalued_post == ["follow"]
+    assert any("calibrated value model" in n for n in resolved.notes()) and any("follow" in n for n in resolved.notes())
+    # R_post and the calibrated R_prior's target: the realised value of what was logged
     assert resolved.config.reward.post_objective_weights == {"play_time_ms": 0.001, "like": 100.0}
 
 

@@ -316,18 +316,22 @@ def test_guardrail_margin_tightens_every_rail() -> None:
     assert out.margins[0, 0, 1].item() == pytest.approx(-0.005, rel=1e-4)  # order: must gain 0.5%
 
 
-def test_label_model_recovers_a_linear_expectation() -> None:
-    from blendrank.rewards.label_model import Moments, fit_ridge, label_design, predict_label
+def test_value_model_recovers_a_linear_expectation_from_streamed_parts() -> None:
+    from blendrank.rewards.value_model import Moments, fit_ridge, predict_value, r_squared, value_design
 
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(400, 6, 2, generator=g)
-    design = label_design(inputs, 1e-3)
-    true = torch.tensor([0.5, 2.0, -1.0, 0.3, 0.0])
+    terms = inputs[..., :1] * 3.0
+    design = value_design(terms, inputs, 1e-3)  # [1, term, x1, x2, log x1, log x2]
+    true = torch.tensor([0.5, 2.0, 0.0, -1.0, 0.3, 0.0])
     y = design @ true + 0.01 * torch.randn(400, 6, generator=g)
-    mask = torch.rand(400, 6, generator=g) < 0.7
-    half = mask.clone()
-    half[200:] = False
-    rest = mask & ~half
-    beta = fit_ridge(Moments.of(design, y, half) + Moments.of(design, y, rest), ridge=0.0)
-    assert torch.allclose(beta, true, atol=0.02)  # two streamed parts = one fit
-    assert predict_label(design, beta, 0.0, 1.0).min() >= 0 and predict_label(design, beta, 0.0, 1.0).max() <= 1
+    shown = (torch.rand(400, 6, generator=g) < 0.7).float()
+    first, second = shown.clone(), shown.clone()
+    first[200:], second[:200] = 0, 0
+    m = Moments.of(design, y, first) + Moments.of(design, y, second)  # two streamed parts = one fit
+    beta = fit_ridge(m, ridge=0.0)
+    assert torch.allclose(predict_value(design, beta), design @ true, atol=0.02)
+    assert r_squared(m, beta) > 0.99
+    noise = torch.randn(400, 6, generator=g)  # a target the regressors do not explain
+    flat = fit_ridge(Moments.of(design, noise, shown), ridge=1e-3)
+    assert predict_value(design, flat).std() < 0.1 and r_squared(Moments.of(design, noise, shown), flat) < 0.05

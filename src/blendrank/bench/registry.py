@@ -89,16 +89,16 @@ class ResolvedGrade:
     """A GRADE config resolved from the objective, and what the objective could not reach."""
 
     config: GRADEConfig
-    unvalued_prior: list[str]  # objective terms with neither predictions nor labels (R_prior cannot see them)
+    unvalued_prior: list[str]  # objective terms without predictions
     unvalued_post: list[str]  # objective terms without logged labels (R_post cannot see them)
 
     def notes(self) -> list[str]:
         out = []
-        if self.config.reward.prior_fitted:
-            out.append(f"R_prior estimates {self.config.reward.prior_fitted} from the predictions (no pred_ column; "
-                       "fitted on the logged labels)")
+        calibrated = self.config.reward.prior_model == "calibrated"
         if self.unvalued_prior:
-            out.append(f"R_prior has no predictions for {self.unvalued_prior} (valued by R_post only)")
+            out.append(f"no pred_ column for {self.unvalued_prior}: R_prior values them "
+                       + ("through its calibrated value model (fitted on the logged labels)" if calibrated
+                          else "not at all (R_post does)"))
         if self.unvalued_post:
             out.append(f"R_post has no labels for {self.unvalued_post} (valued by R_prior only)")
         return out
@@ -113,15 +113,10 @@ def grade_config(base: GRADEConfig, objective: Objective, method: str, spec: Fus
     if not is_grade(method):
         raise ConfigError(f"{method!r} is not a GRADE method; GRADE methods: {', '.join(n for n in REGISTRY if is_grade(n))}")
     prior, no_pred = objective.prior_coefs(spec.objectives, has_price)
-    # A behaviour with labels but no prediction: R_prior fits its expectation from the predictions.
-    fitted = [t for t in no_pred if t in labels]
-    prior.update({t: objective.value[t] for t in fitted})
-    no_pred = [t for t in no_pred if t not in fitted]
     post, no_label = objective.post_weights(labels, has_price)
     data = base.model_dump(mode="json")
     reward = data["reward"]
     reward["prior_coefs"] = prior
-    reward["prior_fitted"] = fitted
     reward["prior_discount"] = objective.discount
     reward["k"] = objective.page_size
     reward["post_gain"] = "linear"

@@ -54,11 +54,12 @@ class CompositeRewardConfig(BaseConfig):
         default_factory=lambda: {"click": 1.0, "order": 1.0, "order*price": 1.0},
         description="Term -> coefficient in R_prior; a term is a prediction name or a product such as 'order*price' (GMV, price divided by price_scale).",
     )
-    prior_fitted: list[str] = Field(
-        default_factory=list,
-        description="R_prior terms that have logged labels but no prediction: their expectation is fitted from the "
-        "fused inputs on the logged shown candidates (ridge regression, rewards.label_model) before Stage 2, so "
-        "R_prior values the whole page (e.g. watch time when the model predicts clicks and long views).")
+    prior_model: Literal["calibrated", "predictions"] = Field(
+        "calibrated", description="How R_prior values a candidate. calibrated: by its expected realised value given "
+        "the predictions, a ridge fit on the logged shown candidates (rewards.value_model): predictions that do not "
+        "explain the logged value carry little weight, and labelled behaviours without a prediction are still "
+        "valued. predictions: by Σ prior_coefs · predicted terms, taken at face value.")
+    prior_ridge: float = Field(1e-3, ge=0, description="Ridge penalty of the calibrated value model (per unit weight).")
     prior_discount: Literal["log2", "none"] = Field("log2", description="Position discount of R_prior: 1/log2(pos+1) or none.")
     price_scale: float = Field(1.0, gt=0, description="Divisor of price in R_prior terms (e.g. the median price) so GMV is O(1).")
     min_weights: list[float] | None = Field(None, description="Per-input minimum weight [K]; hinge penalty below it. None = no rule.")
@@ -155,6 +156,7 @@ def composite_reward(
     post_mask: Tensor | None = None,
     anchor_order: Tensor | None = None,
     guard_multipliers: Tensor | None = None,
+    prior_value: Tensor | None = None,
 ) -> RewardOutput:
     """Composite GRADE reward of ``G`` re-ranked pages per request.
 
@@ -178,6 +180,8 @@ def composite_reward(
         post_mask: ``[N, L]`` candidates ``R_post`` ranks (default ``mask``).
         anchor_order: ``[N, P]`` pages of the anchor weights (needed with guard rails).
         guard_multipliers: ``[M]`` Lagrange multipliers of ``config.guardrails`` (default 0).
+        prior_value: ``[N, L]`` each candidate's value for ``R_prior`` (the calibrated value
+            model's); None values candidates by ``config.prior_coefs`` on ``preds``.
 
     Returns:
         :class:`RewardOutput`.
@@ -203,12 +207,15 @@ def composite_reward(
             propensity_weights=ipw, normalize=config.post_normalize,
         ).to(dtype)
     if config.a_prior > 0:
-        if preds is None:
-            raise ValueError("a_prior > 0 needs preds")
         disc = position_discount(config.k, config.prior_discount).to(order.device)
-        prior = prior_reward(
-            order, preds, price, config.prior_coefs, disc, price_scale=config.price_scale, mask=mask
-        ).to(dtype)
+        if prior_value is not None:
+            prior = prior_reward(order, {"value": prior_value}, None, {"value": 1.0}, disc, mask=mask).to(dtype)
+        elif preds is None:
+            raise ValueError("a_prior > 0 needs preds")
+        else:
+            prior = prior_reward(
+                order, preds, price, config.prior_coefs, disc, price_scale=config.price_scale, mask=mask
+            ).to(dtype)
     if config.a_rule > 0:
         has_rule = config.min_weights is not None or bool(config.max_ratio) or config.trust_radius is not None
         if has_rule:

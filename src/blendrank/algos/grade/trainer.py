@@ -46,9 +46,9 @@ from blendrank.fusion.policy import DirichletPolicy
 from blendrank.jsonio import write_jsonl
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
-from blendrank.rewards.components import guardrail_margins, position_bias_from_counts
+from blendrank.rewards.components import examination_ips_weights, guardrail_margins, position_bias_from_counts
 from blendrank.rewards.composite import composite_reward
-from blendrank.rewards.label_model import Moments, fit_ridge, label_design, predict_label
+from blendrank.rewards.value_model import Moments, fit_ridge, predict_value, r_squared, value_design
 
 
 #: Stage 1's single label under ``grading="value"``: each candidate's realised value.
@@ -253,28 +253,41 @@ def _shown_prefix(scores: torch.Tensor, shown: torch.Tensor, k: int) -> tuple[to
     return scores[..., :s], shown[:, :s]
 
 
-def _fit_label_models(data: RequestLog, terms: list[str], floor: float) -> dict[str, tuple[torch.Tensor, float, float]]:
-    """term -> (ridge coefficients, label min, label max) of ``E[label_term | fusion inputs]`` on
-    the logged shown candidates, from one streaming pass (:mod:`blendrank.rewards.label_model`)."""
-    if not terms:
-        return {}
-    moments: dict[str, Moments] = {}
-    lo = dict.fromkeys(terms, float("inf"))
-    hi = dict.fromkeys(terms, float("-inf"))
+def _prior_terms(b: RequestBatch, spec: FusionSpec, terms: list[str]) -> torch.Tensor:
+    """``[N, L, T]`` each candidate's predicted amount of every R_prior term (product of its
+    factors: predictions, and price relative to the training median)."""
+    x = {o: b.inputs[..., j] for j, o in enumerate(spec.objectives)}
+    x["price"] = b.price / spec.price_scale
+    cols = [torch.stack([x[f.strip()] for f in t.split("*")], -1).prod(-1) for t in terms]
+    return torch.stack(cols, -1) if cols else b.inputs[..., :0]
+
+
+def _value_model(data: RequestLog, cfg: GRADEConfig, spec: FusionSpec, exam: torch.Tensor | None):
+    """``b -> [N, L]`` R_prior's calibrated candidate value (:mod:`blendrank.rewards.value_model`)
+    fitted in one streaming pass, and the fit's R²; realised value ``Σ_k w_k·label_k`` under
+    R_post's weights (the objective), rows weighted by ``1/exam(position)``."""
+    rc = cfg.reward
+    terms = [t for t, c in rc.prior_coefs.items() if c != 0]
+    weights = {o: w for o, w in rc.post_objective_weights.items() if w != 0}
+    moments = None
     for buf in data.buffers():
-        missing = [t for t in terms if t not in buf.labels]
+        missing = [o for o in weights if o not in buf.labels]
         if missing:
-            raise DataError(f"reward.prior_fitted: no label_ column for {missing}; the data has {list(buf.labels)}")
-        design = label_design(buf.inputs, floor)
-        for t in terms:
-            m = Moments.of(design, buf.labels[t].float(), buf.shown)
-            moments[t] = moments[t] + m if t in moments else m
-            if buf.shown.any():
-                y = buf.labels[t][buf.shown].float()
-                lo[t], hi[t] = min(lo[t], float(y.min())), max(hi[t], float(y.max()))
-    if any(m.n == 0 for m in moments.values()):
-        raise DataError("reward.prior_fitted needs logged shown candidates (a position column) to fit on")
-    return {t: (fit_ridge(moments[t]), lo[t], hi[t]) for t in terms}
+            raise DataError(f"reward.prior_model=calibrated: no label_ column for {missing}; the data has {list(buf.labels)}")
+        y = sum(w * buf.labels[o].float() for o, w in weights.items())
+        row_w = (examination_ips_weights(buf.position, exam, clip=rc.ips_clip) if exam is not None
+                 else buf.shown.float())
+        m = Moments.of(value_design(_prior_terms(buf, spec, terms), buf.inputs, spec.floor), y, row_w * buf.shown)
+        moments = m if moments is None else moments + m
+    if moments is None or moments.w <= 0:
+        raise DataError("reward.prior_model=calibrated needs logged shown candidates (a position column) to fit on; "
+                        "or set reward.prior_model=predictions")
+    beta = fit_ridge(moments, rc.prior_ridge)
+
+    def value(b: RequestBatch) -> torch.Tensor:
+        return predict_value(value_design(_prior_terms(b, spec, terms), b.inputs, spec.floor), beta)
+
+    return value, r_squared(moments, beta)
 
 
 def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: GRADEConfig, spec: FusionSpec,
@@ -327,7 +340,14 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
     else:  # the Stage-2 starting point (Stage 1 done): resuming from here skips Stage 1
         run.save(2, policy, opt, step=0, ref=ref.state_dict(), multipliers=multipliers,
                  ema=ema.state_dict() if ema is not None else None)
-    fitted = _fit_label_models(data, rc.prior_fitted, spec.floor) if s2.steps > first_step else {}
+    prior_value, prior_r2 = None, None
+    if rc.a_prior > 0 and rc.prior_model == "calibrated" and s2.steps > first_step:
+        try:  # position-debiased targets when the log's clicks give an examination curve
+            value_exam = position_bias_from_counts(summary.shows, summary.clicks)
+        except ValueError:
+            value_exam = None
+        prior_value, prior_r2 = _value_model(data, cfg, spec, value_exam)
+        log({"stage": 2, "prior_model": "calibrated", "prior_r2": prior_r2})
     objective = dist.wrap_ddp(_GRPOObjective(policy, cfg))  # broadcasts rank 0's parameters
     batches = batches_of(shuffled_requests(data, cfg.seed, 2, start=first_step * n_global, passes=None), n_global)
     for step in range(first_step, s2.steps):
@@ -351,15 +371,13 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
             page_shown, _ = top_k(*_shown_prefix(scores, b.shown, rc.k), rc.k)
             # R_prior reads the MTL predictions; its price terms use price relative to the training median.
             preds = {o: b.inputs[..., j].contiguous() for j, o in enumerate(spec.objectives)}
-            if fitted:
-                design = label_design(b.inputs, spec.floor)
-                preds.update({t: predict_label(design, beta, lo, hi) for t, (beta, lo, hi) in fitted.items()})
             rel_price = b.price / spec.price_scale
             anchor_page = top_k(fuse(b.features, anchor.expand(len(b), 1, -1)), b.mask, rc.k)[0] if guardrails else None
             reward = composite_reward(
                 rc, page, weights=w, labels=b.labels, mask=b.mask, preds=preds,
                 price=rel_price, position=b.position, exam=exam, anchor=anchor, post_order=page_shown, post_mask=b.shown,
-                anchor_order=anchor_page, guard_multipliers=multipliers)
+                anchor_order=anchor_page, guard_multipliers=multipliers,
+                prior_value=prior_value(b) if prior_value is not None else None)
             if guardrails:  # dual ascent on the margins of what would be served: the mean weights
                 mean_page = top_k(fuse(b.features, policy.mean(z_old).unsqueeze(1)), b.mask, rc.k)[0]
                 margin = guardrail_margins(mean_page, anchor_page, preds, rel_price, guardrails,
