@@ -41,7 +41,7 @@ from blendrank.bench.sessions import SESSION_METRICS, PageFn, simulate_arm_sessi
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.objective import OBJECTIVE_FILE, Objective
-from blendrank.mtl.train import fit_mtl
+from blendrank.mtl.fit import fit_mtl
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
 from blendrank.worlds.oracle import (

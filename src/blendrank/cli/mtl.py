@@ -134,7 +134,8 @@ def _train(data: Path, out_dir: Path, model: str | None, config: Path | None, se
     from blendrank import distributed as dist
     from blendrank.config import load_config
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
-    from blendrank.mtl.train import METRICS_FILE, WEIGHTS_FILE, train_mtl
+    from blendrank.mtl.predictor import WEIGHTS_FILE
+    from blendrank.mtl.train import METRICS_FILE, train_mtl
 
     check_writable_dir(out_dir)
     overrides: list[str] = []
@@ -186,7 +187,8 @@ def predict(
     import pyarrow.parquet as pq
 
     from blendrank.data.io import parquet_files
-    from blendrank.mtl.train import MTLPredictor, predict_parquet
+    from blendrank.mtl.predictor import MTLPredictor
+    from blendrank.mtl.train import predict_parquet
     from blendrank.progress import progress_bar
 
     file_out = data.is_file() and out_path.suffix.lower() in (".parquet", ".pq")
