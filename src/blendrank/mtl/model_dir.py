@@ -21,7 +21,14 @@ CENTER_FILE = "feature_center.json"
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
 
-__all__ = ["CENTER_FILE", "CONFIG_FILE", "META_FILE", "make_readable", "read_meta", "save_model_dir"]
+__all__ = [
+    "CENTER_FILE",
+    "CONFIG_FILE",
+    "META_FILE",
+    "make_readable",
+    "read_meta",
+    "save_model_dir",
+]
 
 
 def make_readable(path: str | Path) -> None:
@@ -58,9 +65,8 @@ def read_meta(
     """``meta.json`` of a directory written by :func:`save_model_dir`, after checking that every
     file is there and the format and version are ``file_format`` / ``version``; a
     :class:`DataError` names the directory as not ``what`` (``fix`` is appended)."""
-    missing = [
-        f for f in (weights_file, CENTER_FILE, CONFIG_FILE, META_FILE) if not (directory / f).is_file()
-    ]
+    files = (weights_file, CENTER_FILE, CONFIG_FILE, META_FILE)
+    missing = [f for f in files if not (directory / f).is_file()]
     if missing:
         raise DataError(f"{directory}: not {what} (missing {missing}){fix}")
     meta = read_json(directory / META_FILE)

@@ -216,6 +216,7 @@ class KuaiRandSimWorld:
         return (v * self.examination()[: pages.shape[-1]]).sum(-1)
 
     # ----------------------------------------------------------------------------- sessions
+    # Functions of the world (kuairand_sim_sessions), bound as its methods.
     session_users = session_users
     run_sessions = run_sessions
     shown_rates = shown_rates

@@ -62,8 +62,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _preset_config(model: type[ConfigT], world: str, presets: dict[str, dict[str, Any]], preset: str,
-                   config_path: str | None, overrides: list[str] | None, seed: int | None) -> ConfigT:
+def _preset_config(model: type[ConfigT], world: str, presets: dict[str, dict[str, Any]],
+                   preset: str, config_path: str | None, overrides: list[str] | None,
+                   seed: int | None) -> ConfigT:
     """``model`` from preset ``preset`` of ``presets`` (the ``world``'s), then an optional YAML
     file, then ``--set`` overrides (and ``--seed``)."""
     if preset not in presets:
@@ -77,7 +78,8 @@ def _preset_config(model: type[ConfigT], world: str, presets: dict[str, dict[str
 def world_config(preset: str = "default", config_path: str | None = None, overrides: list[str] | None = None,
                  seed: int | None = None) -> MarketplaceConfig:
     """Preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
-    return _preset_config(MarketplaceConfig, "marketplace", PRESETS, preset, config_path, overrides, seed)
+    return _preset_config(MarketplaceConfig, "marketplace", PRESETS, preset, config_path, overrides,
+                          seed)
 
 
 # ----------------------------------------------------------------------------- kuairand-sim
@@ -113,5 +115,5 @@ KUAIRAND_SIM_PRESETS: dict[str, dict[str, Any]] = {
 def kuairand_sim_config(preset: str = "default", config_path: str | None = None, overrides: list[str] | None = None,
                         seed: int | None = None) -> KuaiRandSimConfig:
     """kuairand-sim config: preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
-    return _preset_config(KuaiRandSimConfig, "kuairand-sim", KUAIRAND_SIM_PRESETS, preset, config_path, overrides,
-                          seed)
+    return _preset_config(KuaiRandSimConfig, "kuairand-sim", KUAIRAND_SIM_PRESETS, preset,
+                          config_path, overrides, seed)
