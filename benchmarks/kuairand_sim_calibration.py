@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from blendrank.worlds.kuairand_sim import FEEDBACKS, STREAM_LOGS, KuaiRandSimWorld
+from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
 from blendrank.worlds.kuairand_sim_calibrate import (
     day_length_histogram,
     exit_trace,
@@ -33,6 +33,7 @@ from blendrank.worlds.kuairand_sim_calibrate import (
     real_day_lengths,
     thinned_histogram,
 )
+from blendrank.worlds.kuairand_sim_config import FEEDBACKS, STREAM_LOGS
 from blendrank.worlds.presets import kuairand_sim_config
 
 #: The uncalibrated world: no Platt scaling, no rate matching, the unfitted exit model.

@@ -46,12 +46,12 @@ import yaml
 from blendrank.config import apply_overrides
 from blendrank.data.kuairand import build_kuairand
 from blendrank.data.slates import to_slates
-from blendrank.metrics import bootstrap_ci, gauc
 from blendrank.features.center import FeatureSchema
+from blendrank.metrics import bootstrap_ci, gauc
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.data import load_schema
+from blendrank.mtl.fit import fit_mtl
 from blendrank.mtl.logistic import LogisticConfig, fit_logistic
-from blendrank.mtl.train import fit_mtl
 
 OBJECTIVES = ["click", "long_view", "like", "profile_enter"]
 #: MMoE settings chosen on the validation split (docs/mtl.md, "KuaiRand").

@@ -41,10 +41,10 @@ from sklearn.metrics import roc_auc_score
 
 from blendrank.config import apply_overrides
 from blendrank.data.io import parquet_files
+from blendrank.data.stream import LogSource
 from blendrank.mtl.config import MTLConfig
-from blendrank.mtl.data import Source
+from blendrank.mtl.fit import fit_mtl
 from blendrank.mtl.logistic import LogisticConfig, fit_logistic
-from blendrank.mtl.train import fit_mtl
 from blendrank.worlds.generate import generate_world
 from blendrank.worlds.marketplace import MarketplaceConfig, MarketplaceWorld, Requests
 from blendrank.worlds.presets import world_config
@@ -117,8 +117,8 @@ def main() -> None:
         MarketplaceConfig.model_validate(json.loads((root / "world.json").read_text())["config"])
     )
     files = parquet_files(root / "logs")
-    train = Source("train", tuple(files[:-2]))
-    valid = Source("valid", (files[-2],))
+    train = LogSource("train", tuple(files[:-2]))
+    valid = LogSource("valid", (files[-2],))
     held_all = pq.read_table(files[-1])
     held = held_all.filter(pc.is_valid(held_all["position"]))
     n_train = sum(b.num_rows for b in train.batches(["position"]))

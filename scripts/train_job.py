@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.trainer == "mtl":
         from blendrank.mtl.config import MTLConfig
         from blendrank.mtl.data import resolve_data
-        from blendrank.mtl.train import fit_mtl
+        from blendrank.mtl.fit import fit_mtl
 
         cfg = MTLConfig.model_validate(apply_overrides(
             {"epochs": args.epochs, "batch_size": args.batch, "lr": 0.01, "expert_dims": [16], "tower_dims": [8],

@@ -30,7 +30,7 @@ from blendrank.algos.grade.trainer import fit_grade
 from blendrank.cli.main import app
 from blendrank.data.synthetic import two_type_log
 from blendrank.mtl.config import MTLConfig
-from blendrank.mtl.train import fit_mtl
+from blendrank.mtl.fit import fit_mtl
 
 runner = CliRunner()
 

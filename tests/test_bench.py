@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from blendrank.cli.main import app
 from blendrank.bench.ab import CommonRandomNumbers, compare_arms, metric_defs, realised_page
 from blendrank.bench.world import BenchConfig, run_world_bench
+from blendrank.cli.main import app
 from blendrank.worlds.logging_policy import write_logs
 from blendrank.worlds.marketplace import MarketplaceWorld
 from blendrank.worlds.presets import world_config
@@ -186,9 +186,9 @@ def test_world_bench_reports_the_session_ab(tmp_path):
 
 
 def test_bench_defaults_survive_partial_overrides() -> None:
-    from blendrank.config import apply_overrides
-    from blendrank.bench.world import BENCH_DEFAULTS, BenchConfig
     from blendrank.algos.grade.config import GRADEConfig
+    from blendrank.bench.world import BENCH_DEFAULTS, BenchConfig
+    from blendrank.config import apply_overrides
 
     dropout = BENCH_DEFAULTS["mtl"]["position_dropout"]
     margin = GRADEConfig().reward.guardrail_margin  # one GRADE: the bench runs the library's defaults

@@ -154,20 +154,20 @@ def test_nan_gradient_in_stage2_is_caught(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_nan_loss_in_mtl_names_step_and_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world_log: Path):
-    from blendrank.mtl import train as mtl_train
+    from blendrank.mtl import fit as mtl_fit
     from blendrank.mtl.config import MTLConfig
 
-    real, calls = mtl_train.task_losses, [0]
+    real, calls = mtl_fit.task_losses, [0]
 
     def poisoned(*a, **kw):
         sums, counts = real(*a, **kw)
         calls[0] += 1
         return (sums * math.nan if calls[0] == 5 else sums), counts
 
-    monkeypatch.setattr(mtl_train, "task_losses", poisoned)
+    monkeypatch.setattr(mtl_fit, "task_losses", poisoned)
     cfg = MTLConfig(epochs=1, batch_size=256, expert_dims=[8], tower_dims=[4])
     with pytest.raises(NonFiniteError, match=r"MTL step 4 \(epoch 1, batch 4\): non-finite loss"):
-        mtl_train.fit_mtl(world_log / "logs", None, cfg, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+        mtl_fit.fit_mtl(world_log / "logs", None, cfg, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2)
     state = _saved(tmp_path)
     assert state["step"] == 4 and state["batch"] == 4  # the last good step; step 4 never saved
     assert not (tmp_path / "model.pt").exists()

@@ -18,7 +18,8 @@ from blendrank.algos.integrated_rl.ksim import (
 )
 from blendrank.algos.integrated_rl.rollout import action_box
 from blendrank.errors import ConfigError
-from blendrank.worlds.kuairand_sim import FUSION_INPUTS, STREAM_EVAL, KuaiRandSimWorld
+from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
+from blendrank.worlds.kuairand_sim_config import FUSION_INPUTS, STREAM_EVAL
 from blendrank.worlds.presets import kuairand_sim_config
 
 

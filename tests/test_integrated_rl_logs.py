@@ -28,8 +28,8 @@ from blendrank.algos.integrated_rl.logs import (
 from blendrank.cli.main import app
 from blendrank.data.synthetic import two_type_log
 from blendrank.errors import DataError
-from blendrank.metrics import ndcg_at_k
 from blendrank.fusion.formulas import fuse, fusion_features
+from blendrank.metrics import ndcg_at_k
 
 OBJECTIVES = ["click", "order"]
 FAST = IntegratedRLConfig(steps_per_round=60, batch_size=64, hidden=[16, 16], log_actions_per_request=2)

@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from blendrank.errors import ConfigError
 from blendrank.bench.world import BenchConfig, run_world_bench
-from blendrank.worlds.kuairand_sim import STREAM_EVAL, KuaiRandSimWorld, _solve_offset
+from blendrank.errors import ConfigError
+from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
 from blendrank.worlds.kuairand_sim_calibrate import (
     day_length_histogram,
     exit_trace,
     replay_lengths,
     thinned_histogram,
 )
+from blendrank.worlds.kuairand_sim_config import STREAM_EVAL
+from blendrank.worlds.kuairand_sim_fit import _solve_offset
 from blendrank.worlds.kuairand_sim_teacher import WatchLaw, calibration_deciles, fit_platt
 from blendrank.worlds.presets import kuairand_sim_config
 

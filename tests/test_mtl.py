@@ -15,11 +15,16 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from blendrank.cli.mtl import app as mtl_app
+from blendrank.data.io import read_raw
+from blendrank.data.stream import LogSource
 from blendrank.errors import ConfigError, DataError
 from blendrank.mtl.config import MTLConfig
-from blendrank.mtl.data import Encoder, Source, resolve_data, shuffled_minibatches
+from blendrank.mtl.data import Encoder, resolve_data, shuffled_minibatches
+from blendrank.mtl.evaluate import evaluate_mtl
+from blendrank.mtl.fit import fit_mtl
 from blendrank.mtl.models import MTLNetwork, NetworkSpec, build_layout, task_losses
-from blendrank.mtl.train import MTLPredictor, evaluate_mtl, fit_mtl, predict_parquet
+from blendrank.mtl.predictor import MTLPredictor
+from blendrank.mtl.train import predict_parquet
 
 N_CATS = 12
 FAST = {"epochs": 3, "batch_size": 256, "lr": 0.01, "expert_dims": [16], "tower_dims": [8]}
@@ -183,7 +188,7 @@ def test_every_parameter_changes_after_a_step(model: str) -> None:
 
 def test_shuffle_buffer_yields_every_row_once(train_log: pa.Table, predictor: MTLPredictor) -> None:
     enc = Encoder(predictor.center, predictor.layout, predictor.target_moments, use_position=True)
-    src = Source.of("train", train_log)
+    src = LogSource.of("train", train_log)
     rows = src.batches(enc.columns() + ["request_id"], batch_size=700)
     seen = []
     sizes = []
@@ -374,7 +379,7 @@ def test_cli_train_and_predict_on_a_world_log(world_logs: Path, tmp_path: Path) 
     )
     assert res.exit_code == 0, res.output
     out = pq.read_table(tmp_path / "pred")
-    src = pq.read_table(world_logs)
+    src = read_raw(world_logs)  # the shards only: logs/ also holds objective.yaml
     assert out.num_rows == src.num_rows and out.column_names == src.column_names
     p = out["pred_click"].to_numpy()
     assert np.all((p >= 0) & (p <= 1)) and not np.array_equal(p, src["pred_click"].to_numpy())

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from blendrank.bench.report import format_table, load_bench, write_report
 from blendrank.cli.report import report
 from blendrank.errors import DataError
-from blendrank.bench.report import format_table, load_bench, write_report
 
 pytest.importorskip("matplotlib")
 

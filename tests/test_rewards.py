@@ -317,7 +317,13 @@ def test_guardrail_margin_tightens_every_rail() -> None:
 
 
 def test_value_model_recovers_a_linear_expectation_from_streamed_parts() -> None:
-    from blendrank.rewards.value_model import Moments, fit_ridge, predict_value, r_squared, value_design
+    from blendrank.rewards.value_model import (
+        Moments,
+        fit_ridge,
+        predict_value,
+        r_squared,
+        value_design,
+    )
 
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(400, 6, 2, generator=g)

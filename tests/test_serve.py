@@ -310,8 +310,8 @@ def test_single_request_fast_path_matches_the_onnxruntime_torch_topk_path(dirs, 
     path (onnxruntime and torch.topk). Pages identical, weights and scores within 1e-6, and
     requests with tied scores (duplicated candidates) identical too (torch.topk decides)."""
     import blendrank.serve.ranker as ranker_module
-    from blendrank.serve.export import onnx_session, session_runner
     from blendrank.fusion.numpy_twins import top_single_np as _top_single
+    from blendrank.serve.export import onnx_session, session_runner
     from blendrank.serve.ranker import _Model
 
     fast = Ranker.load(dirs[0] / "export")

@@ -13,8 +13,8 @@ from blendrank.algos.static_search import (
     offline_ndcg_objective,
     search_weights,
 )
-from blendrank.metrics import ndcg_at_k
 from blendrank.fusion.formulas import fuse, fusion_features
+from blendrank.metrics import ndcg_at_k
 
 W_STAR = np.array([0.5, 0.3, 0.15, 0.05])
 FAST = ["grid", "cem", "tpe", "cmaes"]

@@ -25,16 +25,16 @@ from blendrank.bench import registry
 from blendrank.bench.ab import compare_arms, oracle_share
 from blendrank.data.contract import objectives_of
 from blendrank.errors import ConfigError
-from blendrank.worlds.kuairand_sim import (
+from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
+from blendrank.worlds.kuairand_sim_config import (
     FEEDBACKS,
     FUSION_INPUTS,
-    POST_CLICK,
     STREAM_EVAL,
     STREAM_VALID,
     TRUTH,
-    KuaiRandSimWorld,
-    StepContext,
 )
+from blendrank.worlds.kuairand_sim_sessions import StepContext
+from blendrank.worlds.kuairand_sim_teacher import POST_CLICK
 from blendrank.worlds.oracle import candidate_vectors
 from blendrank.worlds.presets import kuairand_sim_config
 

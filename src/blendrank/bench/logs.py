@@ -9,8 +9,8 @@ Logs without ``pred_*`` columns get predictions from a per-task logistic model f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 

@@ -26,10 +26,6 @@ from blendrank.algos.integrated_rl import IntegratedRLConfig, fit_integrated_rl
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.search import search_weights
 from blendrank.bench import registry
-from blendrank.bench.kuairand_sim import run_kuairand_sim_bench
-from blendrank.config import BaseConfig
-from blendrank.data.contract import objectives_of
-from blendrank.errors import ConfigError
 from blendrank.bench.ab import (
     CommonRandomNumbers,
     compare_arms,
@@ -37,11 +33,15 @@ from blendrank.bench.ab import (
     oracle_share,
     realised_page,
 )
+from blendrank.bench.kuairand_sim import run_kuairand_sim_bench
 from blendrank.bench.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
+from blendrank.config import BaseConfig
+from blendrank.data.contract import objectives_of
+from blendrank.errors import ConfigError
 from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
+from blendrank.mtl.fit import fit_mtl
 from blendrank.objective import OBJECTIVE_FILE, Objective
-from blendrank.mtl.train import fit_mtl
 from blendrank.worlds.logging_policy import generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
 from blendrank.worlds.oracle import (

@@ -19,9 +19,9 @@ def demo(
     requests: int = typer.Option(5000, "--requests", min=100, help="Logged requests to generate."),
 ) -> None:
     """Generate a world, validate its logs, run the bench and print the comparison table."""
-    from blendrank.data.io import load_log
-    from blendrank.bench.world import BenchConfig, run_world_bench
     from blendrank.bench.report import format_table, write_report
+    from blendrank.bench.world import BenchConfig, run_world_bench
+    from blendrank.data.io import load_log
     from blendrank.worlds.generate import generate_world
     from blendrank.worlds.presets import world_config
 

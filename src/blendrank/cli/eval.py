@@ -10,7 +10,15 @@ from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.bench.logs import LogBenchConfig, run_log_bench
 from blendrank.bench.world import BenchConfig, run_world_bench
 from blendrank.cli.bench import finish
-from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, note_replaced, out, user_errors
+from blendrank.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_writable_dir,
+    fail,
+    note_replaced,
+    out,
+    user_errors,
+)
 from blendrank.config import load_config
 
 

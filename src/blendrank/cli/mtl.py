@@ -143,7 +143,8 @@ def _train(data: Path, out_dir: Path, mapping: Path | None, model: str | None,
     from blendrank import distributed as dist
     from blendrank.config import load_config
     from blendrank.mtl.config import MODEL_NAMES, MTLConfig
-    from blendrank.mtl.train import METRICS_FILE, WEIGHTS_FILE, train_mtl
+    from blendrank.mtl.predictor import WEIGHTS_FILE
+    from blendrank.mtl.train import METRICS_FILE, train_mtl
 
     check_writable_dir(out_dir)
     overrides: list[str] = []
@@ -203,7 +204,8 @@ def predict(
 
     from blendrank.data.io import parquet_files
     from blendrank.mtl.data import loads_whole
-    from blendrank.mtl.train import MTLPredictor, predict_log, predict_parquet
+    from blendrank.mtl.predictor import MTLPredictor
+    from blendrank.mtl.train import predict_log, predict_parquet
     from blendrank.progress import progress_bar
 
     file_out = data.is_file() and out_path.suffix.lower() in (".parquet", ".pq")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from blendrank.cli.common import out, user_errors
 from blendrank.bench.report import format_table, load_bench, write_report
+from blendrank.cli.common import out, user_errors
 
 
 @user_errors

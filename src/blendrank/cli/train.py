@@ -9,6 +9,18 @@ from typing import Any
 import pyarrow.parquet as pq
 import typer
 
+from blendrank import distributed as dist
+from blendrank.algos.grade.config import GRADEConfig
+from blendrank.algos.grade.data import fit_fusion_spec, validate_log_stream
+from blendrank.algos.integrated_rl.config import IntegratedRLConfig
+from blendrank.algos.integrated_rl.logs import (
+    LogSetup,
+    fit_integrated_rl_logs,
+    production_log_action,
+)
+from blendrank.algos.static_search.config import StaticSearchConfig
+from blendrank.bench import registry
+from blendrank.bench.logs import SPLITS, LogBenchConfig, LogGoal, load_splits, log_goal, tune_static
 from blendrank.cli.common import (
     ConfigOption,
     SetOption,
@@ -18,14 +30,6 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
-from blendrank import distributed as dist
-from blendrank.algos.grade.config import GRADEConfig
-from blendrank.algos.grade.data import fit_fusion_spec, validate_log_stream
-from blendrank.algos.integrated_rl.config import IntegratedRLConfig
-from blendrank.algos.integrated_rl.logs import LogSetup, fit_integrated_rl_logs, production_log_action
-from blendrank.algos.static_search.config import StaticSearchConfig
-from blendrank.bench import registry
-from blendrank.bench.logs import SPLITS, LogBenchConfig, LogGoal, load_splits, log_goal, tune_static
 from blendrank.config import load_config
 from blendrank.data.contract import objectives_of
 from blendrank.jsonio import write_json

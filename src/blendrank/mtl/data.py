@@ -1,7 +1,7 @@
 """Streaming data for the MTL model: splits, label scans, encoding and a shuffle buffer.
 
 Nothing here loads a whole split: Parquet is read record batch by record batch
-(:func:`blendrank.data.io.iter_record_batches`), filtered to the split's ``ts`` range and to shown
+(:class:`blendrank.data.stream.LogSource`), filtered to the split's ``ts`` range and to shown
 rows (``position`` not null), encoded by the Feature Center, and shuffled inside a bounded buffer.
 
 Two data layouts are accepted (:func:`resolve_data`):
@@ -40,13 +40,12 @@ from blendrank.config import format_validation_error
 from blendrank.data.columns import label_values
 from blendrank.data.io import CSV_SUFFIXES, MappingLike, iter_record_batches, parquet_files
 from blendrank.data.splits import load_splits, split_files
+from blendrank.data.stream import POSITION, TS, LogSource
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter, FeatureSchema, FeatureSpec
 from blendrank.mtl.models import TaskLayout
 
 LABEL_PREFIX = "label_"
-POSITION = "position"
-TS = "ts"
 REQUEST_ID = "request_id"
 FEATURES_FILE = "features.yaml"
 SPLIT_NAMES = ("train", "valid", "test")
@@ -56,113 +55,20 @@ __all__ = [
     "EncodedBatch",
     "Encoder",
     "LabelScan",
-    "Source",
     "resolve_data",
     "schema_for",
     "shuffled_minibatches",
 ]
 
 
-# -------------------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class Source:
-    """The rows of one split: Parquet files (optionally only ``lo <= ts < hi``) or a table.
-
-    ``shown_only`` keeps rows with a non-null ``position`` (all rows when there is no such
-    column): candidates that were never shown have no observed feedback.
-    """
-
-    name: str
-    files: tuple[Path, ...] = ()
-    table: pa.Table | None = None
-    ts_range: tuple[int | None, int | None] = (None, None)
-    shown_only: bool = True
-
-    @classmethod
-    def of(cls, name: str, data: str | Path | pa.Table, shown_only: bool = True) -> Source:
-        if isinstance(data, pa.Table):
-            return cls(name, table=data, shown_only=shown_only)
-        return cls(name, files=tuple(parquet_files(data)), shown_only=shown_only)
-
-    @property
-    def column_names(self) -> list[str]:
-        if self.table is not None:
-            return list(self.table.column_names)
-        try:
-            return list(pq.read_schema(self.files[0]).names)
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{self.files[0]}: not a Parquet file or truncated ({exc})") from None
-
-    def describe(self) -> str:
-        if self.table is not None:
-            return f"{self.name} (in-memory table)"
-        where = str(self.files[0]) if len(self.files) == 1 else f"{len(self.files)} shards"
-        lo, hi = self.ts_range
-        if lo is None and hi is None:
-            return f"{self.name} ({where})"
-        return f"{self.name} ({where}, ts in [{lo}, {hi}))"
-
-    def batches(
-        self,
-        columns: Sequence[str] | None = None,
-        batch_size: int = 65_536,
-        part: tuple[int, int] | None = None,
-    ) -> Iterator[pa.RecordBatch]:
-        """Filtered record batches with ``columns`` (all when None); empty batches are skipped.
-        ``part=(index, count)``: only that part of the split (see
-        :func:`blendrank.data.io.iter_record_batches`)."""
-        names = self.column_names
-        cols = None if columns is None else list(dict.fromkeys(columns))
-        filter_pos = self.shown_only and POSITION in names
-        filter_ts = self.ts_range != (None, None)
-        if cols is not None:
-            missing = [c for c in cols if c not in names]
-            if missing:
-                raise DataError(
-                    f"{self.describe()}: missing column(s) {missing}; available: {', '.join(names)}"
-                )
-            read = cols + [c for c in ((POSITION,) if filter_pos else ()) if c not in cols]
-            read += [TS] if filter_ts and TS not in read else []
-        else:
-            read = None
-        for batch in self._raw(read, batch_size, part):
-            keep = None
-            if filter_pos:
-                keep = pc.is_valid(batch.column(POSITION))
-            if filter_ts:
-                lo, hi = self.ts_range
-                ts = batch.column(TS)
-                for bound, op in ((lo, pc.greater_equal), (hi, pc.less)):
-                    if bound is not None:
-                        m = op(ts, pa.scalar(bound, ts.type))
-                        keep = m if keep is None else pc.and_(keep, m)
-            if keep is not None:
-                batch = batch.filter(keep)
-            if cols is not None and batch.num_columns != len(cols):
-                batch = batch.select(cols)
-            if batch.num_rows:
-                yield batch
-
-    def _raw(
-        self, columns: list[str] | None, batch_size: int, part: tuple[int, int] | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        if self.table is not None:
-            table = self.table if columns is None else self.table.select(columns)
-            index, count = part or (0, 1)
-            for i, rb in enumerate(table.to_batches(max_chunksize=batch_size)):
-                if i % count == index:
-                    yield rb
-            return
-        yield from iter_record_batches(list(self.files), columns, batch_size, part)
+# -------------------------------------------------------------------------------------- splits
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    train: Source
-    valid: Source
-    test: Source
+    train: LogSource
+    valid: LogSource
+    test: LogSource
     features_file: Path | None
     how: str  # "files" or "time"
     cutoffs: tuple[int, int] | None = None
@@ -201,7 +107,7 @@ def _loaded_splits(
     )
     features = (path if path.is_dir() else path.parent) / FEATURES_FILE
     return DataSplits(
-        *(Source.of(name, tables[name]) for name in SPLIT_NAMES),
+        *(LogSource.of(name, tables[name]) for name in SPLIT_NAMES),
         features_file=features if features.is_file() else None,
         how="files" if split_files(path) is not None else "loaded",
     )
@@ -229,7 +135,7 @@ def resolve_data(
                     "without split names to split by time"
                 )
             features = path / FEATURES_FILE
-            train, valid, test = (Source.of(n, p) for n, p in found.items() if p is not None)
+            train, valid, test = (LogSource.of(n, p) for n, p in found.items() if p is not None)
             return DataSplits(
                 train,
                 valid,
@@ -241,9 +147,9 @@ def resolve_data(
     c1, c2 = time_cutoffs(files, fractions)
     features = (path if path.is_dir() else path.parent) / FEATURES_FILE
     return DataSplits(
-        Source("train", files, ts_range=(None, c1)),
-        Source("valid", files, ts_range=(c1, c2)),
-        Source("test", files, ts_range=(c2, None)),
+        LogSource("train", files, ts_range=(None, c1)),
+        LogSource("valid", files, ts_range=(c1, c2)),
+        LogSource("test", files, ts_range=(c2, None)),
         features_file=features if features.is_file() else None,
         how="time",
         cutoffs=(c1, c2),

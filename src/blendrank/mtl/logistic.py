@@ -41,12 +41,12 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from blendrank.checkpoint import atomic_torch_save
 from blendrank.config import BaseConfig
 from blendrank.data.columns import label_values, put_column
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureBatch, FeatureCenter, FeatureSchema
-from blendrank.jsonio import read_json, write_json
+from blendrank.jsonio import read_json
+from blendrank.mtl.model_dir import CENTER_FILE, CONFIG_FILE, read_meta, save_model_dir
 
 LABEL_PREFIX = "label_"
 PRED_PREFIX = "pred_"
@@ -54,9 +54,6 @@ POSITION_COLUMN = "position"
 FILE_FORMAT = "blendrank.logistic"
 FILE_VERSION = 1
 WEIGHTS_FILE = "logistic.pt"
-CENTER_FILE = "feature_center.json"
-CONFIG_FILE = "config.json"
-META_FILE = "meta.json"
 _PREDICT_BATCH = 65_536
 _BASE_RATE_CLIP = 1e-4
 
@@ -365,11 +362,6 @@ class LogisticPredictor:
 
     def save(self, directory: str | Path) -> Path:
         """Write weights, feature center, config and metadata into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(self.model.state_dict(), directory / WEIGHTS_FILE)
-        self.center.save(directory / CENTER_FILE)
-        write_json(directory / CONFIG_FILE, self.config.model_dump(mode="json"))
         meta = {
             "format": FILE_FORMAT,
             "version": FILE_VERSION,
@@ -378,26 +370,15 @@ class LogisticPredictor:
             "n_numeric": self.model.n_numeric,
             "history": self.history,
         }
-        write_json(directory / META_FILE, meta)
-        return directory
+        return save_model_dir(directory, weights_file=WEIGHTS_FILE, state=self.model.state_dict(),
+                              center=self.center, config=self.config, meta=meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> LogisticPredictor:
         """Read a directory written by :meth:`save`; DataError when it is incomplete or foreign."""
         directory = Path(directory)
-        missing = [
-            f
-            for f in (WEIGHTS_FILE, CENTER_FILE, CONFIG_FILE, META_FILE)
-            if not (directory / f).is_file()
-        ]
-        if missing:
-            raise DataError(f"{directory}: not a saved logistic predictor (missing {missing})")
-        meta = read_json(directory / META_FILE)
-        if meta.get("format") != FILE_FORMAT or meta.get("version") != FILE_VERSION:
-            raise DataError(
-                f"{directory / META_FILE}: expected format {FILE_FORMAT!r} version "
-                f"{FILE_VERSION}, got {meta.get('format')!r} version {meta.get('version')!r}"
-            )
+        meta = read_meta(directory, weights_file=WEIGHTS_FILE, file_format=FILE_FORMAT,
+                         version=FILE_VERSION, what="a saved logistic predictor")
         config = LogisticConfig.model_validate(read_json(directory / CONFIG_FILE))
         center = FeatureCenter.load(directory / CENTER_FILE)
         objectives = tuple(meta["objectives"])

@@ -20,14 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from blendrank.worlds.kuairand_sim import (
-    _N_UNIFORMS,
-    STREAM_CALIBRATION,
-    KuaiRandSimWorld,
-    Policy,
-    SessionSpec,
-    _sigmoid,
-)
+from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
+from blendrank.worlds.kuairand_sim_config import STREAM_CALIBRATION, SessionSpec
+from blendrank.worlds.kuairand_sim_sessions import _N_UNIFORMS, Policy, _sigmoid
 
 #: Histogram bins of impressions per user-day: 1 … 7 and the last bin ≥ 8.
 BINS = 8

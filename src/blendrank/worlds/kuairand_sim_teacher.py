@@ -33,10 +33,11 @@ from blendrank.data.kuairand import (
     _lookup,
     load_vendored,
 )
-from blendrank.metrics import auc, gauc
 from blendrank.jsonio import read_json, write_json
+from blendrank.metrics import auc, gauc
 from blendrank.mtl.config import MTLConfig
-from blendrank.mtl.train import MTLPredictor, fit_mtl
+from blendrank.mtl.fit import fit_mtl
+from blendrank.mtl.predictor import MTLPredictor
 
 #: Feedbacks modelled by the teacher (all 0/1) and the ESMM parent of the post-click ones.
 TEACHER_BINARY: tuple[str, ...] = tuple(BINARY_LABELS)

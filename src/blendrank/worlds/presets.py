@@ -1,4 +1,4 @@
-"""Named configurations of the marketplace world.
+"""Named configurations of the marketplace and kuairand-sim worlds.
 
 ``default`` has clear personalisation headroom; ``homogeneous`` has one segment (none);
 ``bargain``, ``multi_objective`` and ``luxury`` differ in seed, segment mix, prices and number
@@ -8,11 +8,14 @@ of objectives and are not used for tuning any method.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
-from blendrank.config import load_config
+from blendrank.config import BaseConfig, load_config
 from blendrank.errors import ConfigError
+from blendrank.worlds.kuairand_sim_config import KuaiRandSimConfig
 from blendrank.worlds.marketplace import MarketplaceConfig
+
+ConfigT = TypeVar("ConfigT", bound=BaseConfig)
 
 _BROWSERS = dict(name="browsers", click_bias=0.0, order_bias=-4.0, budget_log_mean=3.5, price_sensitivity=0.8,
                  pred_order_bias=1.2, age_bucket_mean=1.0)
@@ -59,15 +62,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _preset_config(model: type[ConfigT], world: str, presets: dict[str, dict[str, Any]],
+                   preset: str, config_path: str | None, overrides: list[str] | None,
+                   seed: int | None) -> ConfigT:
+    """``model`` from preset ``preset`` of ``presets`` (the ``world``'s), then an optional YAML
+    file, then ``--set`` overrides (and ``--seed``)."""
+    if preset not in presets:
+        raise ConfigError(f"unknown {world} preset {preset!r}; choose one of {', '.join(presets)}")
+    base = copy.deepcopy(presets[preset])  # overrides must never edit the shared preset
+    if seed is not None:
+        base["seed"] = seed
+    return load_config(model, config_path, overrides, base=base)
+
+
 def world_config(preset: str = "default", config_path: str | None = None, overrides: list[str] | None = None,
                  seed: int | None = None) -> MarketplaceConfig:
     """Preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown marketplace preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = copy.deepcopy(PRESETS[preset])  # overrides must never edit the shared preset
-    if seed is not None:
-        base["seed"] = seed
-    return load_config(MarketplaceConfig, config_path, overrides, base=base)
+    return _preset_config(MarketplaceConfig, "marketplace", PRESETS, preset, config_path, overrides,
+                          seed)
 
 
 # ----------------------------------------------------------------------------- kuairand-sim
@@ -101,13 +113,7 @@ KUAIRAND_SIM_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def kuairand_sim_config(preset: str = "default", config_path: str | None = None, overrides: list[str] | None = None,
-                        seed: int | None = None):
+                        seed: int | None = None) -> KuaiRandSimConfig:
     """kuairand-sim config: preset, then an optional YAML file, then ``--set`` overrides (and ``--seed``)."""
-    from blendrank.worlds.kuairand_sim import KuaiRandSimConfig
-
-    if preset not in KUAIRAND_SIM_PRESETS:
-        raise ConfigError(f"unknown kuairand-sim preset {preset!r}; choose one of {', '.join(KUAIRAND_SIM_PRESETS)}")
-    base = copy.deepcopy(KUAIRAND_SIM_PRESETS[preset])  # overrides must never edit the shared preset
-    if seed is not None:
-        base["seed"] = seed
-    return load_config(KuaiRandSimConfig, config_path, overrides, base=base)
+    return _preset_config(KuaiRandSimConfig, "kuairand-sim", KUAIRAND_SIM_PRESETS, preset,
+                          config_path, overrides, seed)

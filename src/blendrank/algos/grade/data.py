@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from blendrank.data.contract import format_violations, objectives_of, validate_table
-from blendrank.data.io import PARQUET_SUFFIXES, iter_record_batches, parquet_files
+from blendrank.data.io import PARQUET_SUFFIXES
 from blendrank.data.slates import to_slates
+from blendrank.data.stream import LogSource, as_source
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter, FeatureSchema
 from blendrank.fusion.artifact import POLICY_ROLES, FusionSpec
@@ -40,19 +40,20 @@ REQUEST_ID = "request_id"
 PRICE_SAMPLE = 1_000_000
 
 
-def fit_fusion_spec(data: pa.Table | str | Path, objectives: list[str] | None = None, **kw) -> FusionSpec:
+def fit_fusion_spec(data: pa.Table | str | Path | LogSource, objectives: list[str] | None = None,
+                    **kw) -> FusionSpec:
     """The fusion of a training table or Parquet log (file or directory of shards, streamed): its
     ``pred_*`` inputs and price; the median price is exact up to :data:`PRICE_SAMPLE` prices, else
     that of a uniform sample."""
     source = _source(data)
-    cols = _column_names(source)
+    cols = source.column_names
     objs = objectives or [o for o in objectives_of(cols) if f"pred_{o}" in cols]
     missing = [o for o in objs if f"pred_{o}" not in cols]
     if not objs or missing:
         raise DataError(f"fusion needs pred_<objective> columns; missing {missing or 'all'} "
                         "(run `blendrank mtl predict` first, or use a log with predictions)")
     use_price = "price" in cols
-    scale = _sampled_median(rb.column(0) for rb in _record_batches(source, ["price"], 262_144)) if use_price else 1.0
+    scale = _sampled_median(rb.column(0) for rb in source.batches(["price"], 262_144)) if use_price else 1.0
     return FusionSpec(objectives=objs, use_price=use_price, price_scale=max(scale, 1e-6), **kw)
 
 
@@ -111,22 +112,24 @@ def fit_policy_features(table: pa.Table) -> FeatureCenter:
     return FeatureCenter.fit(table.select(schema.names), schema)
 
 
-def policy_schema(data: pa.Table | tuple[Path, ...], rows: int = 16_384) -> FeatureSchema:
+def policy_schema(data: pa.Table | LogSource, rows: int = 16_384) -> FeatureSchema:
     """The user/context features of a log, as :meth:`FeatureSchema.infer` on the whole log:
     on a table directly; on Parquet files in a streaming pass that keeps at most
     ``max_int_categories + 1`` distinct values per integer column (the kind of every other
     column follows from its type)."""
+    if isinstance(data, LogSource) and data.table is not None:
+        data = data.table
     if isinstance(data, pa.Table):
         return FeatureSchema(features=FeatureSchema.infer(data).select(POLICY_ROLES))
-    f_cols = [c for c in _column_names(data) if c.startswith("f_")]
-    first = next(_record_batches(data, f_cols, 1), None) if f_cols else None
+    f_cols = [c for c in data.column_names if c.startswith("f_")]
+    first = next(data.batches(f_cols, 1), None) if f_cols else None
     if first is None:
         return FeatureSchema(features=[])
     specs = FeatureSchema.infer(first).select(POLICY_ROLES)
     ints = [s.name for s in specs if pa.types.is_integer(first.schema.field(s.name).type)]
     limit = 101  # FeatureSchema.infer's max_int_categories + 1: enough to tell the kinds apart
     distinct: dict[str, set] = {c: set() for c in ints}
-    for rb in _record_batches(data, ints, rows) if ints else ():
+    for rb in data.batches(ints, rows) if ints else ():
         for c in ints:
             if len(distinct[c]) < limit:
                 distinct[c].update(pc.unique(rb.column(c)).drop_null().to_pylist())
@@ -182,43 +185,24 @@ def build_batch(table: pa.Table, spec: FusionSpec, center: FeatureCenter, width:
 
 
 # ------------------------------------------------------------------------------ streamed logs
-Source = pa.Table | tuple[Path, ...]
-
-
-def _source(data: pa.Table | str | Path | tuple[Path, ...]) -> Source:
-    if isinstance(data, (pa.Table, tuple)):
-        return data
+def _source(data: pa.Table | str | Path | LogSource) -> LogSource:
+    """Every row of ``data`` in log order (GRADE trains on whole requests, shown or not)."""
+    if isinstance(data, (pa.Table, LogSource)):
+        return as_source("log", data, shown_only=False)
     if Path(data).is_file() and not Path(data).name.lower().endswith(PARQUET_SUFFIXES):
         raise DataError(f"{data}: GRADE streams Parquet logs (a file or a directory of shards); read other "
                         "formats with blendrank.data.io.read_log and pass the table, or convert them to Parquet")
-    return tuple(parquet_files(data))
-
-
-def _column_names(source: Source) -> list[str]:
-    if isinstance(source, pa.Table):
-        return list(source.column_names)
-    try:
-        return list(pq.read_schema(source[0]).names)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{source[0]}: not a Parquet file or truncated ({exc}); re-export it") from None
+    return LogSource.of("log", data, shown_only=False)
 
 
 def validate_log_stream(path: str | Path, read_batch_rows: int = 16_384) -> None:
     """Check a Parquet log against the data contract chunk by chunk of whole requests, never
     reading it whole; raise :class:`DataError` with the violations of the first bad chunk."""
     source = _source(path)
-    for t, _ in _request_chunks(source, _column_names(source), read_batch_rows):
+    for t, _ in _request_chunks(source, source.column_names, read_batch_rows):
         report = validate_table(t, str(path))
         if not report.ok:
             raise DataError(format_violations(report))
-
-
-def _record_batches(source: Source, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
-    """``columns`` of the log in record batches of at most ``rows`` rows, in log order."""
-    if isinstance(source, pa.Table):
-        yield from source.select(columns).to_batches(max_chunksize=rows)
-    else:
-        yield from iter_record_batches(list(source), columns, rows)
 
 
 def _sampled_median(arrays: Iterable[pa.Array], size: int = PRICE_SAMPLE, seed: int = 0) -> float:
@@ -254,15 +238,16 @@ def _grouped(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.argsort(codes, kind="stable")))
 
 
-def _request_chunks(source: Source, columns: list[str], rows: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _request_chunks(source: LogSource, columns: list[str], rows: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """``(table, starts)``: the log's complete requests, about ``rows`` rows at a time, in log
     order, with each request's first row. A request's rows must be adjacent in the log (every
     blendrank writer does this); the last request of a record batch is carried into the next.
     Requests split over non-adjacent rows are an error (checked within and between
     neighbouring chunks)."""
     cols = list(dict.fromkeys([REQUEST_ID, *columns]))
-    where = "the training table" if isinstance(source, pa.Table) else (
-        str(source[0]) if len(source) == 1 else f"{source[0].parent} ({len(source)} shards)")
+    files = source.files
+    where = "the training table" if source.table is not None else (
+        str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} shards)")
     carry: pa.Table | None = None
     previous: pa.Array | None = None
 
@@ -277,7 +262,7 @@ def _request_chunks(source: Source, columns: list[str], rows: int) -> Iterator[t
         previous = heads
         return t, starts
 
-    for rb in _record_batches(source, cols, rows):
+    for rb in source.batches(cols, rows):
         t = pa.Table.from_batches([rb])
         if carry is not None:
             t = pa.concat_tables([carry, t])
@@ -324,7 +309,7 @@ class RequestLog:
     :meth:`scan` makes one streaming pass for what building needs: the :class:`FusionSpec` (when
     not given), the Feature Center, the number of requests and the longest request (``width``)."""
 
-    def __init__(self, source: Source | None, spec: FusionSpec | None, center: FeatureCenter | None, n_requests: int,
+    def __init__(self, source: LogSource | None, spec: FusionSpec | None, center: FeatureCenter | None, n_requests: int,
                  width: int, read_batch_rows: int, buffer_requests: int, cache: RequestBatch | None = None):
         self.source, self.spec, self.center = source, spec, center
         self.n_requests, self.width = n_requests, width
@@ -333,7 +318,7 @@ class RequestLog:
         self._summaries: dict[int, LogSummary] = {}
         self.columns: list[str] = []
         if source is not None and spec is not None and center is not None:
-            cols = _column_names(source)
+            cols = source.column_names
             self.columns = [*center.schema.names, *[f"pred_{o}" for o in spec.objectives],
                             *[c for c in cols if c.startswith("label_")],
                             *[c for c in ("position", "price") if c in cols]]
@@ -347,10 +332,10 @@ class RequestLog:
     def scan(cls, data: pa.Table | str | Path, spec: FusionSpec | None = None, *, read_batch_rows: int = 16_384,
              buffer_requests: int = 8192) -> RequestLog:
         source = _source(data)
-        if isinstance(source, pa.Table):
-            source = _grouped(source)
-        if REQUEST_ID not in _column_names(source):
-            raise DataError(f"{'the training table' if isinstance(source, pa.Table) else source[0]}: "
+        if source.table is not None:
+            source = replace(source, table=_grouped(source.table))
+        if REQUEST_ID not in source.column_names:
+            raise DataError(f"{'the training table' if source.table is not None else source.files[0]}: "
                             f"no {REQUEST_ID} column; GRADE trains on requests (see docs/data_contract.md)")
         spec = spec or fit_fusion_spec(source)
         schema = policy_schema(source, read_batch_rows)

@@ -40,16 +40,19 @@ from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the
 )
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
-from blendrank.fusion.formulas import fuse, position_discount, top_k
 from blendrank.fusion.artifact import load_policy, make_policy, save_policy
+from blendrank.fusion.formulas import fuse, position_discount, top_k
 from blendrank.fusion.policy import DirichletPolicy
 from blendrank.jsonio import write_jsonl
 from blendrank.losses.grpo import group_advantages, grpo_loss, k3_kl
 from blendrank.losses.lambdaloss import multi_objective_lambda_loss
-from blendrank.rewards.components import examination_ips_weights, guardrail_margins, position_bias_from_counts
+from blendrank.rewards.components import (
+    examination_ips_weights,
+    guardrail_margins,
+    position_bias_from_counts,
+)
 from blendrank.rewards.composite import composite_reward
 from blendrank.rewards.value_model import Moments, fit_ridge, predict_value, r_squared, value_design
-
 
 #: Stage 1's single label under ``grading="value"``: each candidate's realised value.
 VALUE_LABEL = "__value__"

@@ -28,7 +28,10 @@ from blendrank.algos.integrated_rl.trainer import Learner, _to_torch, step_trace
 from blendrank.errors import ConfigError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.formulas import top_k
-from blendrank.worlds.kuairand_sim import FUSION_INPUTS, POST_CLICK, KuaiRandSimWorld, StepContext
+from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
+from blendrank.worlds.kuairand_sim_config import FUSION_INPUTS
+from blendrank.worlds.kuairand_sim_sessions import StepContext
+from blendrank.worlds.kuairand_sim_teacher import POST_CLICK
 
 STREAM_EXPLORE, STREAM_AB = 40, 39  # kuairand-sim session streams (the bench uses 1, 3, 4)
 SESSION_FEATURES = 5  # log1p step, log1p impressions, log1p minutes watched, last page's clicks / P, last page value

@@ -31,7 +31,13 @@ import pyarrow as pa
 import torch
 
 from blendrank import distributed as dist
-from blendrank.algos.grade.data import FusionSpec, RequestBatch, build_batch, fit_fusion_spec, fit_policy_features
+from blendrank.algos.grade.data import (
+    FusionSpec,
+    RequestBatch,
+    build_batch,
+    fit_fusion_spec,
+    fit_policy_features,
+)
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.integrated_rl.networks import Actor
 from blendrank.algos.integrated_rl.rollout import Transitions, action_box, product_scores
@@ -46,9 +52,9 @@ from blendrank.checkpoint import (
     set_rng_state,
 )
 from blendrank.errors import DataError
-from blendrank.metrics import ndcg_at_k
 from blendrank.features.center import FeatureCenter
 from blendrank.jsonio import write_jsonl
+from blendrank.metrics import ndcg_at_k
 
 POLICY_FILES = ("policy.pt", "feature_center.json", "fusion.json", "config.json", "setup.json")
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blendrank.metrics import Gain, dcg_at_k
 from blendrank.fusion.formulas import fuse
+from blendrank.metrics import Gain, dcg_at_k
 
 
 def offline_ndcg_objective(
