@@ -14,10 +14,9 @@ from blendrank.cli import config_cmd
 from blendrank.cli import data as data_cli
 from blendrank.cli import mtl as mtl_cli
 from blendrank.cli import world as world_cli
-from blendrank.cli.bench import bench
+from blendrank.cli.bench import bench, eval_policy
 from blendrank.cli.common import show_data_warnings
 from blendrank.cli.demo import demo
-from blendrank.cli.eval import eval_policy
 from blendrank.cli.export import export
 from blendrank.cli.methods import methods
 from blendrank.cli.report import report

@@ -65,18 +65,9 @@ def train_mtl(
     config = config or MTLConfig()
     splits: DataSplits = resolve_data(data, config.split, mapping)
     out_dir = Path(out_dir)
-    predictor = fit_mtl(
-        splits.train,
-        splits.valid,
-        config,
-        features_file=splits.features_file,
-        checkpoint_dir=out_dir,
-        progress=progress,
-        log=log,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        lanes=lanes,
-    )
+    predictor = fit_mtl(splits.train, splits.valid, config, features_file=splits.features_file,
+                        checkpoint_dir=out_dir, progress=progress, log=log,
+                        checkpoint_every=checkpoint_every, resume=resume, lanes=lanes)
     if not dist.is_main():
         return predictor, {}
     t0 = time.perf_counter()
@@ -126,16 +117,7 @@ def predict_parquet(
     paths. ``on_batch(rows)`` is called after each batch (progress)."""
     data, out = Path(data), Path(out)
     files = parquet_files(data)
-    if data.is_dir():
-        targets = [out / f.relative_to(data) for f in files]
-    elif out.suffix.lower() in (".parquet", ".pq"):
-        targets = [out]
-    else:
-        targets = [out / data.name]
-    inputs = {f.resolve() for f in files}
-    clash = [t for t in targets if t.resolve() in inputs]
-    if clash:
-        raise DataError(f"{clash[0]}: the output would overwrite its input; choose another --out")
+    targets = _output_paths(data, out, files)
     needed = predictor.center.schema.names
     # Check every input's footer and columns before writing anything, so a bad shard never
     # leaves the output half old, half new.
@@ -210,15 +192,7 @@ def predict_log(
                 "used with the model's predictions"
             )
     files = [data] if data.is_file() and _is_csv_path(data) else parquet_files(data)
-    if data.is_dir():
-        targets = [out / f.relative_to(data) for f in files]
-    elif out.suffix.lower() in (".parquet", ".pq"):
-        targets = [out]
-    else:
-        targets = [out / data.name]
-    targets = [t.with_name(_parquet_name(t.name)) for t in targets]
-    if any(t.resolve() in {f.resolve() for f in files} for t in targets):
-        raise DataError(f"{out}: the output would overwrite its input; choose another --out")
+    targets = _output_paths(data, out, files)
     results = []
     for src in files:  # map and validate every input before writing anything
         raw = read_raw(src)
@@ -242,6 +216,23 @@ def predict_log(
             raw = put_column(raw, n, values)
         written.append(write_parquet(raw, dst))
     return written
+
+
+def _output_paths(data: Path, out: Path, files: list[Path]) -> list[Path]:
+    """Where each input file's predictions go: ``out`` itself for one file and an ``out`` ending
+    in ``.parquet``, else ``out/`` mirroring the input names (CSV names become ``.parquet``)."""
+    if data.is_dir():
+        targets = [out / f.relative_to(data) for f in files]
+    elif out.suffix.lower() in (".parquet", ".pq"):
+        targets = [out]
+    else:
+        targets = [out / data.name]
+    targets = [t.with_name(_parquet_name(t.name)) for t in targets]
+    inputs = {f.resolve() for f in files}
+    clash = [t for t in targets if t.resolve() in inputs]
+    if clash:
+        raise DataError(f"{clash[0]}: the output would overwrite its input; choose another --out")
+    return targets
 
 
 def _is_csv_path(path: Path) -> bool:
