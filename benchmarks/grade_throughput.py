@@ -1,10 +1,15 @@
 """GRADE Stage 2 throughput: requests/s of a full GRPO step (sampling, re-ranking, composite
 reward, advantages, ``num_iterations`` updates), and how it grows with G and with candidates.
 
-    python benchmarks/grade_throughput.py [--steps 30] [--batch 512] [--guardrails]
+    python benchmarks/grade_throughput.py [--steps 30] [--batch 512] [--guardrails] [--anchor]
 
 ``--guardrails`` adds the world bench's default guard rails (CTR, CVR, orders against a
 production anchor): two more fusions and top-Ks per step (anchor and mean-policy pages).
+
+``--anchor`` also times, interleaved with the real step (G = 16, 50 candidates) in one run, a
+bare torch loop doing only what any GRPO step over fusion weights must: sample G Dirichlet
+vectors per request, log-linear fuse the candidates, top-10, discounted gain — no network, no
+update — and reports the real step's throughput as a share of it (medians of the rounds).
 
 Synthetic logged requests (random predictions, labels and positions) with K = 3 fusion inputs;
 one intra-op thread (the CLI default).
@@ -64,13 +69,46 @@ def measure(n_req: int, L: int, G: int, steps: int, batch: int, guardrails: bool
     return steps * batch / (time.perf_counter() - t)
 
 
+def bare_loop(n_req: int, L: int, G: int, steps: int, batch: int, page: int = 10) -> float:
+    """Requests/s of the anchor: Dirichlet sample → log-linear fuse → top-``page`` → discounted gain."""
+    g = torch.Generator().manual_seed(0)
+    feats = torch.log(torch.rand(n_req, L, 3, generator=g) + 1e-3)
+    gain = torch.rand(n_req, L, generator=g)
+    disc = 1.0 / torch.log2(torch.arange(page, dtype=torch.float32) + 2)
+    alpha = torch.full((batch, 3), 10.0)
+    t = time.perf_counter()
+    for step in range(steps):
+        rows = torch.arange(step * batch, (step + 1) * batch) % n_req
+        w = torch.distributions.Dirichlet(alpha).sample((G,)).transpose(0, 1)  # [N, G, K]
+        scores = torch.einsum("nlk,ngk->ngl", feats[rows], w)
+        top = scores.topk(page, dim=-1).indices  # [N, G, page]
+        value = (torch.gather(gain[rows][:, None].expand(-1, G, -1), 2, top) * disc).sum(-1)
+        value.mean().item()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def anchor_ratio(steps: int, batch: int, guardrails: bool, rounds: int = 5) -> tuple[float, float, float]:
+    """(real step req/s, anchor req/s, ratio): medians over ``rounds`` interleaved pairs."""
+    real, bare = [], []
+    for _ in range(rounds):
+        real.append(measure(4000, 50, 16, steps, batch, guardrails))
+        bare.append(bare_loop(4000, 50, 16, steps, batch))
+    r, b = float(np.median(real)), float(np.median(bare))
+    return r, b, r / b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--guardrails", action="store_true", help="with the bench's default guard rails")
+    ap.add_argument("--anchor", action="store_true", help="only the real step vs the bare torch loop (G=16, 50 candidates)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.anchor:
+        real, bare, ratio = anchor_ratio(args.steps, args.batch, args.guardrails)
+        print(f"| real GRADE step | bare torch loop | share |\n|---|---|---|\n| {real:,.0f} req/s | {bare:,.0f} req/s | {ratio:.0%} |")
+        return
     print("| G | candidates | requests/s |\n|---|---|---|")
     for G, L in [(4, 50), (8, 50), (16, 50), (32, 50), (16, 20), (16, 100), (16, 200)]:
         rps = measure(4000, L, G, args.steps, args.batch, args.guardrails)
