@@ -67,6 +67,11 @@ def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[s
     if data.is_dir() and all((data / f"{s}.parquet").exists() for s in SPLITS):
         return {s: load_log(data / f"{s}.parquet", mapping)[0] for s in SPLITS}
     table, _ = load_log(data, mapping)
+    return split_by_time(table, cfg, str(data))
+
+
+def split_by_time(table: pa.Table, cfg: LogBenchConfig, where: str) -> dict[str, pa.Table]:
+    """A validated log split into train/valid/test by time (``cfg.valid_frac``, ``cfg.test_frac``)."""
     # Time split by each request's first timestamp, so a request never straddles two splits.
     first = table.group_by("request_id", use_threads=False).aggregate([("ts", "min")])
     ts = np.sort(first["ts_min"].to_numpy())
@@ -77,7 +82,7 @@ def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[s
         ids = pc.filter(first["request_id"], pa.array(req_split == i))
         out[s] = table.filter(pc.is_in(table["request_id"], value_set=ids))
         if out[s].num_rows == 0:
-            raise DataError(f"{data}: the {s} split is empty; the log needs more requests spread over time")
+            raise DataError(f"{where}: the {s} split is empty; the log needs more requests spread over time")
     return out
 
 
@@ -140,12 +145,19 @@ class LogGoal:
                                     formula=cfg.fusion, floor=cfg.fusion_floor)
 
 
-def log_goal(data: Path, splits: dict[str, pa.Table], cfg: LogBenchConfig, log: Callable[[str], None]) -> LogGoal:
-    """The objective of a log (``cfg.objective``, else ``objective.yaml`` beside it, else the
-    default it states), checked against the columns; adds predictions when the log has none."""
+def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig, log: Callable[[str], None],
+             objective: Objective | None = None) -> LogGoal:
+    """The objective of a log (``objective``, else ``cfg.objective``, else ``objective.yaml``
+    beside it, else the default it states), checked against the columns; adds predictions when
+    the log has none. ``data=None``: an in-memory table (no folder to find an objective in)."""
     splits_, predicted = _ensure_predictions(splits, log)
     splits.update(splits_)
-    objective, source = log_objective(data, cfg.objective, default_value={o: 1.0 / len(predicted) for o in predicted})
+    if objective is not None:
+        source = "the objective given"
+    else:
+        objective, source = log_objective(data, cfg.objective,
+                                          default_value={o: 1.0 / len(predicted) for o in predicted})
+    data = data if data is not None else "the table"
     log(f"objective from {source}: {objective.describe()}")
     behaviours = objective.fusion_behaviours(predicted)
     missing = [b for b in behaviours if b not in predicted]
