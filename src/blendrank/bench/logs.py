@@ -265,21 +265,24 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     weights = {"production": goal.prod}
     if "static_search" in methods:
         t = time.perf_counter()
+        log("static_search: started")
         res = tune_static(splits[cfg.static_search_split], goal, cfg)
         weights["static_search"] = res.best_weights
         timings["static_search"] = time.perf_counter() - t
         log(f"static_search ({cfg.static_search.method}, {res.n_evals} vectors): "
-            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))}")
+            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))} ({timings['static_search']:.1f} s)")
     curves = {}
     grade_notes: list[str] = []
     for m in [m for m in methods if registry.is_grade(m)]:
         t = time.perf_counter()
+        log(f"{m}: started")
         resolved = _grade(cfg, goal, m, splits["train"])
         grade_notes = resolved.notes()
         pol = registry.fit_method(resolved, splits["train"], goal.objective, goal.spec(cfg))
         weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
         curves[m] = [{k: v for k, v in r.items() if k != "mean_weights"} for r in pol.history if "step" in r]
         timings[m] = time.perf_counter() - t
+        log(f"{m}: done in {timings[m]:.1f} s")
     for m, pol in policies.items():
         if pol.spec.inputs != goal.inputs:
             raise ConfigError(f"{m}: the policy fuses {pol.spec.inputs} but the objective ({goal.source}) fuses "
@@ -293,9 +296,11 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         scores["logged"] = -pos
     if "integrated_rl" in methods:
         t = time.perf_counter()
+        log("integrated_rl: started")
         scores["integrated_rl"], weights["integrated_rl"], curves["integrated_rl"] = _integrated_rl(
             splits, test, goal, cfg, log)
         timings["integrated_rl"] = time.perf_counter() - t
+        log(f"integrated_rl: done in {timings['integrated_rl']:.1f} s")
     offline, composite = {}, {}
     values = {}
     value_name = f"value@{goal.objective.page_size}"

@@ -15,6 +15,7 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
+from blendrank import tracking
 from blendrank.config import load_config
 
 
@@ -62,6 +63,8 @@ def bench(
             base["methods"] = method_list
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=lambda s: out.print(s, highlight=False))
+    tracking.write_run_record(out_dir, "bench", cfg.model_dump(mode="json"), result.get("seed"),
+                              world=world, data=str(data) if data is not None else None)
     finish(result, out_dir)
 
 

@@ -11,6 +11,7 @@ from blendrank.bench.logs import LogBenchConfig, run_log_bench
 from blendrank.bench.world import BenchConfig, run_world_bench
 from blendrank.cli.bench import finish
 from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, note_replaced, out, user_errors
+from blendrank import tracking
 from blendrank.config import load_config
 
 
@@ -47,4 +48,6 @@ def eval_policy(
         base = {"seed": seed or 0, "methods": method_list, "objective": str(objective) if objective else None}
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=say, policies={"policy": pol})
+    tracking.write_run_record(out_dir, "eval", cfg.model_dump(mode="json"), result.get("seed"), policy=str(policy),
+                              world=world, data=str(data) if data is not None else None)
     finish(result, out_dir)
