@@ -33,7 +33,7 @@ def main(out: Path) -> None:
     policy = train("grade", logs, config={"stage1": {"epochs": 1}, "stage2": {"steps": 20}})
     print(f"trained {policy.method} on the fusion inputs {policy.inputs}")
 
-    table = pq.read_table(sorted(logs.glob("*.parquet"))[0])
+    table = pq.read_table(min(logs.glob("*.parquet")))
     weights = policy.weights(table)
     w = np.column_stack([weights[f"weight_{name}"].to_numpy() for name in policy.inputs])
     print(f"{weights.num_rows} requests; mean weights {dict(zip(policy.inputs, w.mean(0).round(3).tolist()))}")

@@ -13,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = ("Policy", "train", "load_policy", "evaluate", "rank")
-__all__ = ["__version__", *_API]
+__all__ = ["Policy", "__version__", "evaluate", "load_policy", "rank", "train"]
 
 
 def __getattr__(name: str) -> Any:

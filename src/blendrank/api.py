@@ -40,11 +40,11 @@ from blendrank.config import BaseConfig, load_config
 from blendrank.data.slates import to_slates
 from blendrank.errors import ConfigError, DataError
 from blendrank.fusion.formulas import fuse, fusion_features, top_k
+from blendrank.jsonio import write_json
 from blendrank.objective import OBJECTIVE_FILE, Objective, load_objective
 from blendrank.tracking import RUN_FILE, run_record
-from blendrank.jsonio import write_json
 
-__all__ = ["Policy", "train", "load_policy", "evaluate", "rank"]
+__all__ = ["Policy", "evaluate", "load_policy", "rank", "train"]
 
 WORLDS = ("marketplace", "kuairand-sim")
 

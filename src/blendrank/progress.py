@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import (
@@ -49,7 +49,7 @@ class StepProgress:
         self._next = every  # next share of the total that prints a line
         self._start = 0.0
 
-    def __enter__(self) -> StepProgress:
+    def __enter__(self) -> Self:
         self._start = time.perf_counter()
         return self
 
@@ -71,6 +71,6 @@ class StepProgress:
         self.write(f"{self.description}: {min(completed, self.total)}/{self.total} "
                    f"({min(share, 1.0):.0%}) in {elapsed:.1f} s")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)

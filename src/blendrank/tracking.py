@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def git_commit(source: Path = PACKAGE_DIR) -> dict[str, Any] | None:
     when there is no git, no checkout, or the files are not tracked in it."""
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
+                                  check=False)
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -51,15 +53,16 @@ def run_record(command: str, config: Mapping[str, Any], seed: int | None,
     record: dict[str, Any] = {
         "command": command,
         "argv": list(sys.argv if argv is None else argv),
+        "cwd": os.getcwd(),  # relative paths in argv are relative to it
         "blendrank_version": __version__,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
         **extra,
-        "config": dict(config),
     }
     git = git_commit()
     if git is not None:
         record["git"] = git
+    record["config"] = dict(config)
     return record
 
 

@@ -30,7 +30,15 @@ from blendrank.algos.integrated_rl.logs import (
 )
 from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.bench import registry
-from blendrank.bench.logs import SPLITS, LogBenchConfig, LogGoal, load_splits, log_goal, split_by_time, tune_static
+from blendrank.bench.logs import (
+    SPLITS,
+    LogBenchConfig,
+    LogGoal,
+    load_splits,
+    log_goal,
+    split_by_time,
+    tune_static,
+)
 from blendrank.config import BaseConfig
 from blendrank.data.contract import format_violations, objectives_of, validate_table
 from blendrank.errors import ConfigError, DataError
@@ -186,11 +194,10 @@ def fit_log(method: str, data: Path | pa.Table, cfg: BaseConfig, *, mapping: Pat
     if method == "static_search":
         if not dist.is_main():  # a weight search does not shard: rank 0 alone runs it
             return None
-        ss_bench = bench_cfg.model_copy(update={"static_search": cfg})
-        res = tune_static(splits["valid"], goal, ss_bench)
-        resolved = cfg.model_copy(update={"seed": ss_bench.seed})
+        # tune_static seeds the search from the bench config: carry the method's own seed there.
+        res = tune_static(splits["valid"], goal, bench_cfg.model_copy(update={"static_search": cfg, "seed": cfg.seed}))
         weights = StaticWeights(goal.spec(bench_cfg), res.best_weights, res.best_value, cfg)
-        return LogFit(method, weights, goal, resolved, splits["valid"].num_rows)
+        return LogFit(method, weights, goal, cfg, splits["valid"].num_rows)
     if method == "integrated_rl":
         return _fit_integrated_rl(splits, goal, cfg, log, checkpoint_dir, checkpoint_every, resume)
     if train_file is not None and goal.objective.fuses_price and goal.objective.price_scale is None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from blendrank import tracking
 from blendrank.cli.common import (
     ConfigOption,
     SetOption,
@@ -15,7 +16,6 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
-from blendrank import tracking
 from blendrank.config import load_config
 
 
