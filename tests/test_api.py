@@ -175,3 +175,15 @@ def test_scores_match_the_serving_fusion(grade_policy: Policy, log_table: pa.Tab
     expected = (batch.features * torch.as_tensor(w, dtype=torch.float32)[:, None, :]).sum(-1)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
     assert bool(mask.all())
+
+
+def test_on_row_sees_every_logged_step_and_checkpoints_leave_the_result_alone(tmp_path: Path, log_table: pa.Table) -> None:
+    rows: list[dict] = []
+    cfg = {"stage1": {"epochs": 1}, "stage2": {"steps": 4}, "log_every": 1}
+    first = train("grade", log_table, objective=TWO_TYPE, config=cfg, on_row=rows.append,
+                  checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert [r["step"] for r in rows if r.get("stage") == 2 and "step" in r] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows if r.get("stage") == 1] == [0]
+    assert not (tmp_path / "checkpoint.pt").exists()  # removed when training finishes
+    again = train("grade", log_table, objective=TWO_TYPE, config=cfg)
+    np.testing.assert_allclose(again.weights_array(log_table)[1], first.weights_array(log_table)[1], atol=1e-6)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,9 @@ class Policy:
 
 
 def train(method: str, data: Any, objective: Objective | str | Path | None = None, config: Any = None, *,
-          overrides: list[str] | None = None, mapping: str | Path | None = None, log: Any = None) -> Policy:
+          overrides: list[str] | None = None, mapping: str | Path | None = None,
+          log: Callable[[str], None] | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
+          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50, resume: bool = True) -> Policy:
     """Train ``method`` (``grade``, ``ltr``, ``grade:<variant>``, ``static_search`` or
     ``integrated_rl``) on a contract log, exactly as ``blendrank train`` does.
 
@@ -188,11 +190,17 @@ def train(method: str, data: Any, objective: Objective | str | Path | None = Non
             an instance, a dict or a YAML path; ``overrides`` as ``--set`` (``"stage2.beta=0"``).
         mapping: YAML column mapping for a path (``--mapping``).
         log: called with each progress message (default: silent).
+        on_row: called with each training history row as it is logged (GRADE family: Stage 1
+            epochs, Stage 2 steps), e.g. to feed an experiment tracker.
+        checkpoint_dir: write resumable checkpoints there every ``checkpoint_every`` optimiser
+            steps, and (``resume``) continue from one found there, as ``blendrank train`` does
+            in ``--out`` (docs/scaling.md).
     """
     cfg = _resolve_config(config_type(method), config, overrides)
     say = log or (lambda s: None)
     fitted = fit_log(method, as_log(data), cfg, mapping=Path(mapping) if mapping else None, objective=objective,
-                     log=say)
+                     log=say, on_row=on_row, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+                     checkpoint_every=checkpoint_every, resume=resume)
     assert fitted is not None  # one process: rank 0
     resolved = fitted.config.model_dump(mode="json")
     where = str(data) if isinstance(data, (str, Path)) else f"in-memory table ({fitted.n_rows:,} train rows)"
@@ -248,7 +256,8 @@ def rank(policy: Policy, table: Any, k: int = 10) -> pa.Table:
 def evaluate(policy: Policy, *, world: str | None = None, preset: str = "default", data: str | Path | None = None,
              mapping: str | Path | None = None, objective: str | Path | None = None,
              methods: Sequence[str] = ("production",), config: dict[str, Any] | None = None,
-             seed: int | None = None, out: str | Path | None = None, log: Any = None) -> dict[str, Any]:
+             seed: int | None = None, out: str | Path | None = None,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure ``policy`` as the arm ``policy`` beside production (and ``methods``), exactly as
     ``blendrank eval`` does: a world's simulated A/B (``world``, ``preset``) or the offline
     metrics of a log's test split (``data``). ``config``: BenchConfig / LogBenchConfig fields.
