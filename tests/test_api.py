@@ -183,7 +183,7 @@ def test_on_row_sees_every_logged_step_and_checkpoints_leave_the_result_alone(tm
     first = train("grade", log_table, objective=TWO_TYPE, config=cfg, on_row=rows.append,
                   checkpoint_dir=tmp_path, checkpoint_every=2)
     assert [r["step"] for r in rows if r.get("stage") == 2 and "step" in r] == [0, 1, 2, 3]
-    assert [r["epoch"] for r in rows if r.get("stage") == 1] == [0]
+    assert [r["epoch"] for r in rows if r.get("stage") == 1 and "epoch" in r] == [0]
     assert not (tmp_path / "checkpoint.pt").exists()  # removed when training finishes
     again = train("grade", log_table, objective=TWO_TYPE, config=cfg)
     np.testing.assert_allclose(again.weights_array(log_table)[1], first.weights_array(log_table)[1], atol=1e-6)

@@ -143,9 +143,9 @@ def grade_steps(cfg: GRADEConfig, row: Row | None = None) -> int:
     total = cfg.stage1.epochs + cfg.stage2.steps
     if row is None:
         return total
-    if row.get("stage") == 1:
-        return row.get("epoch", -1) + 1
-    return cfg.stage1.epochs + row.get("step", cfg.stage2.steps) + 1
+    if row.get("stage") == 1:  # a row without an epoch closes Stage 1
+        return row["epoch"] + 1 if "epoch" in row else cfg.stage1.epochs
+    return cfg.stage1.epochs + (row["step"] + 1 if "step" in row else cfg.stage2.steps)
 
 
 def _streamed_train_file(data: Path, mapping: Path | None) -> Path | None:
