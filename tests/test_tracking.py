@@ -203,3 +203,15 @@ def test_train_off_a_terminal_prints_periodic_progress(tmp_path: Path, small_log
     assert r.exit_code == 0, r.output
     text = flat(r.output)
     assert "grade: 2/20 (10%)" in text and "grade: 20/20 (100%)" in text
+
+
+def test_grade_progress_counts_epochs_then_steps() -> None:
+    from blendrank.algos.grade.config import GRADEConfig
+    from blendrank.bench.fit import grade_steps
+
+    cfg = GRADEConfig.model_validate({"stage1": {"epochs": 3}, "stage2": {"steps": 100}})
+    assert grade_steps(cfg) == 103
+    assert grade_steps(cfg, {"stage": 1, "epoch": 0}) == 1
+    assert grade_steps(cfg, {"stage": 1}) == 3  # Stage 1's closing row
+    assert grade_steps(cfg, {"stage": 2, "step": 9}) == 13
+    assert grade_steps(cfg, {"stage": 2}) == 103
