@@ -84,7 +84,6 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, objecti
     say = (lambda s: out.print(s, highlight=False)) if main else (lambda s: None)
     if main:
         note_replaced(out_dir, fit.artifact_files(method))
-    out_dir.mkdir(parents=True, exist_ok=True)
     total = fit.grade_steps(cfg) if isinstance(cfg, GRADEConfig) else 0
     with StepProgress(method, total, write=say) as bar:  # fit_grade reports to rank 0 only
         def on_row(row: dict) -> None:
