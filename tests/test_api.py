@@ -187,3 +187,17 @@ def test_on_row_sees_every_logged_step_and_checkpoints_leave_the_result_alone(tm
     assert not (tmp_path / "checkpoint.pt").exists()  # removed when training finishes
     again = train("grade", log_table, objective=TWO_TYPE, config=cfg)
     np.testing.assert_allclose(again.weights_array(log_table)[1], first.weights_array(log_table)[1], atol=1e-6)
+
+
+def test_integrated_rl_policy_weights_save_and_rank(tmp_path: Path) -> None:
+    table = two_type_log(200, L=5)
+    pol = train("integrated_rl", table, objective=TWO_TYPE)
+    ids, w = pol.weights_array(table)
+    assert w.shape == (200, 2) and np.allclose(w.sum(1), 1.0)
+    pol.save(tmp_path / "irl")
+    back = load_policy(tmp_path / "irl")
+    assert back.method == "integrated_rl"
+    np.testing.assert_allclose(back.weights_array(table)[1], w, atol=1e-6)
+    page = rank(back, table, k=2)
+    scores, _ = back.scores(table)
+    assert page["score"].to_numpy()[0] == pytest.approx(float(scores[0].max()), abs=1e-5)
