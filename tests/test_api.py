@@ -192,7 +192,7 @@ def test_on_row_sees_every_logged_step_and_checkpoints_leave_the_result_alone(tm
 def test_integrated_rl_policy_weights_save_and_rank(tmp_path: Path) -> None:
     table = two_type_log(200, L=5)
     pol = train("integrated_rl", table, objective=TWO_TYPE)
-    ids, w = pol.weights_array(table)
+    _, w = pol.weights_array(table)
     assert w.shape == (200, 2) and np.allclose(w.sum(1), 1.0)
     pol.save(tmp_path / "irl")
     back = load_policy(tmp_path / "irl")
