@@ -137,8 +137,8 @@ def log_mlflow(run_name: str, params: Mapping[str, Any], metrics: Mapping[str, f
         check_mlflow()
         client = importlib.import_module("mlflow")
     with client.start_run(run_name=run_name):
-        # MLflow caps a param value at a few hundred characters: long lists are cut, not rejected.
-        client.log_params({k: str(v)[:250] for k, v in flatten(params).items()})
+        # Older MLflow servers reject param values over 500 characters: a long list is cut, not fatal.
+        client.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         client.log_metrics({k: float(v) for k, v in metrics.items()})
         if artifacts_dir is not None:
             client.log_artifacts(str(artifacts_dir))
