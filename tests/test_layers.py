@@ -8,8 +8,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "blendrank"
 LAYERS: list[set[str]] = [
-    {"errors", "config", "jsonio", "progress", "distributed", "checkpoint", "metrics", "fusion", "objective", "ope",
-     "tracking"},
+    {"errors", "config", "jsonio", "progress", "distributed", "checkpoint", "metrics", "fusion",
+     "objective", "ope", "tracking"},
     {"losses", "rewards", "features", "data"},
     {"mtl", "prerank", "worlds"},
     {"algos"},

@@ -33,9 +33,18 @@ def small_log(tmp_path: Path) -> Path:
 
 
 def test_run_record_has_what_reproduces_a_run() -> None:
-    rec = tracking.run_record("train", {"seed": 3, "stage2": {"beta": 0.1}}, 3, argv=["blendrank", "train"],
-                              method="grade")
-    assert rec["command"] == "train" and rec["argv"] == ["blendrank", "train"] and rec["method"] == "grade"
+    rec = tracking.run_record(
+        "train",
+        {"seed": 3, "stage2": {"beta": 0.1}},
+        3,
+        argv=["blendrank", "train"],
+        method="grade",
+    )
+    assert (
+        rec["command"] == "train"
+        and rec["argv"] == ["blendrank", "train"]
+        and rec["method"] == "grade"
+    )
     assert rec["blendrank_version"] == blendrank.__version__ and rec["seed"] == 3
     assert rec["config"] == {"seed": 3, "stage2": {"beta": 0.1}}
     assert datetime.fromisoformat(rec["timestamp"]).tzinfo is not None
@@ -57,20 +66,57 @@ def test_git_commit_is_absent_outside_a_checkout(tmp_path: Path) -> None:
 
 def test_train_records_run_json(tmp_path: Path, small_log: Path) -> None:
     out = tmp_path / "s"
-    r = runner.invoke(app, ["train", "--method", "static_search", "--data", str(small_log), "--out", str(out),
-                            "--set", "budget=10", "--set", "seed=4"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--method",
+            "static_search",
+            "--data",
+            str(small_log),
+            "--out",
+            str(out),
+            "--set",
+            "budget=10",
+            "--set",
+            "seed=4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "run.json").read_text())
-    assert rec["command"] == "train" and rec["method"] == "static_search" and rec["data"] == str(small_log)
+    assert (
+        rec["command"] == "train"
+        and rec["method"] == "static_search"
+        and rec["data"] == str(small_log)
+    )
     assert rec["config"]["budget"] == 10 and rec["seed"] == 4 and rec["config"]["seed"] == 4
     assert rec["objective_source"].startswith("default")
 
 
-def test_bench_prints_a_line_per_method_and_records_run_json(tmp_path: Path, small_log: Path) -> None:
+def test_bench_prints_a_line_per_method_and_records_run_json(
+    tmp_path: Path, small_log: Path
+) -> None:
     out = tmp_path / "b"
-    r = runner.invoke(app, ["bench", "--data", str(small_log), "--out", str(out), "--methods",
-                            "production,static_search,ltr", "--set", "n_boot=100", "--set", "static_search.budget=10",
-                            "--set", "grade.stage1.epochs=1", "--seed", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(small_log),
+            "--out",
+            str(out),
+            "--methods",
+            "production,static_search,ltr",
+            "--set",
+            "n_boot=100",
+            "--set",
+            "static_search.budget=10",
+            "--set",
+            "grade.stage1.epochs=1",
+            "--seed",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     text = flat(r.output)
     assert "static_search: started" in text and "ltr: started" in text
@@ -83,13 +129,24 @@ def test_world_bench_reports_each_method_started_and_done(tmp_path: Path) -> Non
     from blendrank.bench.world import BenchConfig, run_world_bench
 
     lines: list[str] = []
-    cfg = BenchConfig(preset="quick", predictor="world", guardrails={}, eval_requests=100, valid_requests=50,
-                      n_boot=100, oracle_grid_points=20, oracle_refine=0, static_search={"budget": 10},
-                      methods=["production", "static_search"],
-                      world_overrides=["n_items=200", "n_users=100", "candidates=10", "page_size=5"])
+    cfg = BenchConfig(
+        preset="quick",
+        predictor="world",
+        guardrails={},
+        eval_requests=100,
+        valid_requests=50,
+        n_boot=100,
+        oracle_grid_points=20,
+        oracle_refine=0,
+        static_search={"budget": 10},
+        methods=["production", "static_search"],
+        world_overrides=["n_items=200", "n_users=100", "candidates=10", "page_size=5"],
+    )
     run_world_bench(cfg, tmp_path, log=lines.append)
     assert "[1/2] production: started" in lines and "[2/2] static_search: started" in lines
-    assert any(line.startswith("[2/2] static_search: done in ") and line.endswith(" s") for line in lines)
+    assert any(
+        line.startswith("[2/2] static_search: done in ") and line.endswith(" s") for line in lines
+    )
 
 
 class FakeWriter:
@@ -108,34 +165,92 @@ def test_tensorboard_curves_log_each_stage_at_its_step() -> None:
     w = FakeWriter()
     curves = tracking.TensorBoardCurves("unused", writer=w)
     curves({"stage": 1, "epoch": 0, "lambda_loss": 0.7})
-    curves({"stage": 2, "step": 10, "reward": 1.5, "kl": 0.01, "guard_ok": True, "mean_weights": [0.5, 0.5]})
+    curves(
+        {
+            "stage": 2,
+            "step": 10,
+            "reward": 1.5,
+            "kl": 0.01,
+            "guard_ok": True,
+            "mean_weights": [0.5, 0.5],
+        }
+    )
     curves({"note": "no step"})
     curves.close()
-    assert w.scalars == [("stage1/lambda_loss", 0.7, 0), ("stage2/reward", 1.5, 10), ("stage2/kl", 0.01, 10)]
+    assert w.scalars == [
+        ("stage1/lambda_loss", 0.7, 0),
+        ("stage2/reward", 1.5, 10),
+        ("stage2/kl", 0.01, 10),
+    ]
     assert w.closed
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_tensorboard_flag_without_tensorboard_is_a_clear_error(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(app, ["train", "--method", "grade", "--data", str(small_log), "--out", str(tmp_path / "o"),
-                            "--tensorboard", str(tmp_path / "tb")])
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed"
+)
+def test_tensorboard_flag_without_tensorboard_is_a_clear_error(
+    tmp_path: Path, small_log: Path
+) -> None:
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--method",
+            "grade",
+            "--data",
+            str(small_log),
+            "--out",
+            str(tmp_path / "o"),
+            "--tensorboard",
+            str(tmp_path / "tb"),
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "--tensorboard needs the tensorboard package" in flat(r.output)
     assert not (tmp_path / "o").exists()  # failed before any work
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed"
+)
 def test_tensorboard_flag_writes_event_files(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(app, ["train", "--method", "grade", "--data", str(small_log), "--out", str(tmp_path / "o"),
-                            "--set", "stage1.epochs=1", "--set", "stage2.steps=3", "--tensorboard", str(tmp_path / "tb")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--method",
+            "grade",
+            "--data",
+            str(small_log),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "stage1.epochs=1",
+            "--set",
+            "stage2.steps=3",
+            "--tensorboard",
+            str(tmp_path / "tb"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")
 def test_mlflow_flag_without_mlflow_is_a_clear_error(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(app, ["train", "--method", "static_search", "--data", str(small_log), "--out",
-                            str(tmp_path / "o"), "--mlflow"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--method",
+            "static_search",
+            "--data",
+            str(small_log),
+            "--out",
+            str(tmp_path / "o"),
+            "--mlflow",
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "--mlflow needs the mlflow package" in flat(r.output)
 
@@ -169,11 +284,20 @@ class FakeMlflow:
 
 def test_mlflow_logs_flattened_params_final_metrics_and_artifacts(tmp_path: Path) -> None:
     client = FakeMlflow()
-    tracking.log_mlflow("train grade", {"method": "grade", "stage2": {"beta": 0.1, "steps": 5}},
-                        {"stage2_reward": 1.25}, tmp_path, client=client)
-    assert client.calls == [("start", "train grade"),
-                            ("params", {"method": "grade", "stage2.beta": "0.1", "stage2.steps": "5"}),
-                            ("metrics", {"stage2_reward": 1.25}), ("artifacts", str(tmp_path)), ("end", None)]
+    tracking.log_mlflow(
+        "train grade",
+        {"method": "grade", "stage2": {"beta": 0.1, "steps": 5}},
+        {"stage2_reward": 1.25},
+        tmp_path,
+        client=client,
+    )
+    assert client.calls == [
+        ("start", "train grade"),
+        ("params", {"method": "grade", "stage2.beta": "0.1", "stage2.steps": "5"}),
+        ("metrics", {"stage2_reward": 1.25}),
+        ("artifacts", str(tmp_path)),
+        ("end", None),
+    ]
 
 
 def test_progress_off_a_terminal_prints_a_line_every_tenth() -> None:
@@ -182,7 +306,9 @@ def test_progress_off_a_terminal_prints_a_line_every_tenth() -> None:
         for done in range(1, 51):
             bar.update(done)
     assert len(lines) == 10
-    assert lines[0].startswith("grade: 5/50 (10%) in ") and lines[-1].startswith("grade: 50/50 (100%)")
+    assert lines[0].startswith("grade: 5/50 (10%) in ") and lines[-1].startswith(
+        "grade: 50/50 (100%)"
+    )
 
 
 def test_progress_jumps_print_one_line_and_nothing_without_steps() -> None:
@@ -198,8 +324,24 @@ def test_progress_jumps_print_one_line_and_nothing_without_steps() -> None:
 
 
 def test_train_off_a_terminal_prints_periodic_progress(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(app, ["train", "--method", "grade", "--data", str(small_log), "--out", str(tmp_path / "o"),
-                            "--set", "stage1.epochs=1", "--set", "stage2.steps=19", "--set", "log_every=1"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--method",
+            "grade",
+            "--data",
+            str(small_log),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "stage1.epochs=1",
+            "--set",
+            "stage2.steps=19",
+            "--set",
+            "log_every=1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     text = flat(r.output)
     assert "grade: 2/20 (10%)" in text and "grade: 20/20 (100%)" in text

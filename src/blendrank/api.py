@@ -58,19 +58,26 @@ def as_log(data: Any) -> pa.Table | Path:
     if isinstance(data, (str, Path)):
         path = Path(data)
         if not path.exists():
-            raise DataError(f"{path}: no such file or directory; give a contract log (Parquet/CSV file or directory)")
+            raise DataError(
+                f"{path}: no such file or directory; give a contract log "
+                "(Parquet/CSV file or directory)"
+            )
         return path
     # A DataFrame can only come from an imported pandas, so pandas is never imported here.
     pandas = sys.modules.get("pandas")
     if pandas is not None and isinstance(data, pandas.DataFrame):
         return pa.Table.from_pandas(data, preserve_index=False)
-    raise DataError(f"data: expected a pyarrow.Table, a pandas.DataFrame or a path, got {type(data).__name__}")
+    raise DataError(
+        f"data: expected a pyarrow.Table, a pandas.DataFrame or a path, got {type(data).__name__}"
+    )
 
 
 def _table(data: Any, what: str = "table") -> pa.Table:
     log = as_log(data)
     if isinstance(log, Path):
-        raise DataError(f"{what}: give the requests as a pyarrow.Table or pandas.DataFrame, not a path")
+        raise DataError(
+            f"{what}: give the requests as a pyarrow.Table or pandas.DataFrame, not a path"
+        )
     return log
 
 
@@ -79,13 +86,17 @@ def _resolve_config(cls: type[BaseConfig], config: Any, overrides: list[str] | N
     (``["stage2.beta=0"]``, as ``--set``): the same validation, and errors, as the CLI."""
     if isinstance(config, BaseConfig):
         if not isinstance(config, cls):
-            raise ConfigError(f"config: this method takes a {cls.__name__}, got a {type(config).__name__}")
+            raise ConfigError(
+                f"config: this method takes a {cls.__name__}, got a {type(config).__name__}"
+            )
         config = config.model_dump(mode="json")
     if config is None or isinstance(config, dict):
         return load_config(cls, None, overrides, base=config)
     if isinstance(config, (str, Path)):
         return load_config(cls, config, overrides)
-    raise ConfigError(f"config: expected a dict, a YAML path or a {cls.__name__}, got {type(config).__name__}")
+    raise ConfigError(
+        f"config: expected a dict, a YAML path or a {cls.__name__}, got {type(config).__name__}"
+    )
 
 
 @dataclass
@@ -96,7 +107,9 @@ class Policy:
     method: str
     model: Trained
     objective: Objective | None = None  # the objective it was trained for
-    record: dict[str, Any] = field(default_factory=dict)  # run.json: resolved config, version, commit, seed…
+    record: dict[str, Any] = field(
+        default_factory=dict
+    )  # run.json: resolved config, version, commit, seed…
 
     @property
     def inputs(self) -> list[str]:
@@ -110,11 +123,17 @@ class Policy:
 
     def _check(self, table: pa.Table) -> None:
         spec = self.model.spec
-        need = ["request_id", *(f"pred_{o}" for o in spec.objectives), *(["price"] if spec.use_price else [])]
+        need = [
+            "request_id",
+            *(f"pred_{o}" for o in spec.objectives),
+            *(["price"] if spec.use_price else []),
+        ]
         missing = [c for c in need if c not in table.column_names]
         if missing:
-            raise DataError(f"the table has no {', '.join(missing)} column(s); this policy fuses {self.inputs} "
-                            "(contract columns, docs/data_contract.md)")
+            raise DataError(
+                f"the table has no {', '.join(missing)} column(s); this policy fuses {self.inputs} "
+                "(contract columns, docs/data_contract.md)"
+            )
         if table.num_rows == 0:
             raise DataError("the table has no rows; give at least one request's candidates")
 
@@ -132,7 +151,7 @@ class Policy:
             ids = to_slates(table, []).request_id
             return ids, np.broadcast_to(m.weights, (len(ids), len(m.weights))).copy()
         ids, _, action = m.scores(table)
-        powers = action[:, :len(m.setup.objectives)].numpy()
+        powers = action[:, : len(m.setup.objectives)].numpy()
         return ids, powers / np.maximum(powers.sum(1, keepdims=True), 1e-12)
 
     def weights(self, table: Any) -> pa.Table:
@@ -151,7 +170,10 @@ class Policy:
         if isinstance(m, GradePolicy):
             batch = m.batch(table)
             return fuse(batch.features, m.weights(batch)), batch.mask
-        sl = to_slates(table, [f"pred_{o}" for o in m.spec.objectives] + (["price"] if m.spec.use_price else []))
+        sl = to_slates(
+            table,
+            [f"pred_{o}" for o in m.spec.objectives] + (["price"] if m.spec.use_price else []),
+        )
         if isinstance(m, StaticWeights):
             parts = [sl.columns[f"pred_{o}"] for o in m.spec.objectives]
             if m.spec.use_price:
@@ -173,10 +195,20 @@ class Policy:
         return out
 
 
-def train(method: str, data: Any, objective: Objective | str | Path | None = None, config: Any = None, *,
-          overrides: list[str] | None = None, mapping: str | Path | None = None,
-          log: Callable[[str], None] | None = None, on_row: Callable[[dict[str, Any]], None] | None = None,
-          checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50, resume: bool = True) -> Policy:
+def train(
+    method: str,
+    data: Any,
+    objective: Objective | str | Path | None = None,
+    config: Any = None,
+    *,
+    overrides: list[str] | None = None,
+    mapping: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = True,
+) -> Policy:
     """Train ``method`` (``grade``, ``ltr``, ``grade:<variant>``, ``static_search`` or
     ``integrated_rl``) on a contract log, exactly as ``blendrank train`` does.
 
@@ -198,14 +230,33 @@ def train(method: str, data: Any, objective: Objective | str | Path | None = Non
     """
     cfg = _resolve_config(config_type(method), config, overrides)
     say = log or (lambda s: None)
-    fitted = fit_log(method, as_log(data), cfg, mapping=Path(mapping) if mapping else None, objective=objective,
-                     log=say, on_row=on_row, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-                     checkpoint_every=checkpoint_every, resume=resume)
+    fitted = fit_log(
+        method,
+        as_log(data),
+        cfg,
+        mapping=Path(mapping) if mapping else None,
+        objective=objective,
+        log=say,
+        on_row=on_row,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
     assert fitted is not None  # one process: rank 0
     resolved = fitted.config.model_dump(mode="json")
-    where = str(data) if isinstance(data, (str, Path)) else f"in-memory table ({fitted.n_rows:,} train rows)"
-    record = run_record("train", resolved, resolved.get("seed"), method=method, data=where,
-                        objective_source=fitted.goal.source)
+    where = (
+        str(data)
+        if isinstance(data, (str, Path))
+        else f"in-memory table ({fitted.n_rows:,} train rows)"
+    )
+    record = run_record(
+        "train",
+        resolved,
+        resolved.get("seed"),
+        method=method,
+        data=where,
+        objective_source=fitted.goal.source,
+    )
     return Policy(method, fitted.policy, fitted.goal.objective, record)
 
 
@@ -213,7 +264,9 @@ def load_policy(path: str | Path) -> Policy:
     """A policy directory written by ``blendrank train`` or :meth:`Policy.save`."""
     path = Path(path)
     if not path.is_dir():
-        raise DataError(f"{path}: no such policy directory; train one with `blendrank train` or blendrank.train")
+        raise DataError(
+            f"{path}: no such policy directory; train one with `blendrank train` or blendrank.train"
+        )
     record: dict[str, Any] = {}
     if (path / RUN_FILE).is_file():
         try:
@@ -245,28 +298,45 @@ def rank(policy: Policy, table: Any, k: int = 10) -> pa.Table:
     rows = np.take_along_axis(sl.row, idx.numpy(), axis=1)
     keep = valid.numpy()
     b = np.broadcast_to(np.arange(len(sl))[:, None], rows.shape)[keep]
-    return pa.table({
-        "request_id": pa.array(sl.request_id[b].tolist()),
-        "item_id": table["item_id"].take(pa.array(rows[keep])),
-        "rank": pa.array(np.broadcast_to(np.arange(1, rows.shape[1] + 1), rows.shape)[keep].astype(np.int32)),
-        "score": pa.array(torch.gather(scores, 1, idx).numpy()[keep].astype(np.float64)),
-    })
+    return pa.table(
+        {
+            "request_id": pa.array(sl.request_id[b].tolist()),
+            "item_id": table["item_id"].take(pa.array(rows[keep])),
+            "rank": pa.array(
+                np.broadcast_to(np.arange(1, rows.shape[1] + 1), rows.shape)[keep].astype(np.int32)
+            ),
+            "score": pa.array(torch.gather(scores, 1, idx).numpy()[keep].astype(np.float64)),
+        }
+    )
 
 
-def evaluate(policy: Policy, *, world: str | None = None, preset: str = "default", data: str | Path | None = None,
-             mapping: str | Path | None = None, objective: str | Path | None = None,
-             methods: Sequence[str] = ("production",), config: dict[str, Any] | None = None,
-             seed: int | None = None, out: str | Path | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    policy: Policy,
+    *,
+    world: str | None = None,
+    preset: str = "default",
+    data: str | Path | None = None,
+    mapping: str | Path | None = None,
+    objective: str | Path | None = None,
+    methods: Sequence[str] = ("production",),
+    config: dict[str, Any] | None = None,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Measure ``policy`` as the arm ``policy`` beside production (and ``methods``), exactly as
     ``blendrank eval`` does: a world's simulated A/B (``world``, ``preset``) or the offline
     metrics of a log's test split (``data``). ``config``: BenchConfig / LogBenchConfig fields.
     Returns the bench result (``bench.json``, also written to ``out`` when given)."""
     if (world is None) == (data is None):
-        raise ConfigError("evaluate: give exactly one of world= (simulated A/B) or data= (offline on a log)")
+        raise ConfigError(
+            "evaluate: give exactly one of world= (simulated A/B) or data= (offline on a log)"
+        )
     if not isinstance(policy.model, GradePolicy):
-        raise ConfigError(f"evaluate: {policy.method} policies are measured by `blendrank bench`; evaluate takes "
-                          "a GRADE-family policy (grade, ltr, grade:<variant>)")
+        raise ConfigError(
+            f"evaluate: {policy.method} policies are measured by `blendrank bench`; evaluate takes "
+            "a GRADE-family policy (grade, ltr, grade:<variant>)"
+        )
     say = log or (lambda s: None)
     base: dict[str, Any] = {"methods": list(methods), **(config or {})}
     with tempfile.TemporaryDirectory(prefix="blendrank-eval-") as scratch:
@@ -274,12 +344,29 @@ def evaluate(policy: Policy, *, world: str | None = None, preset: str = "default
         if world is not None:
             if world not in WORLDS:
                 raise ConfigError(f"world {world!r}: unknown world; available: {', '.join(WORLDS)}")
-            cfg = load_config(BenchConfig, None, None, base={"world": world, "preset": preset, "seed": seed, **base})
+            cfg = load_config(
+                BenchConfig,
+                None,
+                None,
+                base={"world": world, "preset": preset, "seed": seed, **base},
+            )
             return run_world_bench(cfg, out_dir, log=say, policies={"policy": policy.model})
-        lcfg = load_config(LogBenchConfig, None, None,
-                           base={"seed": seed or 0, "objective": str(objective) if objective else None, **base})
+        lcfg = load_config(
+            LogBenchConfig,
+            None,
+            None,
+            base={"seed": seed or 0, "objective": str(objective) if objective else None, **base},
+        )
         log_path = as_log(data)
         if isinstance(log_path, pa.Table):
-            raise DataError("evaluate: data= takes the log's path (a file or a train/valid/test directory)")
-        return run_log_bench(lcfg, log_path, Path(mapping) if mapping else None, out_dir, log=say,
-                             policies={"policy": policy.model})
+            raise DataError(
+                "evaluate: data= takes the log's path (a file or a train/valid/test directory)"
+            )
+        return run_log_bench(
+            lcfg,
+            log_path,
+            Path(mapping) if mapping else None,
+            out_dir,
+            log=say,
+            policies={"policy": policy.model},
+        )

@@ -211,8 +211,9 @@ def log_objective(data: str | Path | None, explicit: str | Path | None = None,
     value = default_value or {n: 1.0 / len(names) for n in names}
     if data is None:
         return (Objective(value=value),
-                f"default: no objective given with the table, so value = equal weights over {names} and "
-                "production = equal weights; pass objective=Objective(...) or an objective YAML path")
+                f"default: no objective given with the table, so value = equal weights over "
+                f"{names} and production = equal weights; pass objective=Objective(...) or an "
+                "objective YAML path")
     data = Path(data)
     folder = data if data.is_dir() else data.parent
     if (folder / OBJECTIVE_FILE).is_file():

@@ -57,7 +57,7 @@ class StepProgress:
         if self.total <= 0:
             return
         if self.terminal:
-            if self._bar is None:  # started at the first step, after whatever the work printed first
+            if self._bar is None:  # started at the first step, after what the work printed first
                 self._bar = progress_bar().__enter__()
                 self._task = self._bar.add_task(self.description, total=self.total)
             self._bar.update(self._task, completed=completed)

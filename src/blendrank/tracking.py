@@ -30,10 +30,16 @@ def git_commit(source: Path = PACKAGE_DIR) -> dict[str, Any] | None:
     """``{"commit", "dirty"}`` of the git checkout holding ``source`` (the package's own files
     tracked there, so an installed copy inside some other repository reports nothing); None
     when there is no git, no checkout, or the files are not tracked in it."""
+
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
-                                  check=False)
+            done = subprocess.run(
+                ["git", "-C", str(source), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -47,8 +53,13 @@ def git_commit(source: Path = PACKAGE_DIR) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(status)}
 
 
-def run_record(command: str, config: Mapping[str, Any], seed: int | None,
-               argv: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+def run_record(
+    command: str,
+    config: Mapping[str, Any],
+    seed: int | None,
+    argv: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The record of one run (see the module docstring); ``extra`` adds fields (method, data…)."""
     record: dict[str, Any] = {
         "command": command,
@@ -66,8 +77,14 @@ def run_record(command: str, config: Mapping[str, Any], seed: int | None,
     return record
 
 
-def write_run_record(out_dir: str | Path, command: str, config: Mapping[str, Any], seed: int | None,
-                     argv: list[str] | None = None, **extra: Any) -> Path:
+def write_run_record(
+    out_dir: str | Path,
+    command: str,
+    config: Mapping[str, Any],
+    seed: int | None,
+    argv: list[str] | None = None,
+    **extra: Any,
+) -> Path:
     """Write ``out_dir/run.json`` (atomic) and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,15 +96,20 @@ def write_run_record(out_dir: str | Path, command: str, config: Mapping[str, Any
 def _require(module: str, package: str, flag: str) -> None:
     """ConfigError, before any work, when an optional tracker is not installed."""
     if importlib.util.find_spec(module.split(".")[0]) is None:
-        raise ConfigError(f"{flag} needs the {package} package, which is not installed; "
-                          f"`pip install {package}` or drop {flag}")
+        raise ConfigError(
+            f"{flag} needs the {package} package, which is not installed; "
+            f"`pip install {package}` or drop {flag}"
+        )
 
 
 def scalars(row: Mapping[str, Any]) -> dict[str, float]:
     """The numeric fields of a history row (bools and the row's own counters excluded)."""
     skip = {"stage", "step", "epoch"}
-    return {k: float(v) for k, v in row.items()
-            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class TensorBoardCurves:
@@ -97,7 +119,9 @@ class TensorBoardCurves:
     def __init__(self, log_dir: str | Path, writer: Any = None):
         if writer is None:
             _require("tensorboard", "tensorboard", "--tensorboard")
-            writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(log_dir=str(log_dir))
+            writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter(
+                log_dir=str(log_dir)
+            )
         self.writer = writer
 
     def __call__(self, row: Mapping[str, Any]) -> None:
@@ -128,8 +152,13 @@ def check_mlflow() -> None:
     _require("mlflow", "mlflow", "--mlflow")
 
 
-def log_mlflow(run_name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
-               artifacts_dir: str | Path | None = None, client: Any = None) -> None:
+def log_mlflow(
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts_dir: str | Path | None = None,
+    client: Any = None,
+) -> None:
     """One MLflow run (the tracking URI and experiment come from MLflow's own environment,
     ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``): ``params`` flattened, final
     ``metrics``, and the output directory as artifacts. ``client``: the mlflow module (tests)."""
@@ -137,7 +166,7 @@ def log_mlflow(run_name: str, params: Mapping[str, Any], metrics: Mapping[str, f
         check_mlflow()
         client = importlib.import_module("mlflow")
     with client.start_run(run_name=run_name):
-        # Older MLflow servers reject param values over 500 characters: a long list is cut, not fatal.
+        # Older MLflow servers reject param values over 500 characters: cut a long one, not fail.
         client.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         client.log_metrics({k: float(v) for k, v in metrics.items()})
         if artifacts_dir is not None:

@@ -71,7 +71,8 @@ def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[s
 
 
 def split_by_time(table: pa.Table, cfg: LogBenchConfig, where: str) -> dict[str, pa.Table]:
-    """A validated log split into train/valid/test by time (``cfg.valid_frac``, ``cfg.test_frac``)."""
+    """A validated log split into train/valid/test by time (``cfg.valid_frac``,
+    ``cfg.test_frac``); ``where`` names it in errors."""
     # Time split by each request's first timestamp, so a request never straddles two splits.
     first = table.group_by("request_id", use_threads=False).aggregate([("ts", "min")])
     ts = np.sort(first["ts_min"].to_numpy())
@@ -82,7 +83,8 @@ def split_by_time(table: pa.Table, cfg: LogBenchConfig, where: str) -> dict[str,
         ids = pc.filter(first["request_id"], pa.array(req_split == i))
         out[s] = table.filter(pc.is_in(table["request_id"], value_set=ids))
         if out[s].num_rows == 0:
-            raise DataError(f"{where}: the {s} split is empty; the log needs more requests spread over time")
+            raise DataError(f"{where}: the {s} split is empty; "
+                            "the log needs more requests spread over time")
     return out
 
 
@@ -145,8 +147,8 @@ class LogGoal:
                                     formula=cfg.fusion, floor=cfg.fusion_floor)
 
 
-def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig, log: Callable[[str], None],
-             objective: Objective | None = None) -> LogGoal:
+def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig,
+             log: Callable[[str], None], objective: Objective | None = None) -> LogGoal:
     """The objective of a log (``objective``, else ``cfg.objective``, else ``objective.yaml``
     beside it, else the default it states), checked against the columns; adds predictions when
     the log has none. ``data=None``: an in-memory table (no folder to find an objective in)."""
@@ -155,8 +157,8 @@ def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig
     if objective is not None:
         source = "the objective given"
     else:
-        objective, source = log_objective(data, cfg.objective,
-                                          default_value={o: 1.0 / len(predicted) for o in predicted})
+        default = {o: 1.0 / len(predicted) for o in predicted}
+        objective, source = log_objective(data, cfg.objective, default_value=default)
     data = data if data is not None else "the table"
     log(f"objective from {source}: {objective.describe()}")
     behaviours = objective.fusion_behaviours(predicted)
@@ -270,7 +272,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         weights["static_search"] = res.best_weights
         timings["static_search"] = time.perf_counter() - t
         log(f"static_search ({cfg.static_search.method}, {res.n_evals} vectors): "
-            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))} ({timings['static_search']:.1f} s)")
+            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))} "
+            f"({timings['static_search']:.1f} s)")
     curves = {}
     grade_notes: list[str] = []
     for m in [m for m in methods if registry.is_grade(m)]:

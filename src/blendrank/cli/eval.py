@@ -48,6 +48,7 @@ def eval_policy(
         base = {"seed": seed or 0, "methods": method_list, "objective": str(objective) if objective else None}
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=say, policies={"policy": pol})
-    tracking.write_run_record(out_dir, "eval", cfg.model_dump(mode="json"), result.get("seed"), policy=str(policy),
-                              world=world, data=str(data) if data is not None else None)
+    tracking.write_run_record(out_dir, "eval", cfg.model_dump(mode="json"), result.get("seed"),
+                              policy=str(policy), world=world,
+                              data=str(data) if data is not None else None)
     finish(result, out_dir)

@@ -48,10 +48,11 @@ def train(
     resume: bool = ResumeOption,
     checkpoint_every: int = checkpoint_every_option(50),
     tensorboard: Path | None = typer.Option(
-        None, "--tensorboard", help="Also write the training curves to this TensorBoard log directory "
-        "(needs the tensorboard package)."),
-    mlflow: bool = typer.Option(False, "--mlflow", help="Also log the resolved config and the final metrics "
-                                "to MLflow (its environment sets the tracking URI; needs the mlflow package)."),
+        None, "--tensorboard", help="Also write the training curves to this TensorBoard log "
+        "directory (needs the tensorboard package)."),
+    mlflow: bool = typer.Option(
+        False, "--mlflow", help="Also log the resolved config and the final metrics to MLflow "
+        "(its environment sets the tracking URI; needs the mlflow package)."),
 ) -> None:
     """Train GRADE (Stage 1 + Stage 2), LTR (Stage 1 only), a static weight search or
     IntegratedRL-MTF (one offline round) on logs.
@@ -63,8 +64,8 @@ def train(
     averaged by DDP, rank 0 writes); see docs/scaling.md.
     """
     try:
-        _train(method, data, out_dir, mapping, objective, config, overrides, resume, checkpoint_every,
-               tensorboard, mlflow)
+        _train(method, data, out_dir, mapping, objective, config, overrides, resume,
+               checkpoint_every, tensorboard, mlflow)
     finally:
         dist.destroy()
 
@@ -91,18 +92,20 @@ def _train(method: str, data: Path, out_dir: Path, mapping: Path | None, objecti
             if curves is not None:
                 curves(row)
 
-        result = fit.fit_log(method, data, cfg, mapping=mapping, objective=objective, log=say, on_row=on_row,
-                             checkpoint_dir=out_dir, checkpoint_every=checkpoint_every, resume=resume)
+        result = fit.fit_log(method, data, cfg, mapping=mapping, objective=objective, log=say,
+                             on_row=on_row, checkpoint_dir=out_dir,
+                             checkpoint_every=checkpoint_every, resume=resume)
     if curves is not None:
         curves.close()
     if result is None:  # not rank 0
         return
     result.save(out_dir)
     resolved = result.config.model_dump(mode="json")
-    tracking.write_run_record(out_dir, "train", resolved, resolved.get("seed"), method=method, data=str(data),
-                              objective_source=result.goal.source)
+    tracking.write_run_record(out_dir, "train", resolved, resolved.get("seed"), method=method,
+                              data=str(data), objective_source=result.goal.source)
     if mlflow:
-        tracking.log_mlflow(f"train {method}", {"method": method, **resolved}, final_metrics(result), out_dir)
+        tracking.log_mlflow(f"train {method}", {"method": method, **resolved},
+                            final_metrics(result), out_dir)
     out.print(result.summary(out_dir))
 
 
