@@ -417,12 +417,12 @@ def test_read_only_out_directory(tmp_path: Path, models: dict[str, Path]) -> Non
 
 def test_oserror_while_writing_is_a_clear_error(tmp_path: Path, models: dict[str, Path], monkeypatch) -> None:
     """A write that fails after the up-front checks (disk full, a race) is still one clear line."""
-    import blendrank.cli.train as train_cli
+    import blendrank.bench.fit as train_fit
 
     def disk_full(path: Path, data: Any) -> None:
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(train_cli, "write_json", disk_full)
+    monkeypatch.setattr(train_fit, "write_json", disk_full)
     result = invoke("train", "--method", "static_search", "--data", models["log"], "--out", tmp_path / "o",
                     "--set", "budget=5")
     assert_user_error(result, "static_weights.json: No space left on device", "is writable")

@@ -8,12 +8,13 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "blendrank"
 LAYERS: list[set[str]] = [
-    {"errors", "config", "jsonio", "progress", "distributed", "checkpoint", "metrics", "fusion", "objective", "ope"},
+    {"errors", "config", "jsonio", "progress", "distributed", "checkpoint", "metrics", "fusion",
+     "objective", "ope", "tracking"},
     {"losses", "rewards", "features", "data"},
     {"mtl", "prerank", "worlds"},
     {"algos"},
     {"bench", "serve"},
-    {"cli"},
+    {"cli", "api"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 FORBIDDEN = {("serve", "algos"), ("serve", "bench")}

@@ -199,13 +199,21 @@ def _from_production_file(path: Path) -> Objective:
         raise ConfigError(format_validation_error(exc, str(path))) from None
 
 
-def log_objective(data: str | Path, explicit: str | Path | None = None,
+def log_objective(data: str | Path | None, explicit: str | Path | None = None,
                   default_value: dict[str, float] | None = None) -> tuple[Objective, str]:
     """The objective of a log and where it came from: ``explicit`` (``--objective``), else
     ``objective.yaml`` beside the data, else a legacy ``production.yaml`` there, else the default
-    (value = equal weights over ``default_value``'s behaviours, equal production weights)."""
+    (value = equal weights over ``default_value``'s behaviours, equal production weights).
+    ``data=None`` (an in-memory table) has no folder to look in: explicit, else the default."""
     if explicit is not None:
         return load_objective(explicit), str(explicit)
+    names = list(default_value or {"click": 1.0})
+    value = default_value or {n: 1.0 / len(names) for n in names}
+    if data is None:
+        return (Objective(value=value),
+                f"default: no objective given with the table, so value = equal weights over "
+                f"{names} and production = equal weights; pass objective=Objective(...) or an "
+                "objective YAML path")
     data = Path(data)
     folder = data if data.is_dir() else data.parent
     # Beside the data: in its folder, or for a directory of shards also one level up (a world's
@@ -217,8 +225,6 @@ def log_objective(data: str | Path, explicit: str | Path | None = None,
         return (_from_production_file(folder / LEGACY_PRODUCTION_FILE),
                 f"{folder / LEGACY_PRODUCTION_FILE} (read as the objective's value and production weights; "
                 f"write {OBJECTIVE_FILE} instead, see docs/objective.md)")
-    names = list(default_value or {"click": 1.0})
-    value = default_value or {n: 1.0 / len(names) for n in names}
     return (Objective(value=value),
             f"default: no {OBJECTIVE_FILE} beside {data}, so value = equal weights over {names} and production = "
             f"equal weights; write {folder / OBJECTIVE_FILE} or pass --objective FILE (docs/objective.md)")

@@ -164,8 +164,9 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
     totals: dict[str, dict[str, np.ndarray]] = {}
     weights_used: dict[str, Any] = {}
     curves: dict[str, Any] = {}
-    for m in methods:
+    for i, m in enumerate(methods, 1):
         t = time.perf_counter()
+        log(f"[{i}/{len(methods)}] {m}: started")
         record = None  # a policy that reads the feedback of its pages (session context) also records it
         if m == "production":
             policy = fixed(prod)
@@ -207,7 +208,8 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
         totals[m] = world.run_sessions(policy, n_eval, STREAM_EVAL, record=record).totals
         timings[m] = time.perf_counter() - t
         tot = totals[m]
-        log(f"{m}: watch/session {tot['watch_s'].mean():.1f} s, length {tot['impressions'].mean():.1f}, "
+        log(f"[{i}/{len(methods)}] {m}: watch/session {tot['watch_s'].mean():.1f} s, "
+            f"length {tot['impressions'].mean():.1f}, "
             f"page value {tot['page_value'].sum() / tot['pages'].sum():.2f} ({timings[m]:.1f} s)")
 
     ab = compare_arms(totals, SESSION_METRICS, cfg.n_boot, seed=wcfg.seed)

@@ -65,7 +65,14 @@ class LogBenchConfig(BaseConfig):
 
 
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
-    return data_splits.load_splits(data, mapping, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, test_where=cfg.test_where)
+    return data_splits.load_splits(data, mapping, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac,
+                                   test_where=cfg.test_where)
+
+
+def split_by_time(table: pa.Table, cfg: LogBenchConfig, where: str) -> dict[str, pa.Table]:
+    """A validated log split into train/valid/test by time (``cfg.valid_frac``, ``cfg.test_frac``);
+    ``where`` names it in errors."""
+    return data_splits.split_by_time(table, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, where=where)
 
 
 def _ensure_predictions(splits: dict[str, pa.Table], log: Callable[[str], None]) -> tuple[dict[str, pa.Table], list[str]]:
@@ -127,12 +134,19 @@ class LogGoal:
                                     formula=cfg.fusion, floor=cfg.fusion_floor)
 
 
-def log_goal(data: Path, splits: dict[str, pa.Table], cfg: LogBenchConfig, log: Callable[[str], None]) -> LogGoal:
-    """The objective of a log (``cfg.objective``, else ``objective.yaml`` beside it, else the
-    default it states), checked against the columns; adds predictions when the log has none."""
+def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig,
+             log: Callable[[str], None], objective: Objective | None = None) -> LogGoal:
+    """The objective of a log (``objective``, else ``cfg.objective``, else ``objective.yaml``
+    beside it, else the default it states), checked against the columns; adds predictions when
+    the log has none. ``data=None``: an in-memory table (no folder to find an objective in)."""
     splits_, predicted = _ensure_predictions(splits, log)
     splits.update(splits_)
-    objective, source = log_objective(data, cfg.objective, default_value={o: 1.0 / len(predicted) for o in predicted})
+    if objective is not None:
+        source = "the objective given"
+    else:
+        default = {o: 1.0 / len(predicted) for o in predicted}
+        objective, source = log_objective(data, cfg.objective, default_value=default)
+    data = data if data is not None else "the table"
     log(f"objective from {source}: {objective.describe()}")
     behaviours = objective.fusion_behaviours(predicted)
     missing = [b for b in behaviours if b not in predicted]
@@ -240,21 +254,25 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     weights = {"production": goal.prod}
     if "static_search" in methods:
         t = time.perf_counter()
+        log("static_search: started")
         res = tune_static(splits[cfg.static_search_split], goal, cfg)
         weights["static_search"] = res.best_weights
         timings["static_search"] = time.perf_counter() - t
         log(f"static_search ({cfg.static_search.method}, {res.n_evals} vectors): "
-            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))}")
+            f"{dict(zip(goal.inputs, np.round(res.best_weights, 3).tolist()))} "
+            f"({timings['static_search']:.1f} s)")
     curves = {}
     grade_notes: list[str] = []
     for m in [m for m in methods if registry.is_grade(m)]:
         t = time.perf_counter()
+        log(f"{m}: started")
         resolved = _grade(cfg, goal, m, splits["train"])
         grade_notes = resolved.notes()
         pol = registry.fit_method(resolved, splits["train"], goal.objective, goal.spec(cfg))
         weights[m] = pol.weights(pol.batch(splits["test"])).numpy()
         curves[m] = [{k: v for k, v in r.items() if k != "mean_weights"} for r in pol.history if "step" in r]
         timings[m] = time.perf_counter() - t
+        log(f"{m}: done in {timings[m]:.1f} s")
     for m, pol in policies.items():
         if pol.spec.inputs != goal.inputs:
             raise ConfigError(f"{m}: the policy fuses {pol.spec.inputs} but the objective ({goal.source}) fuses "
@@ -268,9 +286,11 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         scores["logged"] = -pos
     if "integrated_rl" in methods:
         t = time.perf_counter()
+        log("integrated_rl: started")
         scores["integrated_rl"], weights["integrated_rl"], curves["integrated_rl"] = _integrated_rl(
             splits, test, goal, cfg, log)
         timings["integrated_rl"] = time.perf_counter() - t
+        log(f"integrated_rl: done in {timings['integrated_rl']:.1f} s")
     offline, composite = {}, {}
     values = {}
     value_name = f"value@{goal.objective.page_size}"

@@ -278,8 +278,9 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     session_pages: dict[str, PageFn] = {}  # arm -> pages(req, session ctx) for the session A/B
     grade_notes: list[str] = []  # what of the objective GRADE's rewards cannot see
 
-    for m in methods:
+    for i, m in enumerate(methods, 1):
         t = time.perf_counter()
+        log(f"[{i}/{len(methods)}] {m}: started")
         if m == "production":
             weights[m] = np.broadcast_to(prod, (len(ev.req), K))
             session_pages[m] = _weights_pages(world, predict, prod)
@@ -344,6 +345,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         timings[m] = time.perf_counter() - t
         if m in weights:
             pages[m] = world.rank(ev.inputs, torch.from_numpy(np.ascontiguousarray(weights[m], dtype=np.float32)))
+        log(f"[{i}/{len(methods)}] {m}: done in {timings[m]:.1f} s")
 
     crn = CommonRandomNumbers.draw(ev.req, len(wcfg.extra_objectives), np.random.default_rng([wcfg.seed, STREAM_CRN]))
     defs = metric_defs([o.name for o in wcfg.extra_objectives])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from blendrank import tracking
 from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.bench.logs import LogBenchConfig, run_log_bench
 from blendrank.bench.report import format_table, write_report
@@ -63,6 +64,8 @@ def bench(
             base["methods"] = method_list
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=lambda s: out.print(s, highlight=False))
+    tracking.write_run_record(out_dir, "bench", cfg.model_dump(mode="json"), result.get("seed"),
+                              world=world, data=str(data) if data is not None else None)
     finish(result, out_dir)
 
 
@@ -105,4 +108,7 @@ def eval_policy(
         base = {"seed": seed or 0, "methods": method_list, "objective": str(objective) if objective else None}
         cfg = load_config(LogBenchConfig, config, overrides, base=base)
         result = run_log_bench(cfg, data, mapping, out_dir, log=say, policies={"policy": pol})
+    tracking.write_run_record(out_dir, "eval", cfg.model_dump(mode="json"), result.get("seed"),
+                              policy=str(policy), world=world,
+                              data=str(data) if data is not None else None)
     finish(result, out_dir)

@@ -136,12 +136,21 @@ def load_splits(
         rest = first_ts[~is_test]
         cut = np.quantile(np.sort(rest), 1 - valid_frac)
         req_split = np.where(is_test, 2, np.where(first_ts < cut, 0, 1))
+    return _split_requests(table, request_ids, req_split, str(data))
+
+
+def split_by_time(table: pa.Table, *, valid_frac: float, test_frac: float, where: str) -> dict[str, pa.Table]:
+    """A validated log (e.g. an in-memory table) split into train/valid/test by each request's
+    first ``ts``; ``where`` names it in errors."""
+    request_ids, first_ts, _ = _first_ts_and_test(table, None, where)
+    return _split_requests(table, request_ids, _request_split(first_ts, valid_frac, test_frac), where)
+
+
+def _split_requests(table: pa.Table, request_ids: pa.Array, req_split: np.ndarray, where: str) -> dict[str, pa.Table]:
     out = {}
     for i, s in enumerate(SPLITS):
         ids = pc.filter(request_ids, pa.array(req_split == i))
         out[s] = table.filter(pc.is_in(table[REQUEST_ID], value_set=ids))
         if out[s].num_rows == 0:
-            raise DataError(
-                f"{data}: the {s} split is empty; the log needs more requests spread over time"
-            )
+            raise DataError(f"{where}: the {s} split is empty; the log needs more requests spread over time")
     return out
