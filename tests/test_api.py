@@ -203,7 +203,7 @@ def test_evaluate_on_a_log_measures_the_policy_beside_production(
             DataError,
             "no pred_<objective> columns",
         ),
-        (lambda t, p: train("grade", t.drop_columns(["user_id"])), DataError, "user_id"),
+        (lambda t, p: train("grade", t.drop_columns(["item_id"])), DataError, "item_id"),
         (lambda t, p: rank(p, t.drop_columns(["pred_order"])), DataError, "pred_order"),
         (lambda t, p: rank(p, t, k=0), ConfigError, "k must be >= 1"),
         (lambda t, p: rank(p, "."), DataError, "not a path"),

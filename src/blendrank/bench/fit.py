@@ -173,7 +173,10 @@ def grade_steps(cfg: GRADEConfig, row: Row | None = None) -> int:
         return total
     if row.get("stage") == 1:  # a row without an epoch closes Stage 1
         return row["epoch"] + 1 if "epoch" in row else cfg.stage1.epochs
-    return cfg.stage1.epochs + (row["step"] + 1 if "step" in row else cfg.stage2.steps)
+    if "step" in row:
+        return cfg.stage1.epochs + row["step"] + 1
+    # Stage 2's closing row has its seconds; one before the first step (the value model) has not.
+    return cfg.stage1.epochs + (cfg.stage2.steps if "seconds" in row else 0)
 
 
 def _streamed_train_file(data: Path, mapping: Path | None) -> Path | None:
