@@ -356,4 +356,5 @@ def test_grade_progress_counts_epochs_then_steps() -> None:
     assert grade_steps(cfg, {"stage": 1, "epoch": 0}) == 1
     assert grade_steps(cfg, {"stage": 1}) == 3  # Stage 1's closing row
     assert grade_steps(cfg, {"stage": 2, "step": 9}) == 13
-    assert grade_steps(cfg, {"stage": 2}) == 103
+    assert grade_steps(cfg, {"stage": 2, "prior_model": "calibrated", "prior_r2": 0.1}) == 3  # before step 0
+    assert grade_steps(cfg, {"stage": 2, "seconds": 1.0}) == 103  # Stage 2's closing row
