@@ -92,4 +92,5 @@ VARIANTS: dict[str, list[str]] = {
     "no_mean_floor": ["policy.mean_floor=0"],
     "post_ndcg": ["reward.post_normalize=true"],
     "stage1_per_objective": ["stage1.grading=per_objective"],
+    "prior_predictions": ["reward.prior_model=predictions"],
 }
