@@ -77,8 +77,10 @@ def logged_from_table(table: pa.Table, objective: Objective, predicted: Sequence
     if missing:
         raise DataError(f"the log has no label_ column for the objective's behaviour(s) {missing}")
     with_pred = [b for b in with_pred if f"label_{b}" in table.column_names]
-    has_weights = "propensity" in table.column_names and all(
-        f"logging_w_{n}" in table.column_names for n in fusion_inputs)
+    # The logged density is over the logged weight vector: usable only when it spans exactly the
+    # inputs the arms fuse.
+    logged_w = {c[len("logging_w_"):] for c in table.column_names if c.startswith("logging_w_")}
+    has_weights = "propensity" in table.column_names and logged_w == set(fusion_inputs)
     return logged_requests_from_table(table, with_pred, fusion_inputs=list(fusion_inputs),
                                       price_scale=price_scale, require_propensity=has_weights,
                                       label_only=label_only)
