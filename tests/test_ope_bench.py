@@ -114,3 +114,18 @@ def test_log_bench_writes_estimates_for_every_arm(tmp_path):
     _finite_lifts(ope["estimates"])
     assert "clicks by position" in ope["examination"]["source"]
     assert json.loads((tmp_path / "b" / "bench.json").read_text())["ope"]["estimates"].keys() == ope["estimates"].keys()
+
+
+def test_integrated_rl_is_estimated_from_its_pages_on_the_redrawn_logged_requests(tmp_path):
+    from blendrank.algos.integrated_rl import IntegratedRLConfig
+
+    cfg = BenchConfig(preset="quick", world_overrides=SMALL_WORLD, methods=["production", "integrated_rl"],
+                      eval_requests=100, predictor="world", n_boot=100, log_requests=300,
+                      integrated_rl=IntegratedRLConfig(rounds=1, sessions_per_round=40, steps_per_round=5,
+                                                       eval_requests=20))
+    ope = run_world_bench(cfg, tmp_path, log=lambda s: None)["ope"]
+    for est in ("dm", "item_ips", "item_snips", "item_dr"):
+        assert set(ope["estimates"][est]) == {"integrated_rl"}, est
+    _finite_lifts({k: ope["estimates"][k] for k in ("dm", "item_dr")})
+    # its actions are product-fusion powers and biases, not weight vectors: no weight-space estimate
+    assert "weight_ips" not in ope["estimates"] and "weight_ips" in ope["skipped"]
