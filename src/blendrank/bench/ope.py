@@ -43,10 +43,12 @@ __all__ = [
 #: Optional boolean log column flagging requests whose order was randomised (swap / shuffle
 #: interventions); examination is then fitted on those requests only.
 RANDOMISED_COLUMN = "randomised"
-RECOMMENDATION_RULE = ("among the estimators whose sign agrees with every A/B lift whose CI "
-                       "excludes 0, the highest CI coverage; ties broken by Spearman, then by "
-                       "mean absolute error; when none agrees in sign everywhere, the highest "
-                       "sign agreement first")
+RECOMMENDATION_RULE = (
+    "among the estimators whose sign agrees with every A/B lift whose CI "
+    "excludes 0, the highest CI coverage; ties broken by Spearman, then by "
+    "mean absolute error; when none agrees in sign everywhere, the highest "
+    "sign agreement first"
+)
 
 
 def page_objective(objective: Objective, price_scale: float, *, realised: bool) -> PageObjective:
@@ -60,18 +62,28 @@ def page_objective(objective: Objective, price_scale: float, *, realised: bool) 
             value ``bench --data`` reports).
     """
     P = objective.page_size
-    d = (np.ones(P) if realised
-         else position_discount(P, objective.discount).numpy().astype(np.float64))
+    d = (
+        np.ones(P)
+        if realised
+        else position_discount(P, objective.discount).numpy().astype(np.float64)
+    )
     return PageObjective(dict(objective.value), d, price_scale=price_scale)
 
 
-def logged_from_table(table: pa.Table, objective: Objective, predicted: Sequence[str],
-                      fusion_inputs: Sequence[str], price_scale: float) -> LoggedRequests:
+def logged_from_table(
+    table: pa.Table,
+    objective: Objective,
+    predicted: Sequence[str],
+    fusion_inputs: Sequence[str],
+    price_scale: float,
+) -> LoggedRequests:
     """A log's requests as the estimators' arrays: labels of every behaviour the objective
     values, predictions of ``predicted``, the fusion inputs, and the logged weight vectors with
     their ``propensity`` when the log has both (else weight-space estimators are skipped)."""
     valued = sorted({f for t in objective.value for f in t.split("*") if f.strip() != "price"})
-    with_pred = [b for b in dict.fromkeys([*predicted, *valued]) if f"pred_{b}" in table.column_names]
+    with_pred = [
+        b for b in dict.fromkeys([*predicted, *valued]) if f"pred_{b}" in table.column_names
+    ]
     label_only = [b for b in valued if b not in with_pred and f"label_{b}" in table.column_names]
     missing = [b for b in valued if b not in with_pred and b not in label_only]
     if missing:
@@ -79,15 +91,21 @@ def logged_from_table(table: pa.Table, objective: Objective, predicted: Sequence
     with_pred = [b for b in with_pred if f"label_{b}" in table.column_names]
     # The logged density is over the logged weight vector: usable only when it spans exactly the
     # inputs the arms fuse.
-    logged_w = {c[len("logging_w_"):] for c in table.column_names if c.startswith("logging_w_")}
+    logged_w = {c[len("logging_w_") :] for c in table.column_names if c.startswith("logging_w_")}
     has_weights = "propensity" in table.column_names and logged_w == set(fusion_inputs)
-    return logged_requests_from_table(table, with_pred, fusion_inputs=list(fusion_inputs),
-                                      price_scale=price_scale, require_propensity=has_weights,
-                                      label_only=label_only)
+    return logged_requests_from_table(
+        table,
+        with_pred,
+        fusion_inputs=list(fusion_inputs),
+        price_scale=price_scale,
+        require_propensity=has_weights,
+        label_only=label_only,
+    )
 
 
-def examination_from_log(logged: LoggedRequests, page_size: int,
-                         randomised: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+def examination_from_log(
+    logged: LoggedRequests, page_size: int, randomised: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
     """``[E]`` examination per position (``E`` = max(page size, largest logged position)) fitted
     from the log's clicks by position, and where it came from.
 
@@ -102,13 +120,18 @@ def examination_from_log(logged: LoggedRequests, page_size: int,
         raise DataError("item-position estimators need a `label_click` column to fit examination")
     E = max(page_size, int(logged.position.max()))
     mask = None
-    source = "fitted from the log's clicks by position (confounded with what production shows there)"
+    source = (
+        "fitted from the log's clicks by position (confounded with what production shows there)"
+    )
     if randomised is not None and np.asarray(randomised, bool).any():
-        mask = torch.from_numpy(np.repeat(np.asarray(randomised, bool)[:, None],
-                                          logged.position.shape[1], axis=1))
-        source = f"fitted from the clicks by position of the log's {int(np.sum(randomised))} randomised requests"
-    shows, hits = position_click_counts(torch.from_numpy(logged.position),
-                                        torch.from_numpy(logged.labels["click"]), mask, E)
+        mask = torch.from_numpy(
+            np.repeat(np.asarray(randomised, bool)[:, None], logged.position.shape[1], axis=1)
+        )
+        n_random = int(np.sum(randomised))
+        source = f"fitted from the clicks by position of the log's {n_random} randomised requests"
+    shows, hits = position_click_counts(
+        torch.from_numpy(logged.position), torch.from_numpy(logged.labels["click"]), mask, E
+    )
     try:
         exam = position_bias_from_counts(shows, hits).numpy().astype(np.float64)
     except ValueError as exc:
@@ -122,13 +145,22 @@ def _finite_or_none(x: float) -> float | None:
 
 def recommend(validation: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The estimator to trust, by :data:`RECOMMENDATION_RULE` (None without validation)."""
+
     def key(name: str) -> tuple[float, ...]:
         v = validation[name]
         sign = v.get("sign_agreement")
         sign = 1.0 if sign is None or not math.isfinite(sign) else sign  # no significant pair
-        get = lambda k, bad: bad if v.get(k) is None or not math.isfinite(v[k]) else v[k]  # noqa: E731
-        return (sign >= 1.0, sign, get("coverage", -1.0), get("spearman", -2.0),
-                -get("mean_abs_error", math.inf))
+
+        def get(k: str, bad: float) -> float:
+            return bad if v.get(k) is None or not math.isfinite(v[k]) else v[k]
+
+        return (
+            sign >= 1.0,
+            sign,
+            get("coverage", -1.0),
+            get("spearman", -2.0),
+            -get("mean_abs_error", math.inf),
+        )
 
     usable = [n for n, v in validation.items() if v.get("n_pairs")]
     return max(usable, key=key) if usable else None
@@ -163,15 +195,21 @@ def run_ope(
         ``"validation"`` ``{estimator: {"coverage", "sign_agreement", "spearman", "n_pairs",
         ...}}``, ``"recommended"`` and ``"recommendation_rule"``.
     """
-    out: dict[str, Any] = {"estimates": {}, "skipped": {}, "diagnostics": {},
-                           "arms_skipped": dict(skipped or {}), "n_logged_requests": logged.n_requests}
+    out: dict[str, Any] = {
+        "estimates": {},
+        "skipped": {},
+        "diagnostics": {},
+        "arms_skipped": dict(skipped or {}),
+        "n_logged_requests": logged.n_requests,
+    }
     for name in ESTIMATORS:
         if ESTIMATORS[name] == "weights" and (logged.weights is None or logged.propensity is None):
             out["skipped"][name] = "the log has no `propensity` / `logging_w_<input>` columns"
             continue
         try:
-            res = estimate_arms(logged, arms, objective, examination, estimators=[name],
-                                n_boot=n_boot, seed=seed)
+            res = estimate_arms(
+                logged, arms, objective, examination, estimators=[name], n_boot=n_boot, seed=seed
+            )
         except DataError as exc:  # e.g. DM on a behaviour no model predicts
             out["skipped"][name] = str(exc)
             continue
@@ -191,7 +229,9 @@ def run_ope(
         compared = sorted({m for a in ab.values() for m in a})
         rank_metric = "value" if "value" in compared else (compared[0] if compared else "value")
         v = validate(est, ab, metrics=compared, rank_metric=rank_metric).to_dict()
-        validation[name] = {k: (_finite_or_none(x) if isinstance(x, float) else x) for k, x in v.items()}
+        validation[name] = {
+            k: (_finite_or_none(x) if isinstance(x, float) else x) for k, x in v.items()
+        }
         validation[name]["metrics"] = compared
     out["validation"] = validation
     out["recommended"] = recommend(validation)

@@ -206,9 +206,11 @@ def _logged_requests(world: MarketplaceWorld, logs: pa.Table) -> Requests | None
     if world.config.session.enabled:
         return None
     n = len(np.unique(logs["request_id"].to_numpy()))
-    parts = [world.sample_requests(min(LOG_SHARD_REQUESTS, n - s), np.random.default_rng([world.config.seed, STREAM_LOGS, i]))
+    parts = [world.sample_requests(min(LOG_SHARD_REQUESTS, n - s),
+                                   np.random.default_rng([world.config.seed, STREAM_LOGS, i]))
              for i, s in enumerate(range(0, n, LOG_SHARD_REQUESTS))]
-    req = Requests(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "query", "cand", "pred_noise")))
+    req = Requests(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("user", "query", "cand", "pred_noise")))
     if req.cand.size != logs.num_rows or not np.array_equal(req.cand.ravel(), logs["item_id"].to_numpy()):
         return None
     return req
@@ -362,7 +364,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                     best[s] = grid[_guarded_value(seg_metrics, {k: v[rows] for k, v in base.items()}, objective.guardrails).argmax()]
                 w = best[ev.segment]
                 session_pages[m] = _segment_pages(world, predict, best)
-                ope_targets[m] = ("weights", lambda t, best=best: best[world.user_segment[t["user_id"].to_numpy()[::ev.req.cand.shape[1]]]])
+                ope_targets[m] = ("weights", lambda t, best=best: best[
+                    world.user_segment[t["user_id"].to_numpy()[:: ev.req.cand.shape[1]]]])
             else:
                 w, _ = per_request_oracle(world, ev.inputs, ev.truth, values, grid, refine=cfg.oracle_refine, seed=wcfg.seed)
                 not_on_logs[m] = "its weights are searched on each request's truth, which logs lack"
