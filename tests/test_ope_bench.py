@@ -182,3 +182,13 @@ def test_integrated_rl_is_estimated_from_its_pages_on_the_redrawn_logged_request
     _finite_lifts({k: ope["estimates"][k] for k in ("dm", "item_dr")})
     # its actions are product-fusion powers and biases, not weight vectors: no weight-space estimate
     assert "weight_ips" not in ope["estimates"] and "weight_ips" in ope["skipped"]
+
+
+def test_decreasing_fit_pools_violators_and_fills_positions_without_impressions():
+    from blendrank.bench.ope import decreasing_fit
+
+    fit = decreasing_fit(np.array([0.5, 0.3, 0.4, 0.0, 0.2]), np.array([10.0, 1.0, 3.0, 0.0, 1.0]))
+    assert fit[0] == 0.5 and fit[1] == fit[2] == pytest.approx((0.3 + 3 * 0.4) / 4)
+    assert fit[3] == fit[2] and fit[4] == 0.2  # no impressions at 4: the position above's value
+    assert np.all(np.diff(fit) <= 0)
+    assert np.array_equal(decreasing_fit(np.array([3.0, 2.0, 1.0]), np.ones(3)), [3.0, 2.0, 1.0])

@@ -33,6 +33,7 @@ from blendrank.rewards.components import position_bias_from_counts, position_cli
 __all__ = [
     "RANDOMISED_COLUMN",
     "RECOMMENDATION_RULE",
+    "decreasing_fit",
     "examination_from_log",
     "logged_from_table",
     "page_objective",
@@ -133,10 +134,33 @@ def examination_from_log(
         torch.from_numpy(logged.position), torch.from_numpy(logged.labels["click"]), mask, E
     )
     try:
-        exam = position_bias_from_counts(shows, hits).numpy().astype(np.float64)
+        position_bias_from_counts(shows, hits)  # checks position 1 has clicks to normalise by
     except ValueError as exc:
         raise DataError(f"cannot fit examination from the log: {exc}") from exc
-    return exam, source
+    # Examination does not rise with position: a click-rate-weighted decreasing fit keeps sparse
+    # low positions (a handful of impressions) from getting ratios of 0 or 2.
+    rate = decreasing_fit((hits / shows.clamp_min(1.0)).numpy(), shows.numpy())
+    return np.maximum(rate / rate[0], 1e-3), source
+
+
+def decreasing_fit(y: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted least-squares non-increasing fit of ``y [E]`` (pool adjacent violators); entries
+    of weight 0 take the fit of the entry before them (the first, of the entry after)."""
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for v, w in zip(np.asarray(y, dtype=np.float64), np.asarray(weight, dtype=np.float64)):
+        blocks.append([v, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0] and blocks[-1][1] > 0:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks[-1]
+            blocks[-1] = [(m1 * w1 + m2 * w2) / max(w1 + w2, 1e-300), w1 + w2, n1 + n2]
+    fit = np.repeat([b[0] for b in blocks], [b[2] for b in blocks])
+    has = np.asarray(weight) > 0
+    if has.any():  # weight-0 entries: carry the neighbouring fitted value
+        idx = np.where(has, np.arange(len(fit)), 0)
+        idx = np.maximum.accumulate(idx)
+        idx[: int(np.argmax(has))] = int(np.argmax(has))
+        fit = fit[idx]
+    return fit
 
 
 def _finite_or_none(x: float) -> float | None:
