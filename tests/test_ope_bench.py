@@ -76,6 +76,17 @@ def test_world_bench_writes_the_ope_layout_with_finite_numbers(world_bench):
     assert "ope" in b["timings_s"] and b["timings_s"]["ope"] > 0
 
 
+def test_report_plots_estimates_against_the_ab(world_bench):
+    from blendrank.bench.report import write_report
+
+    b, out = world_bench
+    md, _ = write_report(out)
+    text = md.read_text()
+    assert "Off-policy estimates vs the simulated A/B" in text
+    assert f"{b['ope']['recommended']} (recommended)" in text
+    assert (out / "plots" / "ope_vs_ab.png").stat().st_size > 0
+
+
 def test_world_bench_validation_numbers_are_in_range(world_bench):
     b, _ = world_bench
     for est, v in b["ope"]["validation"].items():
@@ -155,6 +166,10 @@ def test_log_bench_writes_estimates_for_every_arm(tmp_path):
     }  # the logged order has no weights
     _finite_lifts(ope["estimates"])
     assert "clicks by position" in ope["examination"]["source"]
+    from blendrank.bench.report import write_report
+
+    md, _ = write_report(tmp_path / "b")
+    assert "Off-policy estimates of the lift vs production" in md.read_text()
     assert (
         json.loads((tmp_path / "b" / "bench.json").read_text())["ope"]["estimates"].keys()
         == ope["estimates"].keys()
