@@ -23,8 +23,11 @@ from blendrank.algos.integrated_rl.ksim import fit_integrated_rl_ksim
 from blendrank.algos.static_search.search import search_weights
 from blendrank.bench import registry
 from blendrank.bench.ab import compare_arms, oracle_share
+from blendrank.bench.ope import examination_from_log, logged_from_table, page_objective, run_ope
 from blendrank.data.contract import objectives_of
-from blendrank.errors import ConfigError
+from blendrank.errors import ConfigError, DataError
+from blendrank.objective import Objective
+from blendrank.ope import ArmTarget
 from blendrank.worlds.kuairand_sim import KuaiRandSimWorld
 from blendrank.worlds.kuairand_sim_config import (
     FEEDBACKS,
@@ -49,6 +52,10 @@ SESSION_METRICS: dict[str, tuple[str, str, float]] = {
     **{f"{k}_rate": (k, "impressions", 1.0) for k in FEEDBACKS},
 }
 N_CLUSTERS = 6
+#: off-policy estimate metric -> the session A/B metric it is compared with: the estimators value
+#: one request's page, which is the A/B's page_value (its per-impression rates count consumed
+#: videos of whole sessions, which a page-level estimate does not see)
+OPE_METRIC_MAP = {"value": "page_value"}
 
 
 class RecordedRequests:
@@ -122,6 +129,30 @@ def segment_policy(world: KuaiRandSimWorld, rec: RecordedRequests, grid: np.ndar
     return policy, {f"cluster_{j}": dict(zip(FUSION_INPUTS, w.round(4).tolist())) for j, w in enumerate(seg_w)}
 
 
+def kuairand_sim_ope(world: KuaiRandSimWorld, logs: Any, objective: Objective, targets: dict[str, Any],
+                     not_on_logs: dict[str, str], truth: dict[str, Any], n_boot: int) -> dict[str, Any]:
+    """Every estimator's lift of every arm from the world's logged sessions (student predictions),
+    validated against the session A/B's page value. ``targets``: arm -> ``[K]`` weights or
+    ``fn(logs) -> [B, K]``. What the logs cannot support is reported under ``skipped``."""
+    try:
+        logged = logged_from_table(logs, objective, list(FUSION_INPUTS), list(FUSION_INPUTS), 1.0)
+        exam, exam_source = examination_from_log(logged, world.config.page_size)
+    except DataError as exc:
+        return {"estimates": {}, "skipped": {"all": str(exc)}, "arms_skipped": not_on_logs}
+    inputs = torch.from_numpy(logged.inputs.astype(np.float32))
+    arms = {}
+    for arm, target in targets.items():
+        w = np.asarray(target(logs) if callable(target) else target, dtype=np.float64)
+        pages = world.rank(inputs, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+        arms[arm] = ArmTarget(pages=pages.astype(np.int64), weights=w)
+    out = run_ope(logged, arms, page_objective(objective, 1.0, realised=True), exam, truth=truth,
+                  metric_map=OPE_METRIC_MAP, n_boot=n_boot, seed=world.config.seed, skipped=not_on_logs)
+    out["examination"] = {"source": exam_source, "fitted": exam.round(4).tolist(),
+                          "world": world.examination().round(4).tolist()}
+    out["metric_map"] = OPE_METRIC_MAP
+    return out
+
+
 def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] = print,
                            policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
     """Run ``cfg.methods`` (production first) and the saved ``policies`` (arm name -> policy) in
@@ -164,12 +195,16 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
     totals: dict[str, dict[str, np.ndarray]] = {}
     weights_used: dict[str, Any] = {}
     curves: dict[str, Any] = {}
+    ope_targets: dict[str, Any] = {}  # arm -> its weights on the logged sessions (off-policy estimates)
+    not_on_logs: dict[str, str] = {}
+    student_logs = None
     for i, m in enumerate(methods, 1):
         t = time.perf_counter()
         log(f"[{i}/{len(methods)}] {m}: started")
         record = None  # a policy that reads the feedback of its pages (session context) also records it
         if m == "production":
             policy = fixed(prod)
+            ope_targets[m] = prod
         elif m == "static_search":
             rec = tuning_set()
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
@@ -177,12 +212,16 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
             weights_used[m] = dict(zip(FUSION_INPUTS, np.round(res.best_weights, 4).tolist()))
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {weights_used[m]}")
             policy = fixed(res.best_weights)
+            ope_targets[m] = res.best_weights
         elif m == "segment_oracle":
             policy, weights_used[m] = segment_policy(world, tuning_set(), grid, prod, wcfg.seed)
+            not_on_logs[m] = "its clusters read users' ground-truth signatures, which logs lack"
         elif m == "oracle":
             policy = oracle
+            not_on_logs[m] = "it searches each request's truth, which logs lack"
         elif m == "true_score":
             policy = lambda c: np.argsort(-c.item_value, axis=1, kind="stable")[:, : wcfg.page_size]
+            not_on_logs[m] = "it ranks by the truth, which logs lack"
         elif m in policies:
             pol = policies[m]
             if pol.spec.inputs != list(FUSION_INPUTS):
@@ -190,8 +229,11 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
 
             def policy(c: StepContext, pol=pol) -> np.ndarray:
                 return world.rank(c.inputs, pol.weights(pol.batch(world.request_table(c))).float())
+            ope_targets[m] = lambda t, pol=pol: pol.weights(pol.batch(t)).numpy()
         elif registry.is_grade(m):
-            logs = world.models["student"].add_predictions(world.student_logs)
+            if student_logs is None:
+                student_logs = world.models["student"].add_predictions(world.student_logs)
+            logs = student_logs
             spec = registry.fusion_spec(objective, list(FUSION_INPUTS), 1.0, formula=wcfg.fusion, floor=wcfg.fusion_floor)
             resolved = registry.grade_config(cfg.grade, objective, m, spec, objectives_of(logs.column_names), False)
             grade_notes = resolved.notes()
@@ -200,11 +242,13 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
             def policy(c: StepContext, pol=pol) -> np.ndarray:
                 w = pol.weights(pol.batch(world.request_table(c)))
                 return world.rank(c.inputs, w.float())
+            ope_targets[m] = lambda t, pol=pol: pol.weights(pol.batch(t)).numpy()
         elif m == "integrated_rl":
             irl = fit_integrated_rl_ksim(world, cfg.integrated_rl, ab_sessions=n_valid, log=log)
             curves[m] = irl.history
             runner = irl.runner()
             policy, record = runner, runner.record
+            not_on_logs[m] = "it acts on the session state it accumulates, which a logged request lacks"
         totals[m] = world.run_sessions(policy, n_eval, STREAM_EVAL, record=record).totals
         timings[m] = time.perf_counter() - t
         tot = totals[m]
@@ -239,6 +283,14 @@ def run_kuairand_sim_bench(cfg, out_dir: str | Path, log: Callable[[str], None] 
         "grade_notes": grade_notes,
         "bench_config": cfg.model_dump(mode="json"),
     }
+    if cfg.ope:
+        t = time.perf_counter()
+        if student_logs is None:
+            student_logs = world.models["student"].add_predictions(world.student_logs)
+        bench["ope"] = kuairand_sim_ope(world, student_logs, objective, ope_targets, not_on_logs, lifts, cfg.n_boot)
+        timings["ope"] = time.perf_counter() - t
+        bench["timings_s"]["ope"] = round(timings["ope"], 3)
+        log(f"off-policy estimates ({timings['ope']:.1f} s): recommended {bench['ope'].get('recommended')}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(bench, indent=2, default=float))

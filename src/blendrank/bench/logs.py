@@ -28,15 +28,23 @@ from blendrank.algos.static_search.config import StaticSearchConfig
 from blendrank.algos.static_search.objectives import offline_ndcg_objective
 from blendrank.algos.static_search.search import search_weights
 from blendrank.bench import registry
+from blendrank.bench.ope import (
+    RANDOMISED_COLUMN,
+    examination_from_log,
+    logged_from_table,
+    page_objective,
+    run_ope,
+)
 from blendrank.config import BaseConfig
 from blendrank.data import splits as data_splits
 from blendrank.data.contract import objectives_of
 from blendrank.data.slates import Slates, to_slates
-from blendrank.errors import ConfigError
+from blendrank.errors import ConfigError, DataError
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, position_discount, top_k
 from blendrank.jsonio import write_json
 from blendrank.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
 from blendrank.objective import Objective, log_objective, term_factors
+from blendrank.ope import ArmTarget
 
 SPLITS = ("train", "valid", "test")
 
@@ -62,6 +70,8 @@ class LogBenchConfig(BaseConfig):
         "(the requests GRADE and ltr learn from: same data for every arm).")
     grade: GRADEConfig = Field(default_factory=GRADEConfig, description="GRADE settings (ltr = GRADE with stage2.steps=0).")
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (one offline round on the train split; the world-only keys are unused).")
+    ope: bool = Field(True, description="Off-policy estimates of every arm's lift over production on the test split "
+                      "(objective value and business metrics, 95% CIs; docs/ope.md): bench.json `ope`.")
 
 
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
@@ -237,6 +247,42 @@ def _integrated_rl(splits: dict[str, pa.Table], test: Slates, goal: LogGoal,
     return scores.float(), powers / np.maximum(powers.sum(1, keepdims=True), 1e-12), pol.history
 
 
+def log_ope(table: pa.Table, test: Slates, scores: dict[str, torch.Tensor], weights: dict[str, np.ndarray],
+            goal: LogGoal, n_boot: int, seed: int) -> dict[str, Any]:
+    """Every estimator's lift of every arm over production on the test requests.
+
+    ``scores``: arm -> ``[B, L]`` scores aligned with ``test``; ``weights``: arm -> ``[K]`` or
+    ``[B, K]`` fusion weights where the arm has them (weight-space estimators). Examination comes
+    from the requests flagged in a ``randomised`` column when the log has one, else from the
+    log's clicks by position. No A/B truth here, so no validation.
+    """
+    rows = table.take(pa.array(test.row[test.mask.numpy()]))  # the test requests in slate order
+    try:
+        logged = logged_from_table(rows, goal.objective, goal.behaviours, goal.inputs, goal.price_scale)
+        randomised = None
+        if RANDOMISED_COLUMN in rows.column_names:
+            flag = np.asarray(rows[RANDOMISED_COLUMN].fill_null(False).to_numpy(zero_copy_only=False), bool)
+            randomised = np.zeros(logged.position.shape, bool)
+            randomised[logged.mask] = flag  # rows are in (request, slot) order
+            randomised = randomised.any(1)
+        exam, source = examination_from_log(logged, goal.objective.page_size, randomised)
+    except DataError as exc:
+        return {"estimates": {}, "skipped": {"all": str(exc)}}
+    P = goal.objective.page_size
+    arms = {}
+    for m, sc in scores.items():
+        idx, valid = top_k(sc, test.mask, P)
+        pages = np.where(valid.numpy(), idx.numpy(), -1).astype(np.int64)
+        if pages.shape[1] < P:  # requests with fewer than P candidates: empty slots
+            pages = np.pad(pages, ((0, 0), (0, P - pages.shape[1])), constant_values=-1)
+        w = weights.get(m)
+        arms[m] = ArmTarget(pages=pages, weights=None if w is None else np.asarray(w, dtype=np.float64))
+    out = run_ope(logged, arms, page_objective(goal.objective, goal.price_scale, realised=False), exam,
+                  n_boot=n_boot, seed=seed)
+    out["examination"] = {"source": source, "fitted": exam.round(4).tolist()}
+    return out
+
+
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
                   log: Callable[[str], None] = print, policies: dict[str, GradePolicy] | None = None) -> dict[str, Any]:
     """Tune on valid, report on test, write ``bench.json``; returns its content. ``policies``
@@ -313,6 +359,12 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         return out
 
     lifts = lifts_vs("production")
+    ope = None
+    if cfg.ope:
+        t = time.perf_counter()
+        weight_arms = {m: w for m, w in weights.items() if m != "integrated_rl"}  # its are powers
+        ope = log_ope(splits["test"], test, {m: scores[m] for m in methods}, weight_arms, goal, cfg.n_boot, cfg.seed)
+        timings["ope"] = time.perf_counter() - t
     bench = {
         "data": str(data), "config": "logs", "seed": cfg.seed, "n_eval_requests": len(test),
         "baseline_arm": "production", "value_metric": value_metric,
@@ -331,6 +383,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     }
     if "static_search" in methods:
         bench["lifts_vs_static"] = lifts_vs("static_search")
+    if ope is not None:
+        bench["ope"] = ope
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", bench)  # atomic: a failed run never leaves half a bench.json

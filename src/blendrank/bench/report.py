@@ -499,6 +499,103 @@ def _plot_pareto(arms: Mapping[str, Mapping[str, Any]], x: str, y: str, path: Pa
     return _save(fig, path)
 
 
+def _ope_pairs(ope: Mapping[str, Any], lifts: Mapping[str, Any]):
+    """estimator -> metric -> ``[(arm, est, est_lo, est_hi, ab, ab_lo, ab_hi)]`` of the pairs
+    with both an estimate and an A/B lift."""
+    mapping = ope.get("metric_map")
+    out: dict[str, dict[str, list[tuple]]] = {}
+    for est, per_arm in (ope.get("estimates") or {}).items():
+        for arm, per_metric in per_arm.items():
+            for m, e in per_metric.items():
+                t_name = mapping.get(m) if mapping else m
+                t = (lifts.get(arm) or {}).get(t_name) if t_name else None
+                if not isinstance(t, Mapping) or not isinstance(e, Mapping):
+                    continue
+                pe, pt = _ci(e, "rel"), _ci(t, "rel")
+                if pe[0] is None or pt[0] is None:
+                    continue
+                out.setdefault(est, {}).setdefault(m, []).append((arm, *pe, *pt))
+    return out
+
+
+def _plot_ope_vs_ab(pairs: Mapping[str, Mapping[str, list[tuple]]], recommended: str | None,
+                    path: Path) -> Path | None:
+    """One panel per estimator: estimated lift vs simulated A/B lift, both with 95% CIs, one
+    colour per metric, the diagonal y = x."""
+    ests = [e for e in pairs if pairs[e]]
+    if not ests:
+        return None
+    fig, axes = _figure(len(ests), 4.2, 4.0)
+    colors = {}
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+               "tab:pink", "tab:olive", "tab:cyan"]
+    for ax, est in zip(axes, ests):
+        lo_all, hi_all = [], []
+        for m, rows in pairs[est].items():
+            c = colors.setdefault(m, palette[len(colors) % len(palette)])
+            for _, pe, le, he, pt, lt, ht in rows:
+                xerr = [[max(pt - (lt if lt is not None else pt), 0) * 100],
+                        [max((ht if ht is not None else pt) - pt, 0) * 100]]
+                yerr = [[max(pe - (le if le is not None else pe), 0) * 100],
+                        [max((he if he is not None else pe) - pe, 0) * 100]]
+                ax.errorbar(pt * 100, pe * 100, xerr=xerr, yerr=yerr, fmt="o", color=c, ms=4,
+                            capsize=2, lw=0.8, label=m)
+                lo_all += [pt * 100, pe * 100]
+                hi_all += [pt * 100, pe * 100]
+        span = [min(lo_all), max(hi_all)]
+        ax.plot(span, span, color="black", lw=0.8, ls="--")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.axvline(0, color="gray", lw=0.5)
+        ax.set_title(f"{est} (recommended)" if est == recommended else est)
+        ax.set_xlabel("simulated A/B lift (%)")
+        ax.set_ylabel("off-policy estimate (%)")
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def _ope_sections(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
+    ope = bench.get("ope") or {}
+    if not ope.get("estimates") and not ope.get("skipped"):
+        return []
+    exam = (ope.get("examination") or {}).get("source", "")
+    skipped = "; ".join(f"`{k}`: {v}" for k, v in {**(ope.get("skipped") or {}),
+                                                   **(ope.get("arms_skipped") or {})}.items())
+    notes = [f"Lift vs production estimated from {ope.get('n_logged_requests', 'the')} logged "
+             f"requests only (docs/ope.md), with 95% paired-bootstrap CIs. Examination: {exam}."]
+    if skipped:
+        notes.append(f"Not estimated: {skipped}.")
+    if validation := ope.get("validation") or {}:
+        sec = _Section("Off-policy estimates vs the simulated A/B", notes + [
+            f"Recommended: `{ope.get('recommended')}` ({ope.get('recommendation_rule', '')}). "
+            "Coverage: share of (arm, metric) pairs whose estimate CI covers the A/B lift; sign: "
+            "agreement over the pairs whose A/B CI excludes 0; Spearman: of the arms' order on value."])
+        keys = ["coverage", "sign_agreement", "n_sign_pairs", "spearman", "bias", "mean_abs_error",
+                "n_pairs"]
+        rows = [[f"{e} (recommended)" if e == ope.get("recommended") else e]
+                + [_fmt(v.get(k)) for k in keys] for e, v in validation.items()]
+        sec.tables.append(_Table(["estimator", *keys], rows))
+        pairs = _ope_pairs(ope, bench.get("lifts") or {})
+        if p := _plot_ope_vs_ab(pairs, ope.get("recommended"), plots / "ope_vs_ab.png"):
+            sec.images.append(("Off-policy estimate vs simulated A/B lift (95% CIs both ways)", p))
+    else:
+        sec = _Section("Off-policy estimates of the lift vs production", notes + [
+            "No A/B truth on logs: which estimator to trust is what the world benches validate "
+            "(docs/ope.md)."])
+    metrics = _ordered_metrics([pm for per_arm in (ope.get("estimates") or {}).values()
+                                for pm in per_arm.values()], numeric=False)
+    rows = []
+    for est, per_arm in (ope.get("estimates") or {}).items():
+        for arm, per_metric in per_arm.items():
+            rows.append([est, arm] + [_fmt_ci(*_ci(per_metric.get(m), "rel"), pct=True)
+                                      if per_metric.get(m) is not None else "–" for m in metrics])
+    if rows:
+        sec.tables.append(_Table(["estimator", "arm", *metrics], rows, align_left=2))
+    return [sec]
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -766,6 +863,8 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
         ):
             sec.images.append(("Offline metrics", p))
         sections.append(sec)
+
+    sections.extend(_ope_sections(bench, plots))
 
     if timings := bench.get("timings_s") or {}:
         rows = [[k, _fmt_seconds(v)] for k, v in timings.items()]

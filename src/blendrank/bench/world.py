@@ -34,6 +34,7 @@ from blendrank.bench.ab import (
     realised_page,
 )
 from blendrank.bench.kuairand_sim import run_kuairand_sim_bench
+from blendrank.bench.ope import examination_from_log, logged_from_table, page_objective, run_ope
 from blendrank.bench.sessions import SESSION_METRICS, PageFn, simulate_arm_sessions
 from blendrank.config import BaseConfig
 from blendrank.data.contract import objectives_of
@@ -42,7 +43,8 @@ from blendrank.jsonio import write_json
 from blendrank.mtl.config import MTLConfig
 from blendrank.mtl.fit import fit_mtl
 from blendrank.objective import OBJECTIVE_FILE, Objective
-from blendrank.worlds.logging_policy import generate_shard, request_table
+from blendrank.ope import ArmTarget
+from blendrank.worlds.logging_policy import STREAM_LOGS, generate_shard, request_table
 from blendrank.worlds.marketplace import MarketplaceWorld, Requests, TruthBatch
 from blendrank.worlds.oracle import (
     candidate_vectors,
@@ -116,6 +118,8 @@ class BenchConfig(BaseConfig):
         "true_score stay unconstrained.")
     eval_sessions: int = Field(1000, ge=10, description="kuairand-sim: held-out sessions of the simulated A/B.")
     valid_sessions: int = Field(300, ge=10, description="kuairand-sim: sessions under production whose requests tune static_search and segment_oracle.")
+    ope: bool = Field(True, description="Off-policy estimates of every arm's lift from the logged traffic (never the "
+                      "truth), validated against the simulated A/B lifts: bench.json `ope` (docs/ope.md).")
 
     @field_validator("mtl", mode="before")
     @classmethod
@@ -186,10 +190,61 @@ def _policy_pages(world: MarketplaceWorld, predict: Predict | None, pol: Any) ->
     return pages
 
 
+LOG_SHARD_REQUESTS = 10_000
+
+
 def _training_logs(world: MarketplaceWorld, n: int) -> pa.Table:
     """Logged traffic of the production policy with exploration (the logs' first shards)."""
-    per_shard = 10_000
+    per_shard = LOG_SHARD_REQUESTS
     return pa.concat_tables([generate_shard(world, i, min(per_shard, n - s)) for i, s in enumerate(range(0, n, per_shard))])
+
+
+def _logged_requests(world: MarketplaceWorld, logs: pa.Table) -> Requests | None:
+    """The :class:`Requests` behind :func:`_training_logs` (redrawn from the shards' generator
+    streams, checked against the logged items), for arms that serve from requests rather than
+    a table (integrated_rl); None when they cannot be redrawn (session logs)."""
+    if world.config.session.enabled:
+        return None
+    n = len(np.unique(logs["request_id"].to_numpy()))
+    parts = [world.sample_requests(min(LOG_SHARD_REQUESTS, n - s),
+                                   np.random.default_rng([world.config.seed, STREAM_LOGS, i]))
+             for i, s in enumerate(range(0, n, LOG_SHARD_REQUESTS))]
+    req = Requests(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("user", "query", "cand", "pred_noise")))
+    if req.cand.size != logs.num_rows or not np.array_equal(req.cand.ravel(), logs["item_id"].to_numpy()):
+        return None
+    return req
+
+
+def _world_ope(world: MarketplaceWorld, logs: pa.Table, objective: Objective, targets: dict[str, Any],
+               not_on_logs: dict[str, str], truth: dict[str, Any], n_boot: int) -> dict[str, Any]:
+    """Every estimator's lift of every arm from the logged traffic, validated against the A/B.
+
+    ``targets``: arm -> ``("weights", [K] or fn(logs) -> [B, K])`` or ``("pages", fn(req) -> [B, P])``.
+    """
+    wcfg = world.config
+    logged = logged_from_table(logs, objective, wcfg.objectives, wcfg.fusion_inputs, world.price_scale)
+    exam, exam_source = examination_from_log(logged, wcfg.page_size)
+    inputs = torch.from_numpy(logged.inputs.astype(np.float32))
+    arms: dict[str, ArmTarget] = {}
+    skipped = dict(not_on_logs)
+    req = None
+    for arm, (kind, target) in targets.items():
+        if kind == "weights":
+            w = np.asarray(target(logs) if callable(target) else target, dtype=np.float64)
+            pages = world.rank(inputs, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+            arms[arm] = ArmTarget(pages=pages.astype(np.int64), weights=w)
+        else:
+            req = req if req is not None else _logged_requests(world, logs)
+            if req is None:
+                skipped[arm] = "its pages need the logged requests, which session logs cannot redraw"
+                continue
+            arms[arm] = ArmTarget(pages=np.asarray(target(req), dtype=np.int64))
+    out = run_ope(logged, arms, page_objective(objective, world.price_scale, realised=True), exam,
+                  truth=truth, n_boot=n_boot, seed=wcfg.seed, skipped=skipped)
+    out["examination"] = {"source": exam_source, "fitted": exam.round(4).tolist(),
+                          "world": world.examination().round(4).tolist()}
+    return out
 
 
 def _truth_probe(world: MarketplaceWorld, n: int, predict: Predict | None):
@@ -277,6 +332,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
     pages: dict[str, np.ndarray] = {}  # arm -> [B, P]
     session_pages: dict[str, PageFn] = {}  # arm -> pages(req, session ctx) for the session A/B
     grade_notes: list[str] = []  # what of the objective GRADE's rewards cannot see
+    ope_targets: dict[str, Any] = {}  # arm -> its target on the logged requests (off-policy estimates)
+    not_on_logs: dict[str, str] = {}  # arm -> why it has none
 
     for i, m in enumerate(methods, 1):
         t = time.perf_counter()
@@ -284,6 +341,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         if m == "production":
             weights[m] = np.broadcast_to(prod, (len(ev.req), K))
             session_pages[m] = _weights_pages(world, predict, prod)
+            ope_targets[m] = ("weights", prod)
         elif m == "static_search":
             valid = WorldBatch(world, STREAM_VALID, cfg.valid_requests, predict)
             ss = cfg.static_search.model_copy(update={"include": [prod.tolist(), *cfg.static_search.include]})
@@ -292,6 +350,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                 vector_metrics(world, valid.inputs, valid.truth, W), base, objective.guardrails), K, ss)
             weights[m] = np.broadcast_to(res.best_weights, (len(ev.req), K))
             session_pages[m] = _weights_pages(world, predict, res.best_weights)
+            ope_targets[m] = ("weights", res.best_weights)
             log(f"static_search ({ss.method}, {res.n_evals} vectors): {np.round(res.best_weights, 3).tolist()}")
         elif m in ("segment_oracle", "oracle"):
             grid = candidate_vectors(K, extra=prod, max_points=cfg.oracle_grid_points, seed=wcfg.seed)
@@ -306,12 +365,16 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                     best[s] = grid[_guarded_value(seg_metrics, {k: v[rows] for k, v in base.items()}, objective.guardrails).argmax()]
                 w = best[ev.segment]
                 session_pages[m] = _segment_pages(world, predict, best)
+                ope_targets[m] = ("weights", lambda t, best=best: best[
+                    world.user_segment[t["user_id"].to_numpy()[:: ev.req.cand.shape[1]]]])
             else:
                 w, _ = per_request_oracle(world, ev.inputs, ev.truth, values, grid, refine=cfg.oracle_refine, seed=wcfg.seed)
+                not_on_logs[m] = "its weights are searched on each request's truth, which logs lack"
             weights[m] = w
         elif m == "true_score":
             pages[m] = world.true_score_page(ev.truth)
             session_pages[m] = lambda req, ctx: world.true_score_page(world.truth(req))
+            not_on_logs[m] = "it ranks by the truth, which logs lack"
         elif m == "integrated_rl":
             # The same predictions as every other arm: a shallow copy of the world whose deployed
             # predictor is the MTL model (truth, features and fusion stay the world's).
@@ -321,6 +384,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             irl = fit_integrated_rl(irl_world, cfg.integrated_rl, log=log)
             pages[m] = irl.pages(irl_world, ev.req)
             session_pages[m] = irl.session_pages(irl_world)
+            ope_targets[m] = ("pages", lambda r, irl=irl, irl_world=irl_world: irl.pages(irl_world, r))
             curves[m] = irl.history
         elif m in policies:  # a saved policy, served as it would be deployed
             if eval_table is None:
@@ -329,6 +393,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             check_policy_inputs(pol, wcfg.fusion_inputs, m)
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
             session_pages[m] = _policy_pages(world, predict, pol)
+            ope_targets[m] = ("weights", lambda t, pol=pol: pol.weights(pol.batch(t)).numpy())
         elif registry.is_grade(m):
             if logs is None:
                 logs = _training_logs(world, cfg.log_requests)
@@ -341,6 +406,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             pol = registry.fit_method(resolved, logs, objective, spec, probe=probe)
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
             session_pages[m] = _policy_pages(world, predict, pol)
+            ope_targets[m] = ("weights", lambda t, pol=pol: pol.weights(pol.batch(t)).numpy())
             curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
         timings[m] = time.perf_counter() - t
         if m in weights:
@@ -393,6 +459,14 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
                                        for a in sab.metrics if a != "production"}}
         timings["sessions"] = time.perf_counter() - t
         bench["timings_s"]["sessions"] = round(timings["sessions"], 3)
+    if cfg.ope:
+        t = time.perf_counter()
+        if logs is None:
+            logs = _training_logs(world, cfg.log_requests)
+        bench["ope"] = _world_ope(world, logs, objective, ope_targets, not_on_logs, bench["lifts"], cfg.n_boot)
+        timings["ope"] = time.perf_counter() - t
+        bench["timings_s"]["ope"] = round(timings["ope"], 3)
+        log(f"off-policy estimates ({timings['ope']:.1f} s): recommended {bench['ope']['recommended']}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", bench)  # atomic: a failed run never leaves half a bench.json

@@ -7,6 +7,10 @@ from typing import Any
 
 import typer
 
+from blendrank import distributed as dist
+from blendrank import tracking
+from blendrank.algos.grade.config import GRADEConfig
+from blendrank.bench import fit
 from blendrank.cli.common import (
     ConfigOption,
     SetOption,
@@ -15,10 +19,6 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
-from blendrank import distributed as dist
-from blendrank import tracking
-from blendrank.algos.grade.config import GRADEConfig
-from blendrank.bench import fit
 from blendrank.config import load_config
 from blendrank.progress import StepProgress
 

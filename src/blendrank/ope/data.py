@@ -233,12 +233,15 @@ def logged_requests_from_table(
     fusion_inputs: Sequence[str] | None = None,
     price_scale: float = 1.0,
     require_propensity: bool = True,
+    label_only: Sequence[str] = (),
 ) -> LoggedRequests:
     """Contract rows (one per candidate, a request's rows in candidate order) -> padded arrays.
 
     Columns read: ``request_id``, ``position`` (null = not shown), ``label_<b>`` and ``pred_<b>``
     for each behaviour, ``price`` when present, ``propensity`` and ``logging_w_<input>`` when
-    ``fusion_inputs`` is given (the first row of each request is used). Fusion inputs are
+    ``fusion_inputs`` is given (the first row of each request is used), and only ``label_<b>``
+    for each behaviour of ``label_only`` (feedback no model predicts, e.g. watch time: the
+    estimators that read predictions then cannot value it). Fusion inputs are
     ``pred_<input>``, or ``price / price_scale`` for the input ``price``. Requests keep the order
     of their first row; a page's slot ``l`` is the request's ``l``-th row.
 
@@ -269,7 +272,8 @@ def logged_requests_from_table(
     if pos is None:
         raise DataError("the log has no column `position` (logged position, null = not shown)")
     position = pad(pos.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64))
-    labels = {b: pad(_column(table, f"label_{b}", "realised feedback")) for b in behaviours}
+    labels = {b: pad(_column(table, f"label_{b}", "realised feedback"))
+              for b in [*behaviours, *label_only]}
     preds = {b: pad(_column(table, f"pred_{b}", "model predictions")) for b in behaviours}
     price = pad(_column(table, "price", "")) if "price" in table.column_names else None
     inputs = weights = propensity = None
