@@ -632,12 +632,14 @@ def test_reload_to_corrupt_model_keeps_serving_the_old_one(client: Any, models: 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     before = client.post("/v1/rank", json=rank_body()).json()
     for name, content in (("model.onnx", b"garbage"), ("manifest.json", b"{"), ("feature_center.json", b"[]")):
-        bad = tmp_path / name
+        bad = models["export"].parent / f"corrupt-{name}"  # inside the model root (the export's parent)
+        shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(models["export"], bad)
         (bad / name).write_bytes(content)
-        r = client.post("/admin/reload", json={"path": str(bad)}, headers=auth)
-        assert r.status_code == 422 and f"still serving {models['export']}" in r.text, r.text
-        assert client.get("/healthz").json()["path"] == str(models["export"])
+        r = client.post("/admin/reload", json={"path": bad.name}, headers=auth)
+        assert r.status_code == 422 and "still serving the previous model" in r.text, r.text
+        assert str(models["export"].parent) not in r.text  # no server path in the answer
+        assert client.get("/healthz", headers=auth).json()["path"] == str(models["export"])
         assert client.post("/v1/rank", json=rank_body()).json() == before
 
 

@@ -1,0 +1,169 @@
+"""The HTTP server under the service: uvicorn with bounded connections and read deadlines.
+
+Plain uvicorn keeps a connection open for as long as its client takes to send the request
+headers and body, and accepts connections until the process runs out of file descriptors; many
+half-sent requests (a slow-client attack, or a crowd of broken clients) then stall every
+endpoint. :class:`BoundedH11Protocol` adds the two limits a reverse proxy would give:
+
+- a **read deadline**: a request must be received completely (headers and body) within
+  ``read_timeout_s`` of the connection starting to wait for it (on connect, and after each
+  response); otherwise it gets ``408`` and the connection is closed;
+- a **connection cap**: at most ``max_connections`` open connections. A new connection beyond
+  it closes the connection that has waited longest for an incomplete request (one with some bytes
+  received first, then idle ones); a connection whose request is being handled is never closed,
+  and when every connection is busy the new one is refused (closed at once).
+
+Normal clients send their request at once, so they are never the ones waiting longest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import resource
+import socket
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from blendrank.errors import ConfigError
+
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_READ_TIMEOUT_S = 10.0
+# File descriptors the process needs besides client connections (model files, the listening
+# socket, onnxruntime and torch threads' pipes, logs).
+FD_HEADROOM = 64
+MAX_HEADER_BYTES = 16 * 1024
+_TIMEOUT_BODY = b'{"detail":"request not received in time; send it again"}'
+REQUEST_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                            b"connection: close\r\ncontent-length: " + str(len(_TIMEOUT_BODY)).encode()
+                            + b"\r\n\r\n" + _TIMEOUT_BODY)
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a read deadline per request and a cap on open connections
+    (see the module docstring). Build it with :func:`server_config`."""
+
+    def __init__(self, *args: Any, max_connections: int, read_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        self.read_timeout_s = read_timeout_s
+        # loop time since which this connection waits for a complete request; None while a
+        # request is being handled
+        self.waiting_since: float | None = None
+        self.read_deadline: asyncio.TimerHandle | None = None
+
+    # -- waiting for a request -----------------------------------------------------------
+    def _start_waiting(self) -> None:
+        self._stop_waiting()
+        self.waiting_since = self.loop.time()
+        self.read_deadline = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def _stop_waiting(self) -> None:
+        self.waiting_since = None
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+
+    def _has_partial_request(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
+
+    def _read_timed_out(self) -> None:
+        self.read_deadline = None
+        if self.waiting_since is None or self.transport.is_closing():
+            return
+        if self._has_partial_request() and not (self.cycle is not None and self.cycle.response_started):
+            self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+    # -- uvicorn hooks ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_waiting()
+        if len(self.connections) > self.max_connections:
+            self._evict()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.waiting_since is not None and self.conn.their_state in (h11.DONE, h11.MUST_CLOSE):
+            self._stop_waiting()  # the whole request is in: the handler's time is not bounded here
+
+    def on_response_complete(self) -> None:
+        if not self.transport.is_closing():
+            self._start_waiting()  # before super(): it handles a pipelined request at once
+        super().on_response_complete()
+
+    def _evict(self) -> None:
+        """Close the connection that has waited longest for an incomplete request (partial
+        requests before idle ones); if every other connection is busy, close this one."""
+        waiting = [c for c in self.connections
+                   if isinstance(c, BoundedH11Protocol) and c.waiting_since is not None
+                   and not c.transport.is_closing()]
+        if not waiting:
+            self.transport.close()
+            return
+        victim = min(waiting, key=lambda c: (not c._has_partial_request(), c.waiting_since))
+        victim.transport.close()
+
+
+def connection_cap(max_connections: int) -> int:
+    """``max_connections`` lowered, when needed, so that connections cannot exhaust the
+    process's file-descriptor limit (``RLIMIT_NOFILE`` less :data:`FD_HEADROOM`)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    return max(1, min(max_connections, soft - FD_HEADROOM))
+
+
+def server_config(app: Any, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, keep_alive_s: float = 5.0,
+                  **uvicorn_kwargs: Any) -> uvicorn.Config:
+    """A uvicorn config that serves ``app`` with :class:`BoundedH11Protocol`: at most
+    ``max_connections`` connections (see :func:`connection_cap`), requests received within
+    ``read_timeout_s``, idle keep-alive connections closed after ``keep_alive_s`` and request
+    headers of at most 16 KiB. ``uvicorn_kwargs`` go to :class:`uvicorn.Config` (host, port,
+    log_level, ...)."""
+    if max_connections < 1:
+        raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
+    if not read_timeout_s > 0:
+        raise ConfigError(f"read timeout must be positive seconds, got {read_timeout_s}")
+    protocol = functools.partial(BoundedH11Protocol, max_connections=connection_cap(max_connections),
+                                 read_timeout_s=read_timeout_s)
+    uvicorn_kwargs.setdefault("log_level", "warning")
+    uvicorn_kwargs.setdefault("access_log", False)
+    return uvicorn.Config(app, http=protocol, timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, **uvicorn_kwargs)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, bound before anything says it is serving.
+    A port outside 0-65535, a port in use or an unknown host is a :class:`ConfigError`."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: not a TCP port; choose one in 1-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve it ({exc.strerror}); give an interface name or "
+                          "address such as 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port}: already in use on {host}; stop the process using it or "
+                              "choose another --port") from None
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
+                          "choose another address or port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
