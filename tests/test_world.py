@@ -145,3 +145,81 @@ def test_overrides_never_edit_the_shared_presets():
     world_config("default", overrides=["session.enabled=true", "value.click=0.9"])
     kuairand_sim_config("quick", overrides=["session.max_impressions=7"])
     assert (repr(PRESETS), repr(KUAIRAND_SIM_PRESETS)) == before
+
+
+# ------------------------------------------------------------------ partial outputs, disk space
+def quick_args(out, requests=250):
+    return ["world", "generate", "--preset", "quick", "--requests", str(requests), "--shard-requests", "100",
+            "--eval-requests", "0", "--out", str(out), *sum((["--set", s] for s in SMALL), [])]
+
+
+def test_interrupted_generate_leaves_nothing(tmp_path, monkeypatch):
+    """SIGINT half-way (the third shard): one error line, --out not created, no staging left."""
+    import blendrank.worlds.logging_policy as lp
+
+    real = lp.write_shard
+
+    def interrupt_at_third(world, shard, n, out_dir):
+        if shard == 2:
+            raise KeyboardInterrupt
+        return real(world, shard, n, out_dir)
+
+    monkeypatch.setattr(lp, "write_shard", interrupt_at_third)
+    r = CliRunner().invoke(app, quick_args(tmp_path / "w"))
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "interrupted; the partial output was removed" in " ".join(r.output.split())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_generate_is_refused_as_incomplete(tmp_path):
+    """kill -9 during generation leaves only a hidden staging directory, which `data validate`
+    (and every reader) refuses; so is an output that has world.json but no summary.json."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "blendrank.cli.main", *quick_args(tmp_path / "w", 10**7)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".w.incomplete-*/logs/part-*.parquet")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no shard was written"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert not (tmp_path / "w").exists()
+    (stage,) = tmp_path.glob(".w.incomplete-*")
+    for target in (stage / "logs", next((stage / "logs").glob("part-*.parquet"))):
+        r = CliRunner().invoke(app, ["data", "validate", str(target)])
+        assert r.exit_code == 1 and "incomplete output" in " ".join(r.output.split()), r.output
+    # An output written before staging existed (or copied without its summary): refused too.
+    done = tmp_path / "done"
+    assert CliRunner().invoke(app, quick_args(done)).exit_code == 0
+    assert CliRunner().invoke(app, ["data", "validate", str(done / "logs")]).exit_code == 0
+    (done / "summary.json").unlink()
+    r = CliRunner().invoke(app, ["data", "validate", str(done / "logs")])
+    assert r.exit_code == 1 and "has world.json but no summary.json" in " ".join(r.output.split()), r.output
+
+
+def test_generate_refuses_a_run_that_does_not_fit_on_disk(tmp_path, monkeypatch):
+    import shutil
+
+    import blendrank.worlds.generate as gen
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(gen.shutil, "disk_usage", lambda _: usage._replace(free=100_000))
+    r = CliRunner().invoke(app, quick_args(tmp_path / "w"))
+    out = " ".join(r.output.split())
+    assert r.exit_code == 1 and "--requests 250: the logs need about" in out and "100.0 kB free" in out, r.output
+    assert list(tmp_path.iterdir()) == []
+    need = gen.estimate_log_bytes(gen.MarketplaceWorld(world_config("quick", overrides=SMALL)), 250, 100)
+    monkeypatch.setattr(gen.shutil, "disk_usage", lambda _: usage._replace(free=2 * need))
+    assert CliRunner().invoke(app, quick_args(tmp_path / "w")).exit_code == 0
+    written = sum(p.stat().st_size for p in (tmp_path / "w" / "logs").glob("*.parquet"))
+    assert written <= need  # the estimate errs high

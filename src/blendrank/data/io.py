@@ -23,6 +23,7 @@ from blendrank.data.contract import (
 )
 from blendrank.data.mapping import ColumnMapping, apply_mapping, load_mapping
 from blendrank.errors import DataError
+from blendrank.staging import incomplete_reason
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -40,6 +41,9 @@ def parquet_files(path: str | Path) -> list[Path]:
     """The Parquet file at ``path``, or the ``*.parquet`` / ``*.pq`` shards under a directory
     (recursively, sorted; names starting with ``.`` or ``_`` such as temp files are skipped)."""
     path = Path(path)
+    incomplete = incomplete_reason(path)
+    if incomplete is not None:
+        raise DataError(f"{path}: incomplete output ({incomplete}); generate it again into a new directory")
     if path.is_dir():
         files = sorted(
             p
