@@ -117,7 +117,7 @@ def test_cli_generate_writes_shards_summary_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "w"
     runner = CliRunner()
     args = ["world", "generate", "--preset", "quick", "--requests", "250", "--shard-requests", "100",
-            "--eval-requests", "50", "--out", str(out), *sum((["--set", s] for s in SMALL), [])]
+            "--eval-requests", "50", "--out", str(out), *[a for s in SMALL for a in ("--set", s)]]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert len(list((out / "logs").glob("part-*.parquet"))) == 3
@@ -150,7 +150,7 @@ def test_overrides_never_edit_the_shared_presets():
 # ------------------------------------------------------------------ partial outputs, disk space
 def quick_args(out, requests=250):
     return ["world", "generate", "--preset", "quick", "--requests", str(requests), "--shard-requests", "100",
-            "--eval-requests", "0", "--out", str(out), *sum((["--set", s] for s in SMALL), [])]
+            "--eval-requests", "0", "--out", str(out), *[a for s in SMALL for a in ("--set", s)]]
 
 
 def test_interrupted_generate_leaves_nothing(tmp_path, monkeypatch):

@@ -58,13 +58,23 @@ def parquet_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def widen_half_floats(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``data`` with its float16 columns as float32 (every value kept exactly): Arrow's compute
+    kernels, which validation and training use, have none for float16."""
+    schema = data.schema
+    if not any(pa.types.is_float16(f.type) for f in schema):
+        return data
+    return data.cast(pa.schema([f.with_type(pa.float32()) if pa.types.is_float16(f.type) else f for f in schema],
+                               metadata=schema.metadata))
+
+
 def _unreadable(path: Path, exc: Exception) -> DataError:
     return DataError(f"{path}: not a Parquet file or truncated ({exc}); re-export it")
 
 
 def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+        return widen_half_floats(pq.read_table(path, columns=list(columns) if columns is not None else None))
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, exc) from None
 
@@ -183,7 +193,7 @@ def iter_record_batches(
                                       row_groups=None if group is None else [group])
             for rb in batches:
                 if by_group or seen % count == index:
-                    yield rb
+                    yield widen_half_floats(rb)
                 seen += 1
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path_, exc) from None
