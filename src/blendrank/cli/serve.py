@@ -45,7 +45,7 @@ def serve(
         import uvicorn
 
         from blendrank.serve.app import create_app
-        from blendrank.serve.server import bind_socket, connection_cap, server_config
+        from blendrank.serve.server import bind_socket, connection_cap, raise_fd_limit, server_config
     except ImportError as exc:
         fail(f"serving needs the serve extra: pip install 'blendrank[serve]' ({exc})")
     token = os.environ.get(reload_token_env) or None
@@ -55,6 +55,7 @@ def serve(
                      max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars, threads=threads,
                      model_root=model_root)
     r = app.state.blendrank["ranker"]
+    raise_fd_limit()
     cap = connection_cap(max_connections)
     if cap < max_connections:
         out.print(f"note: --max-connections lowered to {cap} to fit the open-file limit (ulimit -n)",

@@ -37,45 +37,83 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 # socket, onnxruntime and torch threads' pipes, logs).
 FD_HEADROOM = 64
 MAX_HEADER_BYTES = 16 * 1024
+# The listen backlog; asyncio also accepts up to this many connections in one loop turn before
+# any of them is seen by the protocol, and closes evicted ones only in the next turn, so the
+# cap leaves room for two such batches.
+ACCEPT_BACKLOG = 64
 _TIMEOUT_BODY = b'{"detail":"request not received in time; send it again"}'
 REQUEST_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                             b"connection: close\r\ncontent-length: " + str(len(_TIMEOUT_BODY)).encode()
                             + b"\r\n\r\n" + _TIMEOUT_BODY)
 
 
+class WaitingConnections:
+    """The connections of one server that wait for a request, in eviction order: those with part
+    of a request received, then new ones that have sent nothing yet, then idle keep-alive ones
+    that have been served before (a client known to finish its requests); oldest first within
+    each. Plus those closed by eviction and not yet gone. Every operation is O(1), so a flood of
+    connections costs little per connection."""
+
+    def __init__(self) -> None:
+        # (dicts keep insertion order)
+        self.partial: dict[BoundedH11Protocol, None] = {}
+        self.fresh: dict[BoundedH11Protocol, None] = {}
+        self.kept: dict[BoundedH11Protocol, None] = {}
+        self.closing: set[BoundedH11Protocol] = set()
+
+    def wait(self, conn: BoundedH11Protocol, served: bool) -> None:
+        self.done(conn)
+        (self.kept if served else self.fresh)[conn] = None
+
+    def got_bytes(self, conn: BoundedH11Protocol) -> None:
+        if conn in self.fresh or conn in self.kept:
+            self.fresh.pop(conn, None)
+            self.kept.pop(conn, None)
+            self.partial[conn] = None
+
+    def done(self, conn: BoundedH11Protocol) -> None:
+        for queue in (self.partial, self.fresh, self.kept):
+            queue.pop(conn, None)
+
+    def oldest(self) -> BoundedH11Protocol | None:
+        for queue in (self.partial, self.fresh, self.kept):
+            if queue:
+                return next(iter(queue))
+        return None
+
+
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a read deadline per request and a cap on open connections
     (see the module docstring). Build it with :func:`server_config`."""
 
-    def __init__(self, *args: Any, max_connections: int, read_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_connections: int, read_timeout_s: float, waiting: WaitingConnections,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
         self.read_timeout_s = read_timeout_s
-        # loop time since which this connection waits for a complete request; None while a
-        # request is being handled
-        self.waiting_since: float | None = None
-        self.read_deadline: asyncio.TimerHandle | None = None
+        self.waiting = waiting
+        self.served = False  # a response has been sent on this connection
+        self.read_deadline: asyncio.TimerHandle | None = None  # None while a request is handled
 
     # -- waiting for a request -----------------------------------------------------------
     def _start_waiting(self) -> None:
         self._stop_waiting()
-        self.waiting_since = self.loop.time()
+        self.waiting.wait(self, self.served)
         self.read_deadline = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
     def _stop_waiting(self) -> None:
-        self.waiting_since = None
+        self.waiting.done(self)
         if self.read_deadline is not None:
             self.read_deadline.cancel()
             self.read_deadline = None
 
-    def _has_partial_request(self) -> bool:
-        return self.conn.their_state is h11.SEND_BODY or bool(self.conn.trailing_data[0])
-
     def _read_timed_out(self) -> None:
         self.read_deadline = None
-        if self.waiting_since is None or self.transport.is_closing():
+        partial = self in self.waiting.partial
+        self.waiting.done(self)
+        if self.transport.is_closing():
             return
-        if self._has_partial_request() and not (self.cycle is not None and self.cycle.response_started):
+        if partial and not (self.cycle is not None and self.cycle.response_started):
             self.transport.write(REQUEST_TIMEOUT_RESPONSE)
         self.transport.close()
 
@@ -83,43 +121,61 @@ class BoundedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_waiting()
-        if len(self.connections) > self.max_connections:
+        if len(self.connections) - len(self.waiting.closing) > self.max_connections:
             self._evict()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        self.waiting.closing.discard(self)
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.read_deadline is not None:
+            self.waiting.got_bytes(self)
+        super().data_received(data)
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.waiting_since is not None and self.conn.their_state in (h11.DONE, h11.MUST_CLOSE):
+        if self.read_deadline is not None and self.conn.their_state in (h11.DONE, h11.MUST_CLOSE):
             self._stop_waiting()  # the whole request is in: the handler's time is not bounded here
 
     def on_response_complete(self) -> None:
+        self.served = True
         if not self.transport.is_closing():
             self._start_waiting()  # before super(): it handles a pipelined request at once
         super().on_response_complete()
 
     def _evict(self) -> None:
-        """Close the connection that has waited longest for an incomplete request (partial
-        requests before idle ones); if every other connection is busy, close this one."""
-        waiting = [c for c in self.connections
-                   if isinstance(c, BoundedH11Protocol) and c.waiting_since is not None
-                   and not c.transport.is_closing()]
-        if not waiting:
-            self.transport.close()
-            return
-        victim = min(waiting, key=lambda c: (not c._has_partial_request(), c.waiting_since))
+        """Close the first connection in :class:`WaitingConnections`' order; this new one is
+        the newest that has sent nothing, so it is closed when every other one is busy or has
+        been served before."""
+        victim = self.waiting.oldest() or self
+        victim._stop_waiting()
+        self.waiting.closing.add(victim)
         victim.transport.close()
 
 
 def connection_cap(max_connections: int) -> int:
     """``max_connections`` lowered, when needed, so that connections cannot exhaust the
-    process's file-descriptor limit (``RLIMIT_NOFILE`` less :data:`FD_HEADROOM`)."""
+    process's file-descriptor limit (``RLIMIT_NOFILE`` less :data:`FD_HEADROOM` and two accept
+    batches of :data:`ACCEPT_BACKLOG`)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return max_connections
-    return max(1, min(max_connections, soft - FD_HEADROOM))
+    return max(1, min(max_connections, soft - FD_HEADROOM - 2 * ACCEPT_BACKLOG))
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft file-descriptor limit to its hard limit (what servers such as
+    nginx and Go programs do) and return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel refuses
+            pass
+    return soft
 
 
 def server_config(app: Any, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -127,16 +183,17 @@ def server_config(app: Any, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                   **uvicorn_kwargs: Any) -> uvicorn.Config:
     """A uvicorn config that serves ``app`` with :class:`BoundedH11Protocol`: at most
     ``max_connections`` connections (see :func:`connection_cap`), requests received within
-    ``read_timeout_s``, idle keep-alive connections closed after ``keep_alive_s`` and request
-    headers of at most 16 KiB. ``uvicorn_kwargs`` go to :class:`uvicorn.Config` (host, port,
+    ``read_timeout_s``, idle keep-alive connections closed after ``keep_alive_s``, request
+    headers of at most 16 KiB and a listen backlog of :data:`ACCEPT_BACKLOG`. ``uvicorn_kwargs`` go to :class:`uvicorn.Config` (host, port,
     log_level, ...)."""
     if max_connections < 1:
         raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
     if not read_timeout_s > 0:
         raise ConfigError(f"read timeout must be positive seconds, got {read_timeout_s}")
     protocol = functools.partial(BoundedH11Protocol, max_connections=connection_cap(max_connections),
-                                 read_timeout_s=read_timeout_s)
+                                 read_timeout_s=read_timeout_s, waiting=WaitingConnections())
     uvicorn_kwargs.setdefault("log_level", "warning")
+    uvicorn_kwargs.setdefault("backlog", ACCEPT_BACKLOG)
     uvicorn_kwargs.setdefault("access_log", False)
     return uvicorn.Config(app, http=protocol, timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
                           h11_max_incomplete_event_size=MAX_HEADER_BYTES, **uvicorn_kwargs)
@@ -164,6 +221,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
                               "choose another --port") from None
         raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
                           "choose another address or port") from None
-    sock.listen(2048)
+    sock.listen(ACCEPT_BACKLOG)
     sock.set_inheritable(True)
     return sock
