@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import time
@@ -759,6 +760,8 @@ def test_half_sent_connections_do_not_stall_the_service(dirs):
 
         client = threading.Thread(target=normal_client)
         client.start()
+        while not answers:  # the normal client is connected before the flood starts
+            time.sleep(0.01)
         attackers, open_counts = [], []
         try:
             for i in range(240):
@@ -897,3 +900,72 @@ def test_cli_serve_bad_or_busy_port_is_a_clear_error(dirs, port, message):
         r = CliRunner().invoke(app, ["serve", "--model", str(dirs[0] / "export"), "--port", str(port)])
     assert r.exit_code == 1, r.output
     assert message in " ".join(r.output.split()) and "serving" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_half_sent_connections_cannot_exhaust_file_descriptors(dirs):
+    """`blendrank serve` under `ulimit -n 256` against 600 half-sent requests: its open files
+    stay under the limit (no EMFILE) and a normal client gets only 200s meanwhile."""
+    import resource
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    import httpx
+
+    n_attack, limit = 600, 256
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < n_attack + 200:
+        pytest.skip("this test process may not open enough sockets")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = Path(__file__).resolve().parents[1] / "src"
+    cmd = (f"ulimit -n {limit}; exec {sys.executable} -m blendrank.cli.main serve "
+           f"--model {dirs[0] / 'export'} --port {port}")
+    proc = subprocess.Popen(["bash", "-c", cmd], env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    answers: list[int | str] = []
+    stop = threading.Event()
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def normal_client() -> None:
+            with httpx.Client(base_url=url, timeout=3) as c:
+                while not stop.is_set():
+                    try:
+                        answers.extend([c.post("/v1/rank", json=body(20)).status_code,
+                                        c.get("/healthz").status_code])
+                    except httpx.TransportError as exc:
+                        answers.append(type(exc).__name__)
+                    time.sleep(0.01)
+
+        client = threading.Thread(target=normal_client)
+        client.start()
+        while not answers:  # the normal client is connected before the flood starts
+            time.sleep(0.01)
+        most_fds = 0
+        for i in range(n_attack):
+            attackers.append(half_sent(url, 0))
+            if i % 100 == 0:
+                most_fds = max(most_fds, len(os.listdir(f"/proc/{proc.pid}/fd")))
+        time.sleep(1.0)
+        stop.set()
+        client.join(10)
+    finally:
+        stop.set()
+        for s in attackers:
+            s.close()
+        proc.terminate()
+        log = proc.communicate(timeout=20)[0]
+    assert most_fds < limit, most_fds
+    assert "Too many open files" not in log, log[-2000:]
+    assert len(answers) > 20 and set(answers) == {200}, sorted(map(str, set(answers)))

@@ -41,6 +41,9 @@ MAX_HEADER_BYTES = 16 * 1024
 # any of them is seen by the protocol, and closes evicted ones only in the next turn, so the
 # cap leaves room for two such batches.
 ACCEPT_BACKLOG = 64
+# A connection that started waiting for its request less than this long ago is not evicted: a
+# flood must not close a normal client whose request is arriving in several segments.
+EVICTION_GRACE_S = 0.1
 _TIMEOUT_BODY = b'{"detail":"request not received in time; send it again"}'
 REQUEST_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                             b"connection: close\r\ncontent-length: " + str(len(_TIMEOUT_BODY)).encode()
@@ -75,10 +78,14 @@ class WaitingConnections:
         for queue in (self.partial, self.fresh, self.kept):
             queue.pop(conn, None)
 
-    def oldest(self) -> BoundedH11Protocol | None:
+    def victim(self, now: float, grace_s: float) -> BoundedH11Protocol | None:
+        """The first connection in eviction order that has waited at least ``grace_s`` (a
+        normal client between the segments of its request waits far less), or None."""
         for queue in (self.partial, self.fresh, self.kept):
             if queue:
-                return next(iter(queue))
+                conn = next(iter(queue))
+                if now - conn.waiting_since >= grace_s:
+                    return conn
         return None
 
 
@@ -93,11 +100,13 @@ class BoundedH11Protocol(H11Protocol):
         self.read_timeout_s = read_timeout_s
         self.waiting = waiting
         self.served = False  # a response has been sent on this connection
+        self.waiting_since = 0.0  # loop time when it started waiting for its current request
         self.read_deadline: asyncio.TimerHandle | None = None  # None while a request is handled
 
     # -- waiting for a request -----------------------------------------------------------
     def _start_waiting(self) -> None:
         self._stop_waiting()
+        self.waiting_since = self.loop.time()
         self.waiting.wait(self, self.served)
         self.read_deadline = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
@@ -146,10 +155,10 @@ class BoundedH11Protocol(H11Protocol):
         super().on_response_complete()
 
     def _evict(self) -> None:
-        """Close the first connection in :class:`WaitingConnections`' order; this new one is
-        the newest that has sent nothing, so it is closed when every other one is busy or has
-        been served before."""
-        victim = self.waiting.oldest() or self
+        """Close the first connection in :class:`WaitingConnections`' order that has waited
+        longer than the grace period; when there is none (every other connection is busy or
+        just started its request), close this new one instead."""
+        victim = self.waiting.victim(self.loop.time(), min(EVICTION_GRACE_S, self.read_timeout_s / 2)) or self
         victim._stop_waiting()
         self.waiting.closing.add(victim)
         victim.transport.close()
