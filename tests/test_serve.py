@@ -810,7 +810,17 @@ def test_a_request_not_received_in_time_gets_408(dirs):
         s.settimeout(5)
         reply = s.recv(4096)
         s.close()
+        # the second request of a keep-alive connection has the same deadline
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as k:
+            k.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.1)  # the whole response (headers and body are two writes)
+            first = k.recv(4096)
+            k.sendall(b"GET /heal")
+            time.sleep(0.6)
+            second = k.recv(4096)
     assert reply.startswith(b"HTTP/1.1 408") and b"not received in time" in reply
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 408"), (first, second)
 
 
 def test_server_config_rejects_bad_limits_and_fits_the_fd_limit():

@@ -201,6 +201,9 @@ def test_killed_generate_is_refused_as_incomplete(tmp_path):
     # An output written before staging existed (or copied without its summary): refused too.
     done = tmp_path / "done"
     assert CliRunner().invoke(app, quick_args(done)).exit_code == 0
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert done.stat().st_mode & 0o777 == 0o777 & ~umask  # not the staging directory's 0700
     assert CliRunner().invoke(app, ["data", "validate", str(done / "logs")]).exit_code == 0
     (done / "summary.json").unlink()
     r = CliRunner().invoke(app, ["data", "validate", str(done / "logs")])

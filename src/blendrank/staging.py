@@ -37,6 +37,9 @@ def staged_output_dir(out_dir: str | Path, subdirs: tuple[str, ...] = ()) -> Ite
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to its owner
     markers = [stage / INCOMPLETE_MARKER]
     for sub in subdirs:
         (stage / sub).mkdir(parents=True)

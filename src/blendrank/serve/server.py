@@ -122,7 +122,8 @@ class BoundedH11Protocol(H11Protocol):
         self.waiting.done(self)
         if self.transport.is_closing():
             return
-        if partial and not (self.cycle is not None and self.cycle.response_started):
+        responding = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+        if partial and not responding:
             self.transport.write(REQUEST_TIMEOUT_RESPONSE)
         self.transport.close()
 
