@@ -45,7 +45,12 @@ def serve(
         import uvicorn
 
         from blendrank.serve.app import create_app
-        from blendrank.serve.server import bind_socket, connection_cap, raise_fd_limit, server_config
+        from blendrank.serve.server import (
+            bind_socket,
+            connection_cap,
+            raise_fd_limit,
+            server_config,
+        )
     except ImportError as exc:
         fail(f"serving needs the serve extra: pip install 'blendrank[serve]' ({exc})")
     token = os.environ.get(reload_token_env) or None
