@@ -25,7 +25,8 @@ class DuplicateKeyError(yaml.YAMLError):
     """A mapping repeats a key; the message names it and both lines."""
 
 
-def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode,
+                              deep: bool = False) -> Any:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges may repeat keys
@@ -33,14 +34,16 @@ def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, d
         key, line = loader.construct_object(key_node, deep=True), key_node.start_mark.line + 1
         try:
             if key in seen:
-                raise DuplicateKeyError(f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one")
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one")
             seen[key] = line
         except TypeError:  # an unhashable key: construct_mapping reports it
             continue
     return loader.construct_mapping(node, deep=deep)
 
 
-UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                _construct_unique_mapping)
 
 
 def load_yaml(text: str) -> Any:

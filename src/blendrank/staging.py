@@ -45,13 +45,17 @@ def staged_output_dir(out_dir: str | Path, subdirs: tuple[str, ...] = ()) -> Ite
         (stage / sub).mkdir(parents=True)
         markers.append(stage / sub / INCOMPLETE_MARKER)
     for marker in markers:
-        marker.write_text("written while this directory is being generated; removed when it is complete\n")
+        marker.write_text(
+            "written while this directory is being generated; removed when it is complete\n"
+        )
     try:
         yield stage
     except KeyboardInterrupt:
         shutil.rmtree(stage, ignore_errors=True)
-        raise Interrupted(f"interrupted; the partial output was removed and {out} was not written; "
-                          "run the command again") from None
+        raise Interrupted(
+            f"interrupted; the partial output was removed and {out} was not written; "
+            "run the command again"
+        ) from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -62,8 +66,10 @@ def staged_output_dir(out_dir: str | Path, subdirs: tuple[str, ...] = ()) -> Ite
             out.rmdir()  # empty (checked by the caller); a directory that filled meanwhile stays
         os.replace(stage, out)
     except OSError as exc:
-        raise BlendrankError(f"{out}: cannot move the complete output into place ({exc.strerror or exc}); "
-                             f"it is in {stage}") from None
+        raise BlendrankError(
+            f"{out}: cannot move the complete output into place ({exc.strerror or exc}); "
+            f"it is in {stage}"
+        ) from None
 
 
 def incomplete_reason(path: str | Path) -> str | None:
@@ -77,5 +83,6 @@ def incomplete_reason(path: str | Path) -> str | None:
         if (d / INCOMPLETE_MARKER).is_file():
             return f"{d} is still being generated, or its generation was killed"
         if (d / WORLD_STATE).is_file() and not (d / WORLD_SUMMARY).exists():
-            return f"{d} has {WORLD_STATE} but no {WORLD_SUMMARY}: its generation stopped before it finished"
+            return (f"{d} has {WORLD_STATE} but no {WORLD_SUMMARY}: its generation stopped "
+                    "before it finished")
     return None

@@ -38,7 +38,8 @@ def serve(
              "request is closed (lowered to fit the file-descriptor limit)."),
     read_timeout: float = typer.Option(
         10.0, "--read-timeout", min=0.01,
-        help="Seconds a client has to send a whole request (headers and body); 408 and close after."),
+        help="Seconds a client has to send a whole request (headers and body); 408 and close "
+             "after."),
 ) -> None:
     """Serve POST /v1/rank, POST /v1/weights, GET /healthz, GET /metrics and POST /admin/reload."""
     try:
@@ -63,8 +64,8 @@ def serve(
     raise_fd_limit()
     cap = connection_cap(max_connections)
     if cap < max_connections:
-        out.print(f"note: --max-connections lowered to {cap} to fit the open-file limit (ulimit -n)",
-                  highlight=False)
+        out.print(f"note: --max-connections lowered to {cap} to fit the open-file limit "
+                  "(ulimit -n)", highlight=False)
     port = sock.getsockname()[1]
     out.print(f"serving {model} ({'model ok' if r.model_ok else 'FALLBACK weights: ' + str(r.fallback_reason)}; "
               f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}",

@@ -43,7 +43,8 @@ def parquet_files(path: str | Path) -> list[Path]:
     path = Path(path)
     incomplete = incomplete_reason(path)
     if incomplete is not None:
-        raise DataError(f"{path}: incomplete output ({incomplete}); generate it again into a new directory")
+        raise DataError(f"{path}: incomplete output ({incomplete}); "
+                        "generate it again into a new directory")
     if path.is_dir():
         files = sorted(
             p
@@ -64,8 +65,8 @@ def widen_half_floats(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBa
     schema = data.schema
     if not any(pa.types.is_float16(f.type) for f in schema):
         return data
-    return data.cast(pa.schema([f.with_type(pa.float32()) if pa.types.is_float16(f.type) else f for f in schema],
-                               metadata=schema.metadata))
+    fields = [f.with_type(pa.float32()) if pa.types.is_float16(f.type) else f for f in schema]
+    return data.cast(pa.schema(fields, metadata=schema.metadata))
 
 
 def _unreadable(path: Path, exc: Exception) -> DataError:
@@ -74,7 +75,8 @@ def _unreadable(path: Path, exc: Exception) -> DataError:
 
 def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     try:
-        return widen_half_floats(pq.read_table(path, columns=list(columns) if columns is not None else None))
+        table = pq.read_table(path, columns=list(columns) if columns is not None else None)
+        return widen_half_floats(table)
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, exc) from None
 

@@ -135,8 +135,9 @@ def _seconds_to_ms(col: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
             return pc.multiply_checked(col.cast(pa.int64()), 1000)
         except pa.ArrowInvalid:  # overflow: beyond int64 milliseconds (year 292 million)
             big = pc.max(pc.abs(col.cast(pa.int64()))).as_py()
-            raise DataError(f"{where}: key ts_unit: s, but column ts has a value ({big}) that overflows int64 milliseconds; "
-                            "check that ts is in seconds (use ts_unit: ms for milliseconds)") from None
+            raise DataError(f"{where}: key ts_unit: s, but column ts has a value ({big}) that "
+                            "overflows int64 milliseconds; check that ts is in seconds (use "
+                            "ts_unit: ms for milliseconds)") from None
     if pa.types.is_floating(col.type):
         ms = pc.round(pc.multiply(col.cast(pa.float64()), 1000.0))
         if pc.all(pc.is_finite(ms)).as_py() is not False:
@@ -182,5 +183,6 @@ def apply_mapping(
     ]
     out = pa.Table.from_arrays(cols, names=names)
     if mapping.ts_unit == "s" and TS in out.column_names:
-        out = out.set_column(out.column_names.index(TS), TS, _seconds_to_ms(out.column(TS), mapping_source))
+        ms = _seconds_to_ms(out.column(TS), mapping_source)
+        out = out.set_column(out.column_names.index(TS), TS, ms)
     return out

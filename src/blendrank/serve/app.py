@@ -88,7 +88,7 @@ class WeightsResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: StrictStr = Field(description="Export directory to load (written by `blendrank export`): "
-                                        "relative to the service's model root, or absolute inside it.")
+                            "relative to the service's model root, or absolute inside it.")
 
 
 class Metrics:
@@ -366,14 +366,16 @@ def _document(app: FastAPI) -> None:
 
 def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None, *, backend: str = "onnx",
                max_body_bytes: int = 2_000_000, max_candidates: int = 1000, max_k: int | None = None,
-               max_string_chars: int = 256, threads: int = 1, model_root: str | Path | None = None) -> Any:
+               max_string_chars: int = 256, threads: int = 1,
+               model_root: str | Path | None = None) -> Any:
     """Build the service for an export directory (or an already loaded :class:`Ranker`).
 
     ``reload_token``: bearer token for ``POST /admin/reload`` (and for the server paths in
-    ``/healthz``); reload is disabled (403) without one. ``model_root``: the directory reloads may
-    load from (default: the one holding the served export). ``max_body_bytes`` bounds the request body (413); ``max_candidates`` a request's
-    candidates, ``max_k`` its page size (default: ``max_candidates``) and ``max_string_chars``
-    the length of item ids and string feature values (422 naming the field).
+    ``/healthz``); reload is disabled (403) without one. ``model_root``: the directory reloads
+    may load from (default: the one holding the served export). ``max_body_bytes`` bounds the
+    request body (413); ``max_candidates`` a request's candidates, ``max_k`` its page size
+    (default: ``max_candidates``) and ``max_string_chars`` the length of item ids and string
+    feature values (422 naming the field).
     """
     limits = Limits(max_candidates=max_candidates, max_k=max_k or max_candidates, max_string_chars=max_string_chars)
     ranker = export_dir if isinstance(export_dir, Ranker) else Ranker.load(export_dir, backend=backend, threads=threads)
@@ -419,7 +421,8 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
         """None when the request carries the reload token, else the 401/403 to send."""
         auth = request.headers.get("authorization", "")
         if reload_token is None:
-            return JSONResponse(status_code=403, content={"detail": "reload is disabled (no reload token configured)"})
+            return JSONResponse(status_code=403,
+                                content={"detail": "reload is disabled (no reload token configured)"})
         if not auth.lower().startswith("bearer "):
             return JSONResponse(status_code=401, content={"detail": "missing bearer token"},
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -455,8 +458,8 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
             # The client sees why in words free of server paths and file content (the path as it
             # sent it at most); the server log has the full reason.
             try:
-                new = Ranker.load(confined_export_dir(root, body.path), backend=old.backend, strict=True,
-                                  threads=threads)
+                new = Ranker.load(confined_export_dir(root, body.path), backend=old.backend,
+                                  strict=True, threads=threads)
             except Exception as exc:  # noqa: BLE001 - a broken directory never takes the service down
                 metrics.reloads["rejected"] += 1
                 if isinstance(exc, ExportError):

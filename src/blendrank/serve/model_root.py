@@ -32,8 +32,10 @@ def confined_export_dir(root: str | Path, requested: str) -> Path:
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, requested))  # an absolute `requested` wins
     if "\x00" in requested or not _inside(real, real_root):
-        raise DataError(f"{shown!r} is outside the model root; give a directory under it "
-                        "(a relative path is taken from the root)")
+        raise DataError(
+            f"{shown!r} is outside the model root; give a directory under it "
+            "(a relative path is taken from the root)"
+        )
     if not os.path.isdir(real):
         raise DataError(f"{shown!r}: no such export directory under the model root")
     for base, dirs, files in os.walk(real):
@@ -41,6 +43,8 @@ def confined_export_dir(root: str | Path, requested: str) -> Path:
             entry = os.path.join(base, name)
             if os.path.islink(entry) and not _inside(os.path.realpath(entry), real_root):
                 rel = os.path.relpath(entry, real)
-                raise DataError(f"{shown!r}: {rel} is a link that leads out of the model root; "
-                                "copy the file into the export directory instead")
+                raise DataError(
+                    f"{shown!r}: {rel} is a link that leads out of the model root; "
+                    "copy the file into the export directory instead"
+                )
     return Path(real)

@@ -167,7 +167,8 @@ def _ids(ids: list[Any], limits: Limits, at: Any) -> None:
         first: dict[Any, int] = {}
         for i, v in enumerate(ids):
             if v in first:
-                raise DataError(f"{at(i)}: item id {v!r} repeats {at(first[v])}; send each candidate once"[:300])
+                raise DataError(f"{at(i)}: item id {v!r} repeats {at(first[v])}; "
+                                "send each candidate once"[:300])
             first[v] = i
     if n_str:
         longest = max(len(v) for v in ids if type(v) is str)

@@ -108,15 +108,15 @@ class Ranker:
         if backend not in BACKENDS:
             raise DataError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if not (path / "manifest.json").is_file():
-            raise ExportError(f"{path}: not an export directory (no manifest.json); run `blendrank export` first",
-                              "not an export directory (no manifest.json); run `blendrank export` first")
+            why = "not an export directory (no manifest.json); run `blendrank export` first"
+            raise ExportError(f"{path}: {why}", why)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
             spec = FusionSpec.model_validate_json((path / "fusion.json").read_text())
         except (OSError, ValueError) as exc:
             raise ExportError(f"{path}: unreadable manifest.json or fusion.json ({exc})",
-                              "unreadable manifest.json or fusion.json (missing, corrupt or not an export's)"
-                              ) from None
+                              "unreadable manifest.json or fusion.json (missing, corrupt or not "
+                              "an export's)") from None
         from blendrank.serve.export import MANIFEST_FORMAT
 
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -141,8 +141,8 @@ class Ranker:
         except Exception as exc:  # noqa: BLE001 - any failure means: serve the fallback
             if strict:
                 # Only the checks written here have messages free of paths and file content.
-                public = (exc.public if isinstance(exc, ExportError)
-                          else f"{type(exc).__name__} while loading feature_center.json or the model")
+                public = (exc.public if isinstance(exc, ExportError) else
+                          f"{type(exc).__name__} while loading feature_center.json or the model")
                 raise ExportError(f"{path}: model cannot be used: {exc}",
                                   f"model cannot be used: {public}") from None
             self.model, self.fallback_reason = None, f"{type(exc).__name__}: {exc}"
@@ -154,7 +154,8 @@ class Ranker:
             cats = self.center.categorical_names(POLICY_ROLES)
             nums = self.center.numeric_names(POLICY_ROLES)
             if cats != m.get("categorical") or nums != m.get("numeric"):
-                raise ExportError("feature_center.json does not match the manifest's feature schema", "feature_center.json does not match the manifest's feature schema")
+                msg = "feature_center.json does not match the manifest's feature schema"
+                raise ExportError(msg, msg)
         if backend == "torch":
             from blendrank.algos.grade.trainer import GradePolicy
 
@@ -177,7 +178,8 @@ class Ranker:
             if not onnx_path.is_file():
                 raise ExportError("model.onnx not found", "model.onnx not found")
             if strict and sha256_file(onnx_path) != m.get("model_sha256"):
-                raise ExportError("model.onnx sha256 does not match the manifest (corrupt or edited)", "model.onnx sha256 does not match the manifest (corrupt or edited)")
+                msg = "model.onnx sha256 does not match the manifest (corrupt or edited)"
+                raise ExportError(msg, msg)
             session = onnx_session(onnx_path, threads)
             if strict and (self.path / "policy.pt").is_file():
                 from blendrank.algos.grade.trainer import GradePolicy

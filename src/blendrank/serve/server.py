@@ -9,11 +9,13 @@ endpoint. :class:`BoundedH11Protocol` adds the two limits a reverse proxy would 
   ``read_timeout_s`` of the connection starting to wait for it (on connect, and after each
   response); otherwise it gets ``408`` and the connection is closed;
 - a **connection cap**: at most ``max_connections`` open connections. A new connection beyond
-  it closes the connection that has waited longest for an incomplete request (one with some bytes
-  received first, then idle ones); a connection whose request is being handled is never closed,
-  and when every connection is busy the new one is refused (closed at once).
+  it closes one that waits for a request, in this order: part of a request received, then sent
+  nothing yet, then idle keep-alive ones that were served before; oldest first, and none that
+  started waiting in the last :data:`EVICTION_GRACE_S`. A connection whose request is being
+  handled is never closed; when none can be, the new connection is closed at once.
 
-Normal clients send their request at once, so they are never the ones waiting longest.
+Normal clients send a request at once and read its answer, so a flood of half-sent requests
+evicts its own connections, not theirs.
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ ACCEPT_BACKLOG = 64
 # flood must not close a normal client whose request is arriving in several segments.
 EVICTION_GRACE_S = 0.1
 _TIMEOUT_BODY = b'{"detail":"request not received in time; send it again"}'
-REQUEST_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                            b"connection: close\r\ncontent-length: " + str(len(_TIMEOUT_BODY)).encode()
-                            + b"\r\n\r\n" + _TIMEOUT_BODY)
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: "
+    + str(len(_TIMEOUT_BODY)).encode()
+    + b"\r\n\r\n"
+    + _TIMEOUT_BODY
+)
 
 
 class WaitingConnections:
@@ -93,8 +99,14 @@ class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a read deadline per request and a cap on open connections
     (see the module docstring). Build it with :func:`server_config`."""
 
-    def __init__(self, *args: Any, max_connections: int, read_timeout_s: float, waiting: WaitingConnections,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_connections: int,
+        read_timeout_s: float,
+        waiting: WaitingConnections,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
         self.read_timeout_s = read_timeout_s
@@ -122,7 +134,11 @@ class BoundedH11Protocol(H11Protocol):
         self.waiting.done(self)
         if self.transport.is_closing():
             return
-        responding = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+        responding = (
+            self.cycle is not None
+            and self.cycle.response_started
+            and not self.cycle.response_complete
+        )
         if partial and not responding:
             self.transport.write(REQUEST_TIMEOUT_RESPONSE)
         self.transport.close()
@@ -159,7 +175,10 @@ class BoundedH11Protocol(H11Protocol):
         """Close the first connection in :class:`WaitingConnections`' order that has waited
         longer than the grace period; when there is none (every other connection is busy or
         just started its request), close this new one instead."""
-        victim = self.waiting.victim(self.loop.time(), min(EVICTION_GRACE_S, self.read_timeout_s / 2)) or self
+        victim = (
+            self.waiting.victim(self.loop.time(), min(EVICTION_GRACE_S, self.read_timeout_s / 2))
+            or self
+        )
         victim._stop_waiting()
         self.waiting.closing.add(victim)
         victim.transport.close()
@@ -188,25 +207,39 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def server_config(app: Any, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                  read_timeout_s: float = DEFAULT_READ_TIMEOUT_S, keep_alive_s: float = 5.0,
-                  **uvicorn_kwargs: Any) -> uvicorn.Config:
+def server_config(
+    app: Any,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    keep_alive_s: float = 5.0,
+    **uvicorn_kwargs: Any,
+) -> uvicorn.Config:
     """A uvicorn config that serves ``app`` with :class:`BoundedH11Protocol`: at most
     ``max_connections`` connections (see :func:`connection_cap`), requests received within
     ``read_timeout_s``, idle keep-alive connections closed after ``keep_alive_s``, request
-    headers of at most 16 KiB and a listen backlog of :data:`ACCEPT_BACKLOG`. ``uvicorn_kwargs`` go to :class:`uvicorn.Config` (host, port,
-    log_level, ...)."""
+    headers of at most 16 KiB and a listen backlog of :data:`ACCEPT_BACKLOG`.
+    ``uvicorn_kwargs`` go to :class:`uvicorn.Config` (host, port, log_level, ...)."""
     if max_connections < 1:
         raise ConfigError(f"max_connections must be at least 1, got {max_connections}")
     if not read_timeout_s > 0:
         raise ConfigError(f"read timeout must be positive seconds, got {read_timeout_s}")
-    protocol = functools.partial(BoundedH11Protocol, max_connections=connection_cap(max_connections),
-                                 read_timeout_s=read_timeout_s, waiting=WaitingConnections())
+    protocol = functools.partial(
+        BoundedH11Protocol,
+        max_connections=connection_cap(max_connections),
+        read_timeout_s=read_timeout_s,
+        waiting=WaitingConnections(),
+    )
     uvicorn_kwargs.setdefault("log_level", "warning")
     uvicorn_kwargs.setdefault("backlog", ACCEPT_BACKLOG)
     uvicorn_kwargs.setdefault("access_log", False)
-    return uvicorn.Config(app, http=protocol, timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
-                          h11_max_incomplete_event_size=MAX_HEADER_BYTES, **uvicorn_kwargs)
+    return uvicorn.Config(
+        app,
+        http=protocol,
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        **uvicorn_kwargs,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -217,8 +250,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError(f"--host {host}: cannot resolve it ({exc.strerror}); give an interface name or "
-                          "address such as 127.0.0.1 or 0.0.0.0") from None
+        raise ConfigError(
+            f"--host {host}: cannot resolve it ({exc.strerror}); give an interface name or "
+            "address such as 127.0.0.1 or 0.0.0.0"
+        ) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -227,10 +262,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"--port {port}: already in use on {host}; stop the process using it or "
-                              "choose another --port") from None
-        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
-                          "choose another address or port") from None
+            raise ConfigError(
+                f"--port {port}: already in use on {host}; stop the process using it or "
+                "choose another --port"
+            ) from None
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
+            "choose another address or port"
+        ) from None
     sock.listen(ACCEPT_BACKLOG)
     sock.set_inheritable(True)
     return sock

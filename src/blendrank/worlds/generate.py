@@ -32,14 +32,16 @@ SAMPLE_REQUESTS = 256  # requests generated (in memory, not kept) to estimate th
 DISK_MARGIN = 1.1
 
 
-def estimate_log_bytes(world: MarketplaceWorld, n_requests: int, shard_requests: int = 10_000) -> int:
+def estimate_log_bytes(world: MarketplaceWorld, n_requests: int,
+                       shard_requests: int = 10_000) -> int:
     """Bytes that ``n_requests`` logged requests in shards of ``shard_requests`` take on disk,
     from a sample of at most :data:`SAMPLE_REQUESTS` (and at most one shard, so that a file's
     fixed overhead is counted) generated and compressed in memory (shards depend only on
     ``(seed, shard)``, so the sample changes nothing that is written)."""
     sample = min(n_requests, shard_requests, SAMPLE_REQUESTS)
     buf = io.BytesIO()
-    pq.write_table(generate_shard(world, 0, sample), buf, compression="zstd", row_group_size=128 * 1024)
+    pq.write_table(generate_shard(world, 0, sample), buf, compression="zstd",
+                   row_group_size=128 * 1024)
     return int(buf.tell() / sample * n_requests * DISK_MARGIN)
 
 
@@ -51,16 +53,19 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_disk_space(world: MarketplaceWorld, n_requests: int, shard_requests: int, out_dir: str | Path) -> None:
+def check_disk_space(world: MarketplaceWorld, n_requests: int, shard_requests: int,
+                     out_dir: str | Path) -> None:
     """ConfigError, before anything is written, when the logs of ``n_requests`` requests would
     not fit in the free space of ``out_dir``'s file system."""
     where = Path(out_dir)
     while not where.exists():
         where = where.parent
-    need, free = estimate_log_bytes(world, n_requests, shard_requests), shutil.disk_usage(where).free
+    need = estimate_log_bytes(world, n_requests, shard_requests)
+    free = shutil.disk_usage(where).free
     if need > free:
-        raise ConfigError(f"--requests {n_requests:,}: the logs need about {_size(need)} of disk but {where} has "
-                          f"{_size(free)} free; lower --requests or free some space (nothing was written)")
+        raise ConfigError(f"--requests {n_requests:,}: the logs need about {_size(need)} of disk but "
+                          f"{where} has {_size(free)} free; lower --requests or free some space "
+                          "(nothing was written)")
 
 
 def headroom_report(world: MarketplaceWorld, n_requests: int) -> dict[str, Any]:
