@@ -1,7 +1,8 @@
 """Bounded soak test of the HTTP service on loopback: zero 5xx and bounded memory under load.
 
     python benchmarks/serve_soak.py [--minutes 10] [--concurrency 4] [--model EXPORT_DIR]
-                                    [--warmup-s 60] [--max-growth-mb 50] [--json-out FILE]
+                                    [--warmup-s 60] [--max-growth-mb 50] [--slow-clients 300]
+                                    [--json-out FILE]
 
 Starts the real server (``blendrank serve``, uvicorn, 127.0.0.1) on an export directory (without
 ``--model`` a small GRADE policy is trained on a synthetic log and exported to a temp directory),
@@ -11,11 +12,18 @@ malformed requests (which must get a 4xx, never a 5xx) and, every ``--reload-eve
 ``POST /admin/reload`` alternating between a good copy of the model (must be 200) and a corrupt one
 (must be rejected with 422 while the old model keeps serving).
 
+Alongside, a slow-client attack keeps ``--slow-clients`` connections that start ``POST /v1/rank``
+and never finish it (half the headers, or the headers and a trickle of body bytes), opening a new
+one whenever the server closes one. The normal clients must still see only the expected statuses,
+and the server's open file descriptors (/proc/<pid>/fd, sampled with the memory) must stay under
+its connection cap plus ``FD_SLACK``.
+
 The server's resident memory (VmRSS from /proc/<pid>/status) is sampled every ``--sample-s``
 seconds. Growth is measured from the end of the warm-up (allocator pools, onnxruntime arenas and
 the per-size tensor caches fill during it) to the end of the run, and also as a least-squares
 slope over the post-warm-up samples. Exit status 1 when any 5xx, any transport error, any
-unexpected status, or growth above ``--max-growth-mb`` occurred; the summary is printed as JSON.
+unexpected status, growth above ``--max-growth-mb`` or too many open files occurred; the summary
+is printed as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +51,63 @@ from serve_load import free_port, payload, start, tiny_export
 TOKEN = "soak-token"
 #: Candidate counts of /v1/rank requests, drawn uniformly (the service's default cap is 1000).
 SIZES = (1, 5, 20, 50, 100, 200, 500)
+#: The server's connection cap for the run (``blendrank serve --max-connections``).
+MAX_CONNECTIONS = 200
+#: Open files of the server besides client connections (model, listening socket, threads' pipes),
+#: plus connections closed by eviction that the event loop has not released yet.
+FD_SLACK = 200
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def slow_client_loop(port: int, n: int, stop_at: float, counts: Counter[str]) -> None:
+    """Keep ``n`` connections that never finish their request; replace each one the server
+    closes (408 or eviction) and trickle a body byte on the others every second."""
+    head = b"POST /v1/rank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n"
+
+    def half_sent(i: int) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(head[:30] if i % 2 else head + b"\r\n{")
+        s.setblocking(False)
+        counts["opened"] += 1
+        return s
+
+    socks: list[socket.socket] = []
+    try:
+        while time.time() < stop_at:
+            while len(socks) < n and time.time() < stop_at:
+                try:
+                    socks.append(half_sent(len(socks)))
+                except OSError:
+                    counts["connect_failed"] += 1
+                    time.sleep(0.05)
+            time.sleep(1.0)
+            alive = []
+            for i, s in enumerate(socks):
+                try:
+                    data = s.recv(4096)
+                    gone = True  # b"" (closed) or a 408
+                    counts["closed_with_408" if data.startswith(b"HTTP/1.1 408") else "closed"] += 1
+                except BlockingIOError:
+                    gone = False
+                except OSError:
+                    gone = True
+                    counts["reset"] += 1
+                if not gone and i % 2 == 0:
+                    try:
+                        s.send(b" ")
+                    except OSError:
+                        gone = True
+                if gone:
+                    s.close()
+                else:
+                    alive.append(s)
+            socks = alive
+    finally:
+        for s in socks:
+            s.close()
 
 
 def rss_mb(pid: int) -> float:
@@ -148,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-growth-mb", type=float, default=50.0, help="Allowed RSS growth after warm-up.")
     ap.add_argument("--reload-every-s", type=float, default=30.0,
                     help="Period of /admin/reload calls (0 disables them).")
+    ap.add_argument("--slow-clients", type=int, default=300,
+                    help="Connections of the slow-client attack (0 disables it); above the server's "
+                         f"--max-connections {MAX_CONNECTIONS} to exercise its eviction.")
+    ap.add_argument("--read-timeout-s", type=float, default=5.0, help="The server's --read-timeout.")
     ap.add_argument("--json-out", type=Path, help="Also write the summary here.")
     args = ap.parse_args(argv)
     duration = args.minutes * 60
@@ -161,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (e.g. a CI timeout) unwinds through `finally`, so the server never outlives us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="serve_soak_"))
-    export = args.model or tiny_export(tmp)
+    export = tiny_export(tmp) if args.model is None else Path(shutil.copytree(args.model, tmp / "export"))
     good, corrupt = tmp / "reload_good", tmp / "reload_corrupt"
     shutil.copytree(export, good)
     shutil.copytree(export, corrupt)
@@ -170,10 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BLENDRANK_RELOAD_TOKEN": TOKEN}
-    cmd = [sys.executable, "-m", "blendrank.cli.main", "serve", "--model", str(export), "--port", str(port)]
+    cmd = [sys.executable, "-m", "blendrank.cli.main", "serve", "--model", str(export), "--port", str(port),
+           "--model-root", str(tmp), "--max-connections", str(MAX_CONNECTIONS),
+           "--read-timeout", str(args.read_timeout_s)]
     server = start(cmd, port, env)
     stats = Stats()
     samples: list[tuple[float, float]] = []
+    fds: list[int] = []
+    slow: Counter[str] = Counter()
     try:
         t_start = time.time()
         stop_at = t_start + duration
@@ -183,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             while time.time() < stop_at and server.poll() is None:
                 time.sleep(args.sample_s)
                 samples.append((time.time() - t_start, rss_mb(server.pid)))
+                fds.append(open_fds(server.pid))
 
-        with ThreadPoolExecutor(args.concurrency + 2) as ex:
+        with ThreadPoolExecutor(args.concurrency + 3) as ex:
             futures = [ex.submit(sampler)]
+            if args.slow_clients > 0:
+                futures.append(ex.submit(slow_client_loop, port, args.slow_clients, stop_at, slow))
             if args.reload_every_s > 0:
                 futures.append(ex.submit(reload_loop, base, good, corrupt, stop_at, args.reload_every_s, stats))
             futures += [ex.submit(client_loop, base, export, stop_at, seed, stats)
@@ -225,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         "rss_per_minute_mb": [round(float(rss[np.argmin(np.abs(t - 60 * m))]), 1)
                               for m in range(int(duration // 60) + 1)],
         "load_average": list(os.getloadavg()),
+        "slow_clients": args.slow_clients, "slow_client_connections": dict(slow),
+        "server_fds_max": max(fds, default=0), "server_fds_bound": MAX_CONNECTIONS + FD_SLACK,
     }
     problems = []
     if n5xx:
@@ -235,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"unexpected statuses, e.g. {stats.unexpected[:3]}")
     if not alive:
         problems.append("the server exited during the run")
+    if max(fds, default=0) > MAX_CONNECTIONS + FD_SLACK:
+        problems.append(f"the server had {max(fds)} open files (bound {MAX_CONNECTIONS + FD_SLACK})")
     if not growth <= args.max_growth_mb:
         problems.append(f"RSS grew {growth:.1f} MB after warm-up (bound {args.max_growth_mb:g} MB)")
     summary["ok"], summary["problems"] = not problems, problems

@@ -190,6 +190,29 @@ CASES: list[Case] = [
          ["map.yaml", "key columns.request_id: column 'sessionid' not found", "available columns: session"],
          lambda t: (renamed(t), (t / "map.yaml").write_text(
              "columns: {request_id: sessionid, user_id: uid, ts: time_ms, item_id: sku}\n"))),
+    Case("mapping not UTF-8", "data", "mapping file in UTF-16",
+         ["data", "validate", "{log}", "--mapping", "{tmp}/map.yaml"],
+         ["map.yaml: YAML file is not UTF-8 text (byte 0: invalid start byte); save it as UTF-8"],
+         lambda t: (t / "map.yaml").write_bytes("ts_unit: ms\n".encode("utf-16"))),
+    Case("duplicate key in mapping", "data", "`columns:` twice in the mapping file",
+         ["data", "validate", "{tmp}/in.parquet", "--mapping", "{tmp}/map.yaml"],
+         ["map.yaml: not valid YAML (key 'columns' appears twice (lines 1 and 2); keep one)"],
+         lambda t: (renamed(t), (t / "map.yaml").write_text(
+             "columns: {request_id: session, user_id: uid, ts: time_ms, item_id: sku}\ncolumns: {user_id: uid}\n"))),
+    Case("ts_unit s overflows", "data", "`ts_unit: s` with a ts of 10**17 (already ms, or garbage)",
+         ["data", "validate", "{tmp}/in.parquet", "--mapping", "{tmp}/map.yaml"],
+         ["map.yaml: key ts_unit: s, but column ts has a value (100000000000000000)",
+          "overflows int64 milliseconds; check that ts is in seconds"],
+         lambda t: (write_table(t, with_column(base_log(), "ts", pa.array([10**17] * base_log().num_rows))),
+                    (t / "map.yaml").write_text("ts_unit: s\n"))),
+    Case("error text with square brackets", "data", "mapping onto a column named `sess[ion]` (absent)",
+         ["data", "validate", "{tmp}/in.parquet", "--mapping", "{tmp}/map.yaml"],
+         ["key columns.request_id: column 'sess[ion]' not found", "available columns: session"],
+         lambda t: (renamed(t), (t / "map.yaml").write_text("columns: {request_id: 'sess[ion]'}\n"))),
+    Case("NaN in a float16 prediction", "data", "pred_click stored as float16 with one NaN",
+         ["data", "validate", "{tmp}/in.parquet"], ["pred_click", "1 data contract violation(s)"],
+         lambda t: write_table(t, set_value(with_column(base_log(), "pred_click", pa.array(
+             base_log()["pred_click"].to_numpy().astype(np.float16))), "pred_click", 3, float("nan")))),
     Case("mapping YAML syntax error", "data", "unclosed [ in the mapping file",
          ["data", "validate", "{log}", "--mapping", "{tmp}/map.yaml"],
          ["column mapping", "map.yaml: not valid YAML"], lambda t: (t / "map.yaml").write_text("labels: [click\n")),
@@ -266,6 +289,17 @@ CASES: list[Case] = [
     Case("config file missing", "config", "--config nope.yaml",
          ["train", "--method", "grade", "--data", "{log}", "--out", "{tmp}/o", "--config", "{tmp}/nope.yaml"],
          ["nope.yaml: config file not found"]),
+    Case("config file not UTF-8", "config", "--config saved as Latin-1 (`# café` with byte 0xe9)",
+         ["train", "--method", "grade", "--data", "{log}", "--out", "{tmp}/o", "--config", "{tmp}/c.yaml"],
+         ["c.yaml: YAML file is not UTF-8 text (byte 5: invalid continuation byte); save it as UTF-8"],
+         lambda t: (t / "c.yaml").write_bytes("# café\nstage1:\n  epochs: 1\n".encode("latin-1"))),
+    Case("duplicate key in config", "config", "--config with `epochs:` twice under stage1",
+         ["train", "--method", "grade", "--data", "{log}", "--out", "{tmp}/o", "--config", "{tmp}/c.yaml"],
+         ["c.yaml: not valid YAML (key 'epochs' appears twice (lines 2 and 3); keep one)"],
+         lambda t: (t / "c.yaml").write_text("stage1:\n  epochs: 1\n  epochs: 2\n")),
+    Case("duplicate key in --set", "config", "--set 'stage1={epochs: 1, epochs: 2}'",
+         GRADE_CFG + ["stage1={{epochs: 1, epochs: 2}}"],
+         ["--set 'stage1={epochs: 1, epochs: 2}': value is not valid YAML (key 'epochs' appears twice"]),
     Case("unknown preset", "config", "bench --world marketplace --preset nope",
          ["bench", "--world", "marketplace", "--preset", "nope", "--out", "{tmp}/b"],
          ["unknown marketplace preset 'nope'; choose one of default, quick"]),
@@ -666,12 +700,14 @@ def test_reload_to_corrupt_model_keeps_serving_the_old_one(client: Any, models: 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     before = client.post("/v1/rank", json=rank_body()).json()
     for name, content in (("model.onnx", b"garbage"), ("manifest.json", b"{"), ("feature_center.json", b"[]")):
-        bad = tmp_path / name
+        bad = models["export"].parent / f"corrupt-{name}"  # inside the model root (the export's parent)
+        shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(models["export"], bad)
         (bad / name).write_bytes(content)
-        r = client.post("/admin/reload", json={"path": str(bad)}, headers=auth)
-        assert r.status_code == 422 and f"still serving {models['export']}" in r.text, r.text
-        assert client.get("/healthz").json()["path"] == str(models["export"])
+        r = client.post("/admin/reload", json={"path": bad.name}, headers=auth)
+        assert r.status_code == 422 and "still serving the previous model" in r.text, r.text
+        assert str(models["export"].parent) not in r.text  # no server path in the answer
+        assert client.get("/healthz", headers=auth).json()["path"] == str(models["export"])
         assert client.post("/v1/rank", json=rank_body()).json() == before
 
 
@@ -704,3 +740,24 @@ def test_real_cli_process_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert flat(proc.stderr).startswith(f"error: {tmp_path / 'in.parquet'}: {NOT_PARQUET}")
+
+
+def test_float16_columns_are_read_as_float32(tmp_path: Path) -> None:
+    """float16 predictions, labels and prices are valid (read as float32, exactly); before, Arrow
+    had no kernel for them and validation died with a traceback."""
+    from blendrank.data.io import iter_record_batches, read_log
+
+    t = base_log()
+    for name in ("pred_click", "label_click"):
+        t = with_column(t, name, pa.array(t[name].to_numpy().astype(np.float16)))
+    t = with_column(t, "price", pa.array(np.linspace(0, 99, t.num_rows).astype(np.float16)))
+    write_table(tmp_path, t)
+    result = invoke("data", "validate", tmp_path / "in.parquet")
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+    read = read_log(tmp_path / "in.parquet")
+    streamed = pa.Table.from_batches(list(iter_record_batches(tmp_path / "in.parquet")))
+    for table in (read, streamed):
+        for name in ("pred_click", "label_click", "price"):
+            assert table.schema.field(name).type == pa.float32()
+            assert table[name].to_pylist() == t[name].cast(pa.float32()).to_pylist()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
 import time
 import warnings
 
@@ -49,8 +52,9 @@ def dirs(tmp_path_factory, table):
 @pytest.fixture()
 def client(dirs):
     root, _ = dirs
+    # model root: pytest's directory for this run, which holds every test's tmp_path
     return TestClient(create_app(root / "export", reload_token=TOKEN, max_body_bytes=200_000, max_candidates=50,
-                                 max_k=20, max_string_chars=16))
+                                 max_k=20, max_string_chars=16, model_root=root.parent))
 
 
 def requests_of(table, n=None, k=3):
@@ -432,6 +436,14 @@ def with_cols(**cols):
     (b"{not json", 422, "not valid JSON"),
     (b"\xff\xfe", 422, "not valid JSON"),
     (b"[1, 2]", 422, "must be a JSON object"),
+    # a page never shows one item twice; a numeric feature is finite or null
+    ({**body(), "candidates": [{"item_id": 7, "pred_click": 0.1, "pred_order": 0.1}] * 2}, 422,
+     "candidates[1].item_id: item id 7 repeats candidates[0].item_id"),
+    (with_cols(item_id=["a", 1, "b", 1, "a"]), 422, "candidates.item_id[3]: item id 1 repeats candidates.item_id[1]"),
+    (json.dumps(body()).replace('"f_user_type": 1', '"f_user_type": NaN').encode(), 422,
+     "user.f_user_type must be a finite number or null, got nan"),
+    (json.dumps(body()).replace('"f_user_type": 1', '"f_user_type": -Infinity').encode(), 422,
+     "user.f_user_type must be a finite number or null, got -inf"),
 ])
 def test_bad_input_is_a_4xx_with_a_message(client, payload, status, match):
     content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -455,11 +467,11 @@ def test_reload_requires_the_token_and_validates_before_swapping(client, dirs, t
     for bad in (corrupt, tmp_path / "missing"):
         r = client.post("/admin/reload", json={"path": str(bad)}, headers=auth)
         assert r.status_code == 422 and "still serving" in r.json()["detail"]
-        assert client.get("/healthz").json()["path"] == str(root / "export")
+        assert client.get("/healthz", headers=auth).json()["path"] == str(root / "export")
         assert client.post("/v1/rank", json=body()).status_code == 200
     r = client.post("/admin/reload", json={"path": str(new)}, headers=auth)
     assert r.status_code == 200, r.text
-    assert client.get("/healthz").json()["path"] == str(new)
+    assert client.get("/healthz", headers=auth).json()["path"] == str(new.resolve())
     assert client.post("/v1/rank", json=body()).status_code == 200
     # No token configured: reload is disabled.
     off = TestClient(create_app(root / "export"))
@@ -497,15 +509,17 @@ def test_requests_ready_together_are_ranked_in_one_batch(dirs, table):
     assert (metrics.batches, metrics.batched_requests) == (1, 6)
 
 
-@pytest.fixture()
-def live_server(dirs):
-    """The service under uvicorn on a loopback port, in a thread: (base url, app)."""
+@contextlib.contextmanager
+def running(app, **limits):
+    """``app`` under uvicorn as `blendrank serve` runs it (bounded connections and read time,
+    ``limits`` go to ``server_config``), on a loopback port, in a thread: (base url, server)."""
     import threading
 
     import uvicorn
 
-    app = create_app(dirs[0] / "export", reload_token=TOKEN)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    from blendrank.serve.server import server_config
+
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, **limits))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(500):
@@ -514,9 +528,19 @@ def live_server(dirs):
         time.sleep(0.01)
     assert server.started, "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture()
+def live_server(dirs, tmp_path):
+    """The service under uvicorn on a loopback port, in a thread: (base url, app)."""
+    app = create_app(dirs[0] / "export", reload_token=TOKEN, model_root=tmp_path.parent)
+    with running(app) as (url, _):
+        yield url, app
 
 
 @pytest.mark.serve
@@ -590,7 +614,8 @@ payloads = st.one_of(
 @st.composite
 def valid_payloads(draw):
     n = draw(st.integers(0, 50))
-    cands = {"item_id": draw(st.lists(st.integers(-2**63, 2**63) | st.text(max_size=16), min_size=n, max_size=n)),
+    cands = {"item_id": draw(st.lists(st.integers(-2**63, 2**63) | st.text(max_size=16), min_size=n, max_size=n,
+                                      unique=True)),
              "pred_click": draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)),
              "pred_order": draw(st.lists(st.floats(0, 1) | st.integers(0, 1), min_size=n, max_size=n))}
     if draw(st.booleans()):
@@ -671,3 +696,272 @@ def test_runtime_model_failure_serves_the_fallback(dirs):
     c = TestClient(create_app(rk))
     assert c.post("/v1/rank", json=body()).json()["fallback"] is True
     assert "blendrank_fallback_requests_total 1" in c.get("/metrics").text
+
+
+# ------------------------------------------------------------------------ hostile clients
+def half_sent(url: str, i: int) -> socket.socket:
+    """A connection that starts POST /v1/rank and never finishes it: half the headers, or the
+    headers and a tenth of the announced body."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=5)
+    head = b"POST /v1/rank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n"
+    s.sendall(head[:30] if i % 2 else head + b"\r\n" + b'{"user": {' * 10)
+    return s
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    s.settimeout(0.05)
+    try:
+        data = s.recv(4096)
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_half_sent_connections_do_not_stall_the_service(dirs):
+    """Many connections that never finish their request: the server keeps at most
+    max_connections open (closing the ones waiting longest), closes each within the read timeout,
+    and a normal client keeps getting 200s from /v1/rank and /healthz meanwhile."""
+    import threading
+
+    import httpx
+
+    cap, read_timeout = 24, 1.5
+    app = create_app(dirs[0] / "export")
+    with running(app, max_connections=cap, read_timeout_s=read_timeout) as (url, server):
+        answers: list[tuple[int, float]] = []
+        stop = threading.Event()
+
+        def normal_client() -> None:
+            with httpx.Client(base_url=url, timeout=5) as c:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    for r in (c.post("/v1/rank", json=body(20)), c.get("/healthz")):
+                        answers.append((r.status_code, time.perf_counter() - t0))
+                    time.sleep(0.01)
+
+        client = threading.Thread(target=normal_client)
+        client.start()
+        while not answers:  # the normal client is connected before the flood starts
+            time.sleep(0.01)
+        attackers, open_counts = [], []
+        try:
+            for i in range(240):
+                attackers.append(half_sent(url, i))
+                if i % 20 == 0:
+                    time.sleep(0.02)
+                    open_counts.append(len(server.server_state.connections))
+            n_before = len(answers)
+            time.sleep(read_timeout + 1.0)  # every half-sent request passes its deadline
+            open_counts.append(len(server.server_state.connections))
+            assert len(answers) > n_before + 10  # still answering after the flood
+        finally:
+            stop.set()
+            client.join(10)
+        still_open = [s for s in attackers if not closed_by_server(s)]
+        for s in attackers:
+            s.close()
+    assert max(open_counts) <= cap, open_counts  # the normal client's connection included
+    assert not still_open, f"{len(still_open)} of {len(attackers)} half-sent connections still open"
+    assert answers and {st for st, _ in answers} == {200}, sorted({st for st, _ in answers})
+    assert max(dt for _, dt in answers) < 2.0
+
+
+@pytest.mark.serve
+def test_an_aborted_upload_is_not_counted_as_a_500(live_server):
+    import httpx
+
+    url, app = live_server
+    s = half_sent(url, 0)
+    s.close()  # gone before the body was complete: no response was ever sent
+    metrics = app.state.metrics
+    for _ in range(200):
+        if metrics.requests:
+            break
+        time.sleep(0.01)
+    text = httpx.get(url + "/metrics").text
+    assert 'blendrank_requests_total{endpoint="/v1/rank",status="499"} 1' in text, text
+    assert 'status="500"' not in text
+
+
+@pytest.mark.serve
+def test_a_request_not_received_in_time_gets_408(dirs):
+    app = create_app(dirs[0] / "export")
+    with running(app, read_timeout_s=0.3) as (url, _):
+        s = half_sent(url, 0)
+        s.settimeout(5)
+        reply = s.recv(4096)
+        s.close()
+        # the second request of a keep-alive connection has the same deadline
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as k:
+            k.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.1)  # the whole response (headers and body are two writes)
+            first = k.recv(4096)
+            k.sendall(b"GET /heal")
+            time.sleep(0.6)
+            second = k.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received in time" in reply
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 408"), (first, second)
+
+
+def test_server_config_rejects_bad_limits_and_fits_the_fd_limit():
+    import resource
+
+    from blendrank.errors import ConfigError
+    from blendrank.serve.server import FD_HEADROOM, connection_cap, server_config
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_cap(10) == min(10, soft - FD_HEADROOM)
+    assert connection_cap(10**9) <= soft - FD_HEADROOM
+    with pytest.raises(ConfigError, match="max_connections"):
+        server_config(None, max_connections=0)
+    with pytest.raises(ConfigError, match="read timeout"):
+        server_config(None, read_timeout_s=0)
+
+
+# ------------------------------------------------------------------------ reload confinement
+@pytest.mark.serve
+def test_reload_is_confined_to_the_model_root(dirs, tmp_path):
+    """Reloads load only from inside the model root (links followed), and their errors quote
+    neither server paths nor file content."""
+    root = tmp_path / "models"
+    shutil.copytree(dirs[0] / "export", root / "current")
+    shutil.copytree(dirs[0] / "export", root / "next")
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"password": "hunter2"}')
+    leaky = root / "leaky"
+    shutil.copytree(dirs[0] / "export", leaky)
+    (leaky / "fusion.json").unlink()
+    (leaky / "fusion.json").symlink_to(secret)
+    (root / "escape").symlink_to(tmp_path)  # a directory link out of the root
+    broken = root / "broken"
+    shutil.copytree(dirs[0] / "export", broken)
+    (broken / "fusion.json").write_text('{"inputs": "password hunter2"}')
+    c = TestClient(create_app(root / "current", reload_token=TOKEN, model_root=root))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    cases = [(str(dirs[0] / "export"), "is outside the model root"), ("../secret.txt", "is outside the model root"),
+             ("escape", "is outside the model root"), ("leaky", "fusion.json is a link that leads out of the model root"),
+             ("broken", "unreadable manifest.json or fusion.json"), ("nope", "no such export directory"),
+             ("next/model.onnx", "no such export directory")]
+    for path, message in cases:
+        r = c.post("/admin/reload", json={"path": path}, headers=auth)
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and "still serving the previous model" in detail and message in detail, detail
+        assert "hunter2" not in detail and str(tmp_path) not in detail.replace(str(dirs[0] / "export"), "")
+    assert c.get("/healthz", headers=auth).json()["path"] == str(root / "current")
+    r = c.post("/admin/reload", json={"path": "next"}, headers=auth)  # relative to the root
+    assert r.status_code == 200, r.text
+    assert c.get("/healthz", headers=auth).json()["path"] == str((root / "next").resolve())
+    r = c.post("/admin/reload", json={"path": str(root / "current")}, headers=auth)  # absolute, inside
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.serve
+def test_healthz_shows_server_paths_only_with_the_token(client, dirs, tmp_path):
+    public = client.get("/healthz").json()
+    assert public["status"] == "ok" and public["model_ok"] is True
+    assert "path" not in public and "fallback_reason" not in public and str(dirs[0]) not in json.dumps(public)
+    wrong = client.get("/healthz", headers={"Authorization": "Bearer nope"}).json()
+    assert "path" not in wrong
+    private = client.get("/healthz", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert private["path"] == str(dirs[0] / "export") and "fallback_reason" in private
+    # degraded: still 200 (the process serves, with the fallback weights), said in `status`
+    bad = tmp_path / "bad"
+    shutil.copytree(dirs[0] / "export", bad)
+    (bad / "model.onnx").write_bytes(b"garbage")
+    r = TestClient(create_app(bad)).get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "degraded" and r.json()["model_ok"] is False
+    assert str(bad) not in r.text
+
+
+# ------------------------------------------------------------------------------------ CLI port
+@pytest.mark.serve
+@pytest.mark.parametrize("port,message", [(99999, "--port 99999: not a TCP port; choose one in 1-65535"),
+                                          (-1, "--port -1: not a TCP port"),
+                                          (None, "already in use on 127.0.0.1")])
+def test_cli_serve_bad_or_busy_port_is_a_clear_error(dirs, port, message):
+    from typer.testing import CliRunner
+
+    from blendrank.cli.main import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1] if port is None else port
+        r = CliRunner().invoke(app, ["serve", "--model", str(dirs[0] / "export"), "--port", str(port)])
+    assert r.exit_code == 1, r.output
+    assert message in " ".join(r.output.split()) and "serving" not in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_half_sent_connections_cannot_exhaust_file_descriptors(dirs):
+    """`blendrank serve` under `ulimit -n 256` against 600 half-sent requests: its open files
+    stay under the limit (no EMFILE) and a normal client gets only 200s meanwhile."""
+    import resource
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    import httpx
+
+    n_attack, limit = 600, 256
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < n_attack + 200:
+        pytest.skip("this test process may not open enough sockets")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src = Path(__file__).resolve().parents[1] / "src"
+    cmd = (f"ulimit -n {limit}; exec {sys.executable} -m blendrank.cli.main serve "
+           f"--model {dirs[0] / 'export'} --port {port}")
+    proc = subprocess.Popen(["bash", "-c", cmd], env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    answers: list[int | str] = []
+    stop = threading.Event()
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def normal_client() -> None:
+            with httpx.Client(base_url=url, timeout=3) as c:
+                while not stop.is_set():
+                    try:
+                        answers.extend([c.post("/v1/rank", json=body(20)).status_code,
+                                        c.get("/healthz").status_code])
+                    except httpx.TransportError as exc:
+                        answers.append(type(exc).__name__)
+                    time.sleep(0.01)
+
+        client = threading.Thread(target=normal_client)
+        client.start()
+        while not answers:  # the normal client is connected before the flood starts
+            time.sleep(0.01)
+        most_fds = 0
+        for i in range(n_attack):
+            attackers.append(half_sent(url, 0))
+            if i % 100 == 0:
+                most_fds = max(most_fds, len(os.listdir(f"/proc/{proc.pid}/fd")))
+        time.sleep(1.0)
+        stop.set()
+        client.join(10)
+    finally:
+        stop.set()
+        for s in attackers:
+            s.close()
+        proc.terminate()
+        log = proc.communicate(timeout=20)[0]
+    assert most_fds < limit, most_fds
+    assert "Too many open files" not in log, log[-2000:]
+    assert len(answers) > 20 and set(answers) == {200}, sorted(map(str, set(answers)))

@@ -36,6 +36,10 @@ def check(summary: dict) -> None:
     assert any(k.startswith("bad:") and k.endswith("422") for k in summary["by_kind"])
     assert summary["by_kind"].get("reload_good 200") and summary["by_kind"].get("reload_corrupt 422")
     assert summary["growth_after_warmup_mb"] <= summary["max_growth_mb"]
+    # the slow-client attack ran alongside: the server closed and the attack replaced connections,
+    # and the server's open files stayed bounded
+    assert summary["slow_client_connections"].get("opened", 0) > summary["slow_clients"]
+    assert summary["server_fds_max"] <= summary["server_fds_bound"]
 
 
 @pytest.mark.soak

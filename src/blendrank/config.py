@@ -16,6 +16,50 @@ from blendrank.errors import ConfigError
 C = TypeVar("C", bound="BaseConfig")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a repeated key in a mapping (the plain loader keeps the
+    last value silently, so a config or mapping with a key twice would ignore the first)."""
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping repeats a key; the message names it and both lines."""
+
+
+def _construct_unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode,
+                              deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges may repeat keys
+            continue
+        key, line = loader.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                _construct_unique_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses repeated keys (:class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def read_text_utf8(path: Path, what: str = "file") -> str:
+    """The text of ``path``; ConfigError naming it when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "save it as UTF-8") from None
+
+
 class BaseConfig(BaseModel):
     """Base for every blendrank config: strict keys, validated on assignment."""
 
@@ -34,7 +78,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: empty key; expected KEY=VALUE")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
     return key.split("."), value
@@ -59,7 +103,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(read_text_utf8(path, "YAML file")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

@@ -25,7 +25,8 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is text, never markup: rich would drop "[nan, 1.0]" or "blendrank[report]".
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -69,7 +70,7 @@ def note_replaced(out_dir: Path, names: tuple[str, ...], when: str = "when this 
     """Say so when ``out_dir`` already holds outputs that this command will replace (never silent)."""
     present = [n for n in names if (out_dir / n).exists()]
     if present:
-        out.print(f"note: {out_dir} already holds {', '.join(present)}; replaced {when} "
+        out.print(f"note: {escape(str(out_dir))} already holds {', '.join(present)}; replaced {when} "
                   "(use a new --out to keep them)", highlight=False)
 
 

@@ -10,6 +10,11 @@ import typer
 
 from blendrank.cli.common import fail, out, user_errors
 
+ModelRootOption = typer.Option(
+    None, "--model-root",
+    help="Directory that POST /admin/reload may load exports from (paths outside it, and links "
+         "leading out of it, are refused). Default: the directory holding --model.")
+
 
 @user_errors
 def serve(
@@ -26,20 +31,45 @@ def serve(
                                          help="Longest item_id string or string feature value (422 above)."),
     max_body_bytes: int = typer.Option(2_000_000, "--max-body-bytes", min=1024, help="Largest request body in bytes (413 above)."),
     threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads of onnxruntime per request."),
+    model_root: Path | None = ModelRootOption,
+    max_connections: int = typer.Option(
+        1000, "--max-connections", min=1,
+        help="Most open client connections; beyond it the one waiting longest for an incomplete "
+             "request is closed (lowered to fit the file-descriptor limit)."),
+    read_timeout: float = typer.Option(
+        10.0, "--read-timeout", min=0.01,
+        help="Seconds a client has to send a whole request (headers and body); 408 and close "
+             "after."),
 ) -> None:
     """Serve POST /v1/rank, POST /v1/weights, GET /healthz, GET /metrics and POST /admin/reload."""
     try:
         import uvicorn
 
         from blendrank.serve.app import create_app
+        from blendrank.serve.server import (
+            bind_socket,
+            connection_cap,
+            raise_fd_limit,
+            server_config,
+        )
     except ImportError as exc:
         fail(f"serving needs the serve extra: pip install 'blendrank[serve]' ({exc})")
     token = os.environ.get(reload_token_env) or None
+    # Bind first: a bad or busy port is a clear error before anything is loaded or announced.
+    sock = bind_socket(host, port)
     app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
-                     max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars, threads=threads)
+                     max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars, threads=threads,
+                     model_root=model_root)
     r = app.state.blendrank["ranker"]
+    raise_fd_limit()
+    cap = connection_cap(max_connections)
+    if cap < max_connections:
+        out.print(f"note: --max-connections lowered to {cap} to fit the open-file limit "
+                  "(ulimit -n)", highlight=False)
+    port = sock.getsockname()[1]
     out.print(f"serving {model} ({'model ok' if r.model_ok else 'FALLBACK weights: ' + str(r.fallback_reason)}; "
-              f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}")
+              f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}",
+              markup=False, highlight=False)
     # torch, onnxruntime and the model leave ~200k long-lived objects; a full garbage collection
     # that scans them took 0.1-0.4 s on a 2-core box, stalling every in-flight request. Request
     # handling alone rarely triggers one (4 young-generation passes in 20k requests, measured),
@@ -48,4 +78,5 @@ def serve(
     gc.freeze()
     # One process, one event loop: ranking is CPU-bound and single-threaded, so scale out with
     # more processes (behind a load balancer) rather than threads.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = server_config(app, max_connections=max_connections, read_timeout_s=read_timeout)
+    uvicorn.Server(config).run(sockets=[sock])

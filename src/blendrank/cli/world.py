@@ -9,6 +9,7 @@ from rich.table import Table
 
 from blendrank.cli.common import ConfigOption, SetOption, check_writable_dir, fail, out, user_errors
 from blendrank.progress import progress_bar
+from blendrank.staging import staged_output_dir
 from blendrank.worlds.generate import generate_world
 from blendrank.worlds.presets import (
     KUAIRAND_SIM_PRESETS,
@@ -48,11 +49,14 @@ def generate(
     check_writable_dir(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"--out {out_dir}: directory is not empty; choose a new directory (nothing was overwritten)")
+    # Built in a hidden sibling directory and renamed to --out when complete: an interrupted or
+    # killed run never leaves a directory that looks finished (readers refuse the staging one).
     if world == "kuairand-sim":
         from blendrank.worlds.kuairand_sim import generate_kuairand_sim
 
         kcfg = kuairand_sim_config(preset, str(config) if config else None, overrides, seed=seed)
-        s = generate_kuairand_sim(kcfg, out_dir, sessions, log=lambda m: out.print(m, highlight=False))
+        with staged_output_dir(out_dir, subdirs=("logs",)) as stage:
+            s = generate_kuairand_sim(kcfg, stage, sessions, log=lambda m: out.print(m, highlight=False))
         out.print(f"[bold]kuairand-sim[/] preset={preset} seed={kcfg.seed}: {s['sessions']:,} sessions, "
                   f"{s['requests']:,} requests, {s['impressions']:,} impressions "
                   f"({s['impressions_per_session']['mean']:.1f} per session) -> {out_dir}")
@@ -60,9 +64,9 @@ def generate(
                   + f"; watch {s['watch_s_per_impression']:.1f} s")
         return
     cfg = world_config(preset, str(config) if config else None, overrides, seed=seed)
-    with progress_bar() as bar:
+    with staged_output_dir(out_dir, subdirs=("logs",)) as stage, progress_bar() as bar:
         task = bar.add_task("generating", total=requests)
-        summary = generate_world(cfg, requests, out_dir, shard_requests, eval_requests,
+        summary = generate_world(cfg, requests, stage, shard_requests, eval_requests,
                                  on_shard=lambda n: bar.advance(task, n), workers=workers)
     out.print(f"[bold]marketplace[/] preset={preset} seed={cfg.seed}: {summary['requests']:,} requests, "
               f"{summary['impressions']:,} impressions in {summary['shards']} shards "

@@ -25,6 +25,7 @@ from blendrank.data.contract import (
 )
 from blendrank.data.mapping import ColumnMapping, apply_mapping, load_mapping, parse_mapping
 from blendrank.errors import DataError, DataWarning
+from blendrank.staging import incomplete_reason
 
 #: What a mapping argument may be: a YAML path, a parsed mapping, or a dict in the YAML's form.
 MappingLike = str | Path | ColumnMapping | Mapping[str, Any]
@@ -45,6 +46,10 @@ def parquet_files(path: str | Path) -> list[Path]:
     """The Parquet file at ``path``, or the ``*.parquet`` / ``*.pq`` shards under a directory
     (recursively, sorted; names starting with ``.`` or ``_`` such as temp files are skipped)."""
     path = Path(path)
+    incomplete = incomplete_reason(path)
+    if incomplete is not None:
+        raise DataError(f"{path}: incomplete output ({incomplete}); "
+                        "generate it again into a new directory")
     if path.is_dir():
         files = sorted(
             p
@@ -59,13 +64,24 @@ def parquet_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def widen_half_floats(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``data`` with its float16 columns as float32 (every value kept exactly): Arrow's compute
+    kernels, which validation and training use, have none for float16."""
+    schema = data.schema
+    if not any(pa.types.is_float16(f.type) for f in schema):
+        return data
+    fields = [f.with_type(pa.float32()) if pa.types.is_float16(f.type) else f for f in schema]
+    return data.cast(pa.schema(fields, metadata=schema.metadata))
+
+
 def _unreadable(path: Path, exc: Exception) -> DataError:
     return DataError(f"{path}: not a Parquet file or truncated ({exc}); re-export it")
 
 
 def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+        table = pq.read_table(path, columns=list(columns) if columns is not None else None)
+        return widen_half_floats(table)
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable(path, exc) from None
 
@@ -208,7 +224,7 @@ def iter_record_batches(
                                       row_groups=None if group is None else [group])
             for rb in batches:
                 if by_group or seen % count == index:
-                    yield rb
+                    yield widen_half_floats(rb)
                 seen += 1
         except (pa.ArrowException, OSError) as exc:
             raise _unreadable(path_, exc) from None

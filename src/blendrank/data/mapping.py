@@ -169,11 +169,17 @@ def load_mapping(path: str | Path) -> ColumnMapping:
     return parse_mapping(data, str(path))
 
 
-def _seconds_to_ms(col: pa.ChunkedArray) -> pa.ChunkedArray:
+def _seconds_to_ms(col: pa.ChunkedArray, where: str) -> pa.ChunkedArray:
     """Whole or fractional seconds -> int64 ms (rounded). Other types pass through unchanged,
     for validation to report."""
     if pa.types.is_integer(col.type):
-        return pc.multiply_checked(col.cast(pa.int64()), 1000)
+        try:
+            return pc.multiply_checked(col.cast(pa.int64()), 1000)
+        except pa.ArrowInvalid:  # overflow: beyond int64 milliseconds (year 292 million)
+            big = pc.max(pc.abs(col.cast(pa.int64()))).as_py()
+            raise DataError(f"{where}: key ts_unit: s, but column ts has a value ({big}) that "
+                            "overflows int64 milliseconds; check that ts is in seconds (use "
+                            "ts_unit: ms for milliseconds)") from None
     if pa.types.is_floating(col.type):
         ms = pc.round(pc.multiply(col.cast(pa.float64()), 1000.0))
         if pc.all(pc.is_finite(ms)).as_py() is not False:
@@ -221,7 +227,7 @@ def apply_mapping(
     if TS in out.column_names:
         ts = out.column(TS)
         if mapping.ts_unit == "s":
-            ts = _seconds_to_ms(ts)
+            ts = _seconds_to_ms(ts, mapping_source)
         where = f"{source}: column {targets.get(TS, (TS, ''))[0]!r} (ts)"
         ts = to_epoch_ms(ts, fmt=mapping.ts_format, timezone=mapping.ts_timezone, where=where)
         out = out.set_column(out.column_names.index(TS), TS, ts)

@@ -36,7 +36,7 @@ import yaml
 from pydantic import ValidationError
 from torch import Tensor
 
-from blendrank.config import format_validation_error
+from blendrank.config import format_validation_error, load_yaml, read_text_utf8
 from blendrank.data.columns import label_values
 from blendrank.data.io import CSV_SUFFIXES, MappingLike, iter_record_batches, parquet_files
 from blendrank.data.splits import load_splits, split_files
@@ -221,7 +221,7 @@ def load_schema(path: str | Path) -> FeatureSchema:
     if not path.is_file():
         raise ConfigError(f"{path}: feature schema file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(read_text_utf8(path, "feature schema"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -27,13 +28,20 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from blendrank.errors import BlendrankError, DataError
+from blendrank.serve.model_root import confined_export_dir
 from blendrank.serve.payload import Limits, ParsedRequest
-from blendrank.serve.ranker import Ranker
+from blendrank.serve.ranker import ExportError, Ranker
 
 FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
 ItemId = StrictInt | StrictStr
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 KNOWN_PATHS = ("/v1/rank", "/v1/weights", "/healthz", "/metrics", "/admin/reload")
+# Recorded in /metrics when the client went away before a response was sent (nginx's code for
+# "client closed request"); no such response is ever sent.
+CLIENT_CLOSED = 499
+# /healthz fields that name server paths or quote exceptions: shown only with the reload token.
+PRIVATE_STATUS_FIELDS = ("path", "fallback_reason")
+log = logging.getLogger("blendrank.serve")
 
 
 # The request/response models document the API (OpenAPI schema); the hot path does not build
@@ -79,7 +87,8 @@ class WeightsResponse(BaseModel):
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: StrictStr = Field(description="Export directory to load (written by `blendrank export`).")
+    path: StrictStr = Field(description="Export directory to load (written by `blendrank export`): "
+                            "relative to the service's model root, or absolute inside it.")
 
 
 class Metrics:
@@ -263,6 +272,7 @@ class _Guard:
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    status = CLIENT_CLOSED
                     return
                 chunk = message.get("body", b"")
                 size += len(chunk)
@@ -356,16 +366,20 @@ def _document(app: FastAPI) -> None:
 
 def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None, *, backend: str = "onnx",
                max_body_bytes: int = 2_000_000, max_candidates: int = 1000, max_k: int | None = None,
-               max_string_chars: int = 256, threads: int = 1) -> Any:
+               max_string_chars: int = 256, threads: int = 1,
+               model_root: str | Path | None = None) -> Any:
     """Build the service for an export directory (or an already loaded :class:`Ranker`).
 
-    ``reload_token``: bearer token for ``POST /admin/reload``; reload is disabled (403) without
-    one. ``max_body_bytes`` bounds the request body (413); ``max_candidates`` a request's
-    candidates, ``max_k`` its page size (default: ``max_candidates``) and ``max_string_chars``
-    the length of item ids and string feature values (422 naming the field).
+    ``reload_token``: bearer token for ``POST /admin/reload`` (and for the server paths in
+    ``/healthz``); reload is disabled (403) without one. ``model_root``: the directory reloads
+    may load from (default: the one holding the served export). ``max_body_bytes`` bounds the
+    request body (413); ``max_candidates`` a request's candidates, ``max_k`` its page size
+    (default: ``max_candidates``) and ``max_string_chars`` the length of item ids and string
+    feature values (422 naming the field).
     """
     limits = Limits(max_candidates=max_candidates, max_k=max_k or max_candidates, max_string_chars=max_string_chars)
     ranker = export_dir if isinstance(export_dir, Ranker) else Ranker.load(export_dir, backend=backend, threads=threads)
+    root = Path(model_root) if model_root is not None else Path(ranker.path).resolve().parent
     metrics = Metrics()
     state = {"ranker": ranker}
     reload_lock = threading.Lock()
@@ -403,10 +417,30 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
         metrics.weights(out, fb)
         return _dumps({"weights": out, "fallback": fb})
 
+    def token_error(request: Request) -> JSONResponse | None:
+        """None when the request carries the reload token, else the 401/403 to send."""
+        auth = request.headers.get("authorization", "")
+        if reload_token is None:
+            return JSONResponse(status_code=403,
+                                content={"detail": "reload is disabled (no reload token configured)"})
+        if not auth.lower().startswith("bearer "):
+            return JSONResponse(status_code=401, content={"detail": "missing bearer token"},
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(auth[7:].strip().encode(), reload_token.encode()):
+            return JSONResponse(status_code=403, content={"detail": "invalid reload token"})
+        return None
+
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    def healthz(request: Request) -> dict[str, Any]:
+        """200 while the process serves; ``status`` is ``ok``, or ``degraded`` when the static
+        fallback weights are served (``model_ok: false``). The served path and the fallback
+        reason are shown only with the reload token (they name server paths)."""
         r = state["ranker"]
-        return {"status": "ok" if r.model_ok else "degraded", **r.status()}
+        status = {"status": "ok" if r.model_ok else "degraded", **r.status()}
+        if token_error(request) is not None:
+            for name in PRIVATE_STATUS_FIELDS:
+                status.pop(name, None)
+        return status
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
@@ -416,25 +450,27 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
     def reload(body: ReloadRequest, request: Request) -> JSONResponse:
         """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export.
         Runs in the thread pool: requests keep being served by the old model meanwhile."""
-        auth = request.headers.get("authorization", "")
-        if reload_token is None:
-            return JSONResponse(status_code=403, content={"detail": "reload is disabled (no reload token configured)"})
-        if not auth.lower().startswith("bearer "):
-            return JSONResponse(status_code=401, content={"detail": "missing bearer token"},
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(auth[7:].strip().encode(), reload_token.encode()):
-            return JSONResponse(status_code=403, content={"detail": "invalid reload token"})
+        denied = token_error(request)
+        if denied is not None:
+            return denied
         with reload_lock:
             old = state["ranker"]
+            # The client sees why in words free of server paths and file content (the path as it
+            # sent it at most); the server log has the full reason.
             try:
-                new = Ranker.load(body.path, backend=old.backend, strict=True, threads=threads)
-            except BlendrankError as exc:
-                metrics.reloads["rejected"] += 1
-                return JSONResponse(status_code=422, content={"detail": f"reload rejected, still serving {old.path}: {exc}"})
+                new = Ranker.load(confined_export_dir(root, body.path), backend=old.backend,
+                                  strict=True, threads=threads)
             except Exception as exc:  # noqa: BLE001 - a broken directory never takes the service down
                 metrics.reloads["rejected"] += 1
+                if isinstance(exc, ExportError):
+                    reason = f"{body.path[:200]!r}: {exc.public}"
+                elif isinstance(exc, BlendrankError):  # confined_export_dir: already path-free
+                    reason = str(exc)
+                else:
+                    reason = f"{type(exc).__name__} while loading the export"
+                log.warning("reload of %r rejected: %s", body.path, exc)
                 return JSONResponse(status_code=422, content={
-                    "detail": f"reload rejected, still serving {old.path}: {type(exc).__name__}: {exc}"})
+                    "detail": f"reload rejected, still serving the previous model: {reason}"})
             state["ranker"] = new  # one reference swap: in-flight requests finish on the old ranker
             metrics.reloads["ok"] += 1
         return JSONResponse(content={"status": "reloaded", **new.status()})

@@ -12,6 +12,7 @@ Every bound (candidates per request, ``k``, string lengths of ids and feature va
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -97,6 +98,8 @@ def _user(user: Any, schema: Schema, limits: Limits, where: str) -> Mapping[str,
         v = user[name]
         if type(v) not in _FEATURE_TYPES:
             raise DataError(f"{where}user.{name} must be a number, string, boolean or null, got {type(v).__name__}")
+        if type(v) is float and not math.isfinite(v):
+            raise DataError(f"{where}user.{name} must be a finite number or null, got {v!r}")
         if type(v) is str and len(v) > limits.max_string_chars:
             raise DataError(f"{where}user.{name}: string of {len(v)} characters, more than the limit "
                             f"{limits.max_string_chars}")
@@ -160,6 +163,13 @@ def _ids(ids: list[Any], limits: Limits, at: Any) -> None:
     if types.count(int) + n_str != len(types):
         i = next(i for i, v in enumerate(ids) if type(v) not in _ID_TYPES)
         raise DataError(f"{at(i)} must be an integer or a string, got {type(ids[i]).__name__}")
+    if len(set(ids)) != len(ids):  # a page must not show one item twice
+        first: dict[Any, int] = {}
+        for i, v in enumerate(ids):
+            if v in first:
+                raise DataError(f"{at(i)}: item id {v!r} repeats {at(first[v])}; "
+                                "send each candidate once"[:300])
+            first[v] = i
     if n_str:
         longest = max(len(v) for v in ids if type(v) is str)
         if longest > limits.max_string_chars:

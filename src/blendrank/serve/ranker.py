@@ -46,6 +46,15 @@ NUMPY_HEAD_TOL = 1e-6  # max abs weight difference from onnxruntime for the nump
 BLOCK_ELEMENTS = 64 * 3 * 200  # fusion inputs per block of a large batch (~150 KB per float32 array)
 
 
+class ExportError(DataError):
+    """An export directory that cannot be served. ``public`` says why without server paths or
+    file content, so the service may return it to a client; the message has the details."""
+
+    def __init__(self, message: str, public: str) -> None:
+        super().__init__(message)
+        self.public = public
+
+
 @dataclass
 class RankResult:
     """One ranked request: the page (best first), its fused scores and the weights used."""
@@ -97,16 +106,20 @@ class Ranker:
         if backend not in BACKENDS:
             raise DataError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if not (path / "manifest.json").is_file():
-            raise DataError(f"{path}: not an export directory (no manifest.json); run `blendrank export` first")
+            why = "not an export directory (no manifest.json); run `blendrank export` first"
+            raise ExportError(f"{path}: {why}", why)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
             spec = read_spec(path / "fusion.json")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable manifest.json ({exc})") from None
+        except (OSError, ValueError, DataError) as exc:
+            raise ExportError(f"{path}: unreadable manifest.json or fusion.json ({exc})",
+                              "unreadable manifest.json or fusion.json (missing, corrupt or not "
+                              "an export's)") from None
         from blendrank.serve.export import MANIFEST_FORMAT
 
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise DataError(f"{path}/manifest.json: not a blendrank serving manifest")
+            raise ExportError(f"{path}/manifest.json: not a blendrank serving manifest",
+                              "manifest.json: not a blendrank serving manifest")
         k = len(spec.inputs)
         fb = np.asarray(manifest.get("fallback_weights") or [1.0 / k] * k, dtype=np.float32)
         if fb.shape != (k,) or not np.isfinite(fb).all() or (fb < 0).any() or fb.sum() <= 0:
@@ -114,7 +127,8 @@ class Ranker:
         fb = fb / fb.sum()
         cards = manifest.get("cardinalities")
         if not isinstance(cards, list) or not all(type(c) is int for c in cards):
-            raise DataError(f"{path}/manifest.json: 'cardinalities' must be a list of integers")
+            raise ExportError(f"{path}/manifest.json: 'cardinalities' must be a list of integers",
+                              "manifest.json: 'cardinalities' must be a list of integers")
         self = cls(path, manifest, spec, None, fb, backend, limits=limits or Limits(),
                    _cards=np.asarray(cards, dtype=np.int64))
         try:
@@ -124,7 +138,11 @@ class Ranker:
             self.model = self._load_model(backend, threads, strict, parity_tol)
         except Exception as exc:  # noqa: BLE001 - any failure means: serve the fallback
             if strict:
-                raise DataError(f"{path}: model cannot be used: {exc}") from None
+                # Only the checks written here have messages free of paths and file content.
+                public = (exc.public if isinstance(exc, ExportError) else
+                          f"{type(exc).__name__} while loading feature_center.json or the model")
+                raise ExportError(f"{path}: model cannot be used: {exc}",
+                                  f"model cannot be used: {public}") from None
             self.model, self.fallback_reason = None, f"{type(exc).__name__}: {exc}"
         return self
 
@@ -134,7 +152,8 @@ class Ranker:
             cats = self.center.categorical_names(POLICY_ROLES)
             nums = self.center.numeric_names(POLICY_ROLES)
             if cats != m.get("categorical") or nums != m.get("numeric"):
-                raise DataError("feature_center.json does not match the manifest's feature schema")
+                msg = "feature_center.json does not match the manifest's feature schema"
+                raise ExportError(msg, msg)
         if backend == "torch":
             pol = load_policy(self.path)[0]
 
@@ -153,9 +172,10 @@ class Ranker:
 
             onnx_path = self.path / "model.onnx"
             if not onnx_path.is_file():
-                raise DataError("model.onnx not found")
+                raise ExportError("model.onnx not found", "model.onnx not found")
             if strict and sha256_file(onnx_path) != m.get("model_sha256"):
-                raise DataError("model.onnx sha256 does not match the manifest (corrupt or edited)")
+                msg = "model.onnx sha256 does not match the manifest (corrupt or edited)"
+                raise ExportError(msg, msg)
             session = onnx_session(onnx_path, threads)
             if strict and (self.path / "policy.pt").is_file():
                 from blendrank.serve.export import FusionHead
@@ -164,13 +184,15 @@ class Ranker:
                 err = parity_error(FusionHead(pol), session, list(m["cardinalities"]), len(m["numeric"]),
                                    pol.stats_mean, pol.stats_std, batches=(1, 33))
                 if not err <= tol:
-                    raise DataError(f"ONNX/PyTorch parity check failed (max abs error {err:.3g} > {tol:g})")
+                    msg = f"ONNX/PyTorch parity check failed (max abs error {err:.3g} > {tol:g})"
+                    raise ExportError(msg, msg)
             model = _Model(_with_numpy_head(session_runner(session), onnx_path, self._parity_states()), "onnx")
         # Smoke run: one state of the right shape must give K finite weights.
         w = model.run(np.zeros((1, len(m["categorical"])), np.int64), np.zeros((1, len(m["numeric"])), np.float32),
                       np.zeros((1, int(m["n_stats"])), np.float32))
         if w.shape != (1, k) or not np.isfinite(w).all():
-            raise DataError(f"model gives weights of shape {w.shape}, expected (1, {k})")
+            msg = f"model gives weights of shape {w.shape}, expected (1, {k})"
+            raise ExportError(msg, msg)
         return model
 
     def _parity_states(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -2,22 +2,71 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from blendrank.errors import ConfigError
 from blendrank.objective import OBJECTIVE_FILE
-from blendrank.worlds.logging_policy import shard_sizes, write_logs, write_shard, write_world_state
+from blendrank.worlds.logging_policy import (
+    generate_shard,
+    shard_sizes,
+    write_logs,
+    write_shard,
+    write_world_state,
+)
 from blendrank.worlds.marketplace import MarketplaceConfig, MarketplaceWorld
 from blendrank.worlds.oracle import headroom
 
 STREAM_HEADROOM = 2  # generator stream of the held-out requests used for the headroom report
+SAMPLE_REQUESTS = 256  # requests generated (in memory, not kept) to estimate the log's size
+# A sample compresses worse than a full shard (measured: 256 requests ~1.13x the per-request size
+# of 10,000), so the estimate errs high; the margin covers the world state and temp files.
+DISK_MARGIN = 1.1
+
+
+def estimate_log_bytes(world: MarketplaceWorld, n_requests: int,
+                       shard_requests: int = 10_000) -> int:
+    """Bytes that ``n_requests`` logged requests in shards of ``shard_requests`` take on disk,
+    from a sample of at most :data:`SAMPLE_REQUESTS` (and at most one shard, so that a file's
+    fixed overhead is counted) generated and compressed in memory (shards depend only on
+    ``(seed, shard)``, so the sample changes nothing that is written)."""
+    sample = min(n_requests, shard_requests, SAMPLE_REQUESTS)
+    buf = io.BytesIO()
+    pq.write_table(generate_shard(world, 0, sample), buf, compression="zstd",
+                   row_group_size=128 * 1024)
+    return int(buf.tell() / sample * n_requests * DISK_MARGIN)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_disk_space(world: MarketplaceWorld, n_requests: int, shard_requests: int,
+                     out_dir: str | Path) -> None:
+    """ConfigError, before anything is written, when the logs of ``n_requests`` requests would
+    not fit in the free space of ``out_dir``'s file system."""
+    where = Path(out_dir)
+    while not where.exists():
+        where = where.parent
+    need = estimate_log_bytes(world, n_requests, shard_requests)
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise ConfigError(f"--requests {n_requests:,}: the logs need about {_size(need)} of disk but "
+                          f"{where} has {_size(free)} free; lower --requests or free some space "
+                          "(nothing was written)")
 
 
 def headroom_report(world: MarketplaceWorld, n_requests: int) -> dict[str, Any]:
@@ -78,6 +127,7 @@ def generate_world(config: MarketplaceConfig, n_requests: int, out_dir: str | Pa
     out = Path(out_dir)
     t0 = time.perf_counter()
     world = MarketplaceWorld(config)
+    check_disk_space(world, n_requests, shard_requests, out)
     write_world_state(world, out)
     if workers > 1 and n_requests > shard_requests:
         paths = write_logs_parallel(config, n_requests, out, shard_requests, workers, on_shard)
