@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "blendrank"
 LAYERS: list[set[str]] = [
     {"errors", "config", "jsonio", "progress", "distributed", "checkpoint", "metrics", "fusion",
-     "objective", "ope", "tracking"},
+     "objective", "ope", "tracking", "staging"},
     {"losses", "rewards", "features", "data"},
     {"mtl", "prerank", "worlds"},
     {"algos"},
