@@ -21,13 +21,14 @@ demo: $(STAMP)
 	$(BIN)/blendrank demo --out runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts examples
 	$(BIN)/python -m pytest -q -m "not soak" tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not distributed and not soak" tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts examples
 
 bench-headroom: $(STAMP)
 	$(BIN)/python benchmarks/world_headroom.py

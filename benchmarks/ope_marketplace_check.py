@@ -42,9 +42,9 @@ w0 = world.production_weights()
 K = len(w0)
 alts = {"production": w0}
 for name, t in [("near", 0.15), ("mid", 0.35), ("far", 0.7)]:
-    e = np.zeros(K); e[-1] = 1.0  # toward price
+    e = np.eye(K)[-1]  # toward price
     alts[f"price_{name}"] = (1 - t) * w0 + t * (0.5 * e + 0.5 * np.ones(K) / K)
-    e2 = np.zeros(K); e2[1] = 1.0
+    e2 = np.eye(K)[1]
     alts[f"order_{name}"] = (1 - t) * w0 + t * e2
 arms = {a: ArmTarget(pages=pages_from_weights(logged.inputs, w, cfg.page_size, floor=cfg.fusion_floor), weights=w)
         for a, w in alts.items()}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_WORLD as SMALL
 from typer.testing import CliRunner
 
 from blendrank.algos.grade.config import GRADEConfig
@@ -19,7 +20,6 @@ from blendrank.worlds.marketplace import MarketplaceWorld
 from blendrank.worlds.presets import world_config
 
 runner = CliRunner()
-from conftest import SMALL_WORLD as SMALL
 
 
 def test_train_and_bench_resolve_the_identical_grade(small_world_logs: Path) -> None:
