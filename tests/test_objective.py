@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,25 @@ def test_export_falls_back_to_the_objectives_production_weights(tmp_path: Path, 
     prod = load_objective(logs.parent / "objective.yaml").production_weights
     assert manifest["fusion_inputs"] == ["click", "order", "price"]
     assert np.allclose(manifest["fallback_weights"], np.array(list(prod.values())) / sum(prod.values()), atol=1e-6)
+
+
+def test_the_goal_cannot_be_written_a_second_time_in_the_grade_config() -> None:
+    base = GRADEConfig.model_validate({"reward": {"guardrails": {"nope": 0.5}}})
+    with pytest.raises(ConfigError, match=r"reward.guardrails is read from the business objective \(guardrails\)"):
+        registry.grade_config(base, Objective.model_validate(MARKET), "grade", SPEC, ["click", "order"], True)
+    base = GRADEConfig.model_validate({"reward": {"prior_coefs": {"click": 1.0}}})
+    with pytest.raises(ConfigError, match="objective.yaml"):
+        registry.grade_config(base, Objective.model_validate(MARKET), "grade", SPEC, ["click", "order"], True)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ({"reward": {"max_ratio": [[0, 9, 2.0]]}}, "max_ratio entry [0, 9, 2.0]"),
+    ({"reward": {"min_weights": [0.1]}}, "min_weights has 1 entries"),
+    ({"policy": {"hidden": [-1]}}, "hidden"),
+    ({"seed": -5}, "seed"),
+    ({"seed": 10**23}, "seed"),
+])
+def test_rule_settings_are_checked_before_any_work(override: dict, needle: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=re.escape(needle)):
+        registry.grade_config(GRADEConfig.model_validate(override), Objective.model_validate(MARKET), "grade",
+                              SPEC, ["click", "order"], True)

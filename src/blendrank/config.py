@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from blendrank.errors import ConfigError
 
 C = TypeVar("C", bound="BaseConfig")
+#: Largest seed numpy and torch generators accept from every config (2**32 - 1).
+SEED_MAX = 2**32 - 1
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -35,7 +35,7 @@ from blendrank.bench.ope import (
     page_objective,
     run_ope,
 )
-from blendrank.config import BaseConfig
+from blendrank.config import SEED_MAX, BaseConfig
 from blendrank.data import splits as data_splits
 from blendrank.data.contract import objectives_of
 from blendrank.data.slates import Slates, to_slates
@@ -53,7 +53,7 @@ class LogBenchConfig(BaseConfig):
     """Offline bench on logs."""
 
     methods: list[str] = Field(default_factory=lambda: ["production", "static_search"], description="Arms to run (`blendrank methods` lists them); production is always the baseline.")
-    seed: int = Field(0, description="Seed of the search and the bootstrap.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the search and the bootstrap.")
     k: int = Field(10, ge=1, description="NDCG cut-off.")
     gain: str = Field("exp2", description="NDCG gain: exp2 or linear.")
     valid_frac: float = Field(0.15, gt=0, lt=0.5, description="Share of requests (by time) for validation when the log is one file.")

@@ -20,8 +20,12 @@ from blendrank.algos.grade.trainer import GradePolicy, fit_grade
 from blendrank.config import apply_overrides
 from blendrank.errors import ConfigError
 from blendrank.objective import Objective
+from blendrank.rewards.composite import CompositeRewardConfig
 
 Context = Literal["marketplace", "kuairand-sim", "logs", "train"]
+#: GRADE reward settings the objective owns -> the objective's field (no second place to write the goal).
+OBJECTIVE_OWNED = {"prior_coefs": "value", "post_objective_weights": "value", "post_gain": "value (linear)",
+                   "guardrails": "guardrails", "prior_discount": "discount", "k": "page_size"}
 WORLDS: frozenset[str] = frozenset({"marketplace", "kuairand-sim"})
 EVERYWHERE: frozenset[str] = frozenset({"marketplace", "kuairand-sim", "logs"})
 
@@ -112,6 +116,12 @@ def grade_config(base: GRADEConfig, objective: Objective, method: str, spec: Fus
     and the page size; then the method's overrides. ``base`` holds the user's other settings."""
     if not is_grade(method):
         raise ConfigError(f"{method!r} is not a GRADE method; GRADE methods: {', '.join(n for n in REGISTRY if is_grade(n))}")
+    default = CompositeRewardConfig()
+    for key, source in OBJECTIVE_OWNED.items():
+        if getattr(base.reward, key) != getattr(default, key):
+            raise ConfigError(f"reward.{key} is read from the business objective ({source}); declare it there "
+                              "(objective.yaml or --objective, docs/objective.md; in a world bench --set guardrails=…) "
+                              "instead of in the GRADE config")
     prior, no_pred = objective.prior_coefs(spec.objectives, has_price)
     post, no_label = objective.post_weights(labels, has_price)
     data = base.model_dump(mode="json")
@@ -129,7 +139,21 @@ def grade_config(base: GRADEConfig, objective: Objective, method: str, spec: Fus
         cfg = GRADEConfig.model_validate(apply_overrides(data, list(REGISTRY[method].overrides)))
     except ValueError as exc:
         raise ConfigError(f"GRADE config from the objective ({method}): {exc}") from None
+    _check_against_inputs(cfg, spec.inputs)
     return ResolvedGrade(cfg, no_pred, no_label)
+
+
+def _check_against_inputs(cfg: GRADEConfig, inputs: list[str]) -> None:
+    """The rule settings that index the fusion inputs, checked before any work starts."""
+    k, rc = len(inputs), cfg.reward
+    for name in ("min_weights", "anchor"):
+        value = getattr(rc, name)
+        if value is not None and len(value) != k:
+            raise ConfigError(f"reward.{name} has {len(value)} entries; the policy fuses {k} inputs {inputs}")
+    for i, j, r in rc.max_ratio or []:
+        if not (0 <= i < k and 0 <= j < k) or i == j or r <= 0:
+            raise ConfigError(f"reward.max_ratio entry [{i}, {j}, {r}]: indices must be two different inputs in "
+                              f"0..{k - 1} ({inputs}) and the ratio > 0")
 
 
 def fit_method(resolved: ResolvedGrade, logs: pa.Table | str | Path, objective: Objective, spec: FusionSpec,

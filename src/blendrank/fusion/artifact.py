@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, ValidationError
@@ -45,7 +45,8 @@ class FusionSpec(BaseConfig):
 class PolicyConfig(BaseConfig):
     """The fusion policy network ``state → Dir(κ(s)·m(s))``."""
 
-    hidden: list[int] = Field(default_factory=lambda: [64, 64], description="MLP hidden sizes.")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64],
+                                                      description="MLP hidden sizes (each ≥ 1).")
     emb_dim: int = Field(4, ge=1, description="Embedding size of each user/context categorical feature.")
     kappa_min: float = Field(0.05, gt=0, description="κ_min: floor of the Dirichlet total concentration.")
     kappa_init: float = Field(30.0, gt=0, description="Initial total concentration κ (exploration width).")

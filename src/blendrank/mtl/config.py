@@ -11,7 +11,7 @@ from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from blendrank.config import BaseConfig
+from blendrank.config import SEED_MAX, BaseConfig
 
 ModelName = Literal["mmoe", "ple", "shared_bottom"]
 MODEL_NAMES: tuple[str, ...] = ("mmoe", "ple", "shared_bottom")
@@ -165,7 +165,7 @@ class MTLConfig(BaseConfig):
         "in a batch (mean over rows of their squared norms) and on the wide numeric weights; "
         "keeps rare values near zero.",
     )
-    seed: int = Field(default=0, description="Seed of initialisation, dropout and shuffling.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of initialisation, dropout and shuffling.")
 
     # ---- data
     read_batch_rows: int = Field(

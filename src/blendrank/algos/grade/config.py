@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from blendrank.config import BaseConfig
+from blendrank.config import SEED_MAX, BaseConfig
 from blendrank.fusion.artifact import PolicyConfig
 from blendrank.rewards.composite import CompositeRewardConfig
 
@@ -69,7 +69,7 @@ class RequestDataConfig(BaseConfig):
 class GRADEConfig(BaseConfig):
     """Everything GRADE needs; `blendrank train --method grade --set stage2.beta=0 …`."""
 
-    seed: int = Field(0, description="Seed of initialisation, batching and sampling.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of initialisation, batching and sampling.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy network.")
     stage1: LTRConfig = Field(default_factory=LTRConfig, description="Stage 1 (LambdaLoss initialisation).")
     stage2: GRPOConfig = Field(default_factory=GRPOConfig, description="Stage 2 (GRPO).")

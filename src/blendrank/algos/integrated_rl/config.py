@@ -11,13 +11,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from blendrank.config import BaseConfig
+from blendrank.config import SEED_MAX, BaseConfig
 
 
 class IntegratedRLConfig(BaseConfig):
     """Session MDP, bounded exploration, offline actor-critic with relaxed constraints, progressive rounds."""
 
-    seed: int = Field(0, description="Seed of networks, exploration and world rollouts.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of networks, exploration and world rollouts.")
     gamma: float = Field(0.9, ge=0, lt=1, description="Discount of the session return (paper: 0.9).")
     # Action space: power_k in [power_min, power_max], bias_k = 10**beta_k with beta_k in [log10_bias_min, log10_bias_max].
     power_min: float = Field(0.0, description="Lower bound of each objective's power (action box).")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from blendrank.config import BaseConfig
+from blendrank.config import SEED_MAX, BaseConfig
 
 Method = Literal["grid", "cem", "tpe", "cmaes", "gp"]
 METHODS: tuple[str, ...] = ("grid", "cem", "tpe", "cmaes", "gp")
@@ -59,7 +59,7 @@ class StaticSearchConfig(BaseConfig):
         "s log c_elite (the mean is refit fully). Below 1 it slows the shrinking of the search "
         "distribution, which otherwise stalls before reaching optima near the simplex boundary.",
     )
-    seed: int = Field(0, description="Random seed; equal seeds give identical searches.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Random seed; equal seeds give identical searches.")
     include: list[list[float]] = Field(
         default_factory=list,
         description="Fixed weight vectors (e.g. the production weights) always evaluated first, so "
