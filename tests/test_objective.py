@@ -24,13 +24,13 @@ from blendrank.worlds.marketplace import MarketplaceWorld
 from blendrank.worlds.presets import world_config
 
 runner = CliRunner()
-SPEC = FusionSpec(objectives=["click", "order"], use_price=True, price_scale=10.0)
+FUSION = FusionSpec(objectives=["click", "order"], use_price=True, price_scale=10.0)
 MARKET = {"value": {"click": 0.4, "order*price": 1.0}, "guardrails": {"ctr": 0.005, "cvr": 0.005, "opm": 0.0},
           "production_weights": {"click": 0.5, "order": 0.35, "price": 0.15}}
 
 
 def _grade(objective: Objective, method: str = "grade") -> GRADEConfig:
-    return registry.grade_config(GRADEConfig(), objective, method, SPEC, ["click", "order"], True).config
+    return registry.grade_config(GRADEConfig(), objective, method, FUSION, ["click", "order"], True).config
 
 
 def test_yaml_round_trip_and_clear_errors(tmp_path: Path) -> None:
@@ -161,10 +161,10 @@ def test_export_falls_back_to_the_objectives_production_weights(tmp_path: Path, 
 def test_the_goal_cannot_be_written_a_second_time_in_the_grade_config() -> None:
     base = GRADEConfig.model_validate({"reward": {"guardrails": {"nope": 0.5}}})
     with pytest.raises(ConfigError, match=r"reward.guardrails is read from the business objective \(guardrails\)"):
-        registry.grade_config(base, Objective.model_validate(MARKET), "grade", SPEC, ["click", "order"], True)
+        registry.grade_config(base, Objective.model_validate(MARKET), "grade", FUSION, ["click", "order"], True)
     base = GRADEConfig.model_validate({"reward": {"prior_coefs": {"click": 1.0}}})
     with pytest.raises(ConfigError, match="objective.yaml"):
-        registry.grade_config(base, Objective.model_validate(MARKET), "grade", SPEC, ["click", "order"], True)
+        registry.grade_config(base, Objective.model_validate(MARKET), "grade", FUSION, ["click", "order"], True)
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -177,4 +177,4 @@ def test_the_goal_cannot_be_written_a_second_time_in_the_grade_config() -> None:
 def test_rule_settings_are_checked_before_any_work(override: dict, needle: str) -> None:
     with pytest.raises((ConfigError, ValueError), match=re.escape(needle)):
         registry.grade_config(GRADEConfig.model_validate(override), Objective.model_validate(MARKET), "grade",
-                              SPEC, ["click", "order"], True)
+                              FUSION, ["click", "order"], True)
