@@ -172,9 +172,9 @@ def test_labels_and_features(tables: dict[str, pa.Table]) -> None:
 
 def test_production_weights_and_feature_schema(built: tuple[Path, dict]) -> None:
     out, _ = built
-    prod = yaml.safe_load((out / "production.yaml").read_text())
-    assert prod["weights"] == PRODUCTION_WEIGHTS
-    assert abs(sum(prod["weights"].values()) - 1) < 1e-9
+    prod = yaml.safe_load((out / "objective.yaml").read_text())
+    assert prod["production_weights"] == PRODUCTION_WEIGHTS == prod["value"]
+    assert abs(sum(prod["production_weights"].values()) - 1) < 1e-9
     center = pytest.importorskip("blendrank.features.center")
     from blendrank.config import load_config
 
@@ -277,7 +277,7 @@ def test_cli_kuairand(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["data", "kuairand", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "228,329" in result.output and "train" in result.output
-    for name in (*(f"{s}.parquet" for s in SPLIT_NAMES), "summary.json", "production.yaml"):
+    for name in (*(f"{s}.parquet" for s in SPLIT_NAMES), "summary.json", "objective.yaml"):
         assert (tmp_path / name).exists()
 
     bad = CliRunner().invoke(app, ["data", "kuairand", "--out", str(tmp_path), "--min-items", "0"])

@@ -25,6 +25,7 @@ import yaml
 
 from blendrank.data.kuairand_history import HISTORY_FEATURES, PRIOR_STRENGTH, history_features
 from blendrank.errors import DataError
+from blendrank.objective import OBJECTIVE_FILE, Objective
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -257,23 +258,20 @@ def _split_summary(table: pa.Table, dates: np.ndarray, train_users: np.ndarray |
     return out
 
 
-def production_yaml(weights: Mapping[str, float] = PRODUCTION_WEIGHTS) -> str:
-    """The documented hand-set production fusion weights as YAML."""
+def objective_yaml(weights: Mapping[str, float] = PRODUCTION_WEIGHTS) -> str:
+    """The log's business objective as YAML (docs/objective.md): the hand-set production fusion,
+    whose weights are also the value of each behaviour."""
     total = sum(weights.values())
-    body = {
-        "dataset": "kuairand",
-        "formula": "log_linear",
-        "floor": 1e-3,
-        "objectives": list(weights),
-        "weights": {k: round(v / total, 6) for k, v in weights.items()},
-    }
+    normalised = {k: round(v / total, 6) for k, v in weights.items()}
+    body = Objective(value=normalised, production_weights=normalised)
     header = (
-        "# Hand-set 'production' fusion weights for KuaiRand (blendrank's choice; Kuaishou's real\n"
-        "# formula is not public). A feed blend dominated by click and long view, with small terms\n"
-        "# for the rarer engagement signals. 'hate' is a negative signal and is not on the simplex;\n"
-        "# play_time_ms is a regression target and is not fused here. See docs/kuairand.md.\n"
+        "# The KuaiRand log's business objective (blendrank's choice; Kuaishou's real formula is not\n"
+        "# public): a feed blend dominated by click and long view, with small terms for the rarer\n"
+        "# engagement signals, and the same weights as the hand-set production fusion. 'hate' is a\n"
+        "# negative signal and is not fused; play_time_ms is a regression target and is not fused\n"
+        "# here. See docs/kuairand.md and docs/objective.md.\n"
     )
-    return header + yaml.safe_dump(body, sort_keys=False)
+    return header + body.to_yaml()
 
 
 def features_yaml(history: bool = False) -> str:
@@ -308,7 +306,7 @@ def build_kuairand(
     """Convert the vendored KuaiRand copy to contract Parquet in ``out_dir``.
 
     Writes ``train.parquet``, ``valid.parquet``, ``test.parquet``, ``summary.json``,
-    ``production.yaml`` (hand-set production fusion weights) and ``features.yaml`` (the feature
+    ``objective.yaml`` (the business objective with the hand-set production fusion weights) and ``features.yaml`` (the feature
     schema); returns the summary dict.
 
     Args:
@@ -433,7 +431,7 @@ def build_kuairand(
         split_summaries[name] = _split_summary(part, row_date[in_split], train_users)
         if name == "train":
             train_users = np.unique(part["user_id"].to_numpy())
-    (out / "production.yaml").write_text(production_yaml(production_weights))
+    (out / OBJECTIVE_FILE).write_text(objective_yaml(production_weights))
     (out / "features.yaml").write_text(features_yaml(history))
 
     kept_rid = rid[rows][in_any]
@@ -479,7 +477,7 @@ def build_kuairand(
         "missing_filled": missing,
         "production_weights": dict(production_weights),
         "files": [f"{name}.parquet" for name in splits]
-        + ["summary.json", "production.yaml", "features.yaml"],
+        + ["summary.json", OBJECTIVE_FILE, "features.yaml"],
     }
     if history:
         summary["history"] = {

@@ -326,7 +326,7 @@ def train_stage2(policy: DirichletPolicy, data: RequestLog | RequestBatch, cfg: 
     guardrails = rc.active_guardrails
     if guardrails and anchor is None:
         raise DataError("reward.guardrails need the production weights they are measured against: pass anchor= to fit_grade "
-                        "(blendrank train reads them from production.yaml beside the log)")
+                        "(blendrank train reads them from the objective's production_weights)")
     # Lagrange multipliers of the guard rails, raised while the mean policy breaks them (dual ascent).
     multipliers = torch.zeros(len(guardrails))
     ema = (AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(s2.ema_decay), use_buffers=True)
