@@ -294,7 +294,10 @@ def test_ece_and_ratio() -> None:
     assert expected_calibration_error(np.array([1.0]), np.array([1.0])) == 0.0  # 1.0 in last bin
     c = calibration(np.full(10, 0.07), np.r_[np.ones(1), np.zeros(9)])
     assert c.ratio == pytest.approx(0.7) and not c.far_off
-    assert calibration(np.full(10, 0.7), np.r_[np.ones(1), np.zeros(9)]).far_off
+    assert calibration(np.full(100, 0.7), np.r_[np.ones(10), np.zeros(90)]).far_off
+    # one positive is too few to judge a 7x ratio; nor is a zero rate
+    assert not calibration(np.full(10, 0.7), np.r_[np.ones(1), np.zeros(9)]).far_off
+    assert not calibration(np.full(3, 0.1), np.zeros(3)).far_off
     assert calibration(np.full(3, 0.1), np.zeros(3)).ratio == math.inf
     assert math.isnan(calibration(np.zeros(3), np.zeros(3)).ratio)
 

@@ -11,6 +11,8 @@ import numpy as np
 ECE_BINS = 10
 #: ``mean prediction / label rate`` outside this range is reported as far off.
 RATIO_RANGE = (0.5, 2.0)
+#: Positive labels needed before a mean prediction is judged against the label rate.
+MIN_POSITIVES = 10
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,11 @@ class Calibration:
 
     @property
     def far_off(self) -> bool:
-        """Whether the ratio is outside :data:`RATIO_RANGE` (NaN, i.e. both 0, is not)."""
+        """Whether the ratio is outside :data:`RATIO_RANGE`, judged only with at least
+        :data:`MIN_POSITIVES` positive labels (a rarer label's rate is too noisy to judge)."""
         lo, hi = RATIO_RANGE
-        return not math.isnan(self.ratio) and not lo <= self.ratio <= hi
+        enough = self.n * self.rate >= MIN_POSITIVES
+        return enough and not math.isnan(self.ratio) and not lo <= self.ratio <= hi
 
 
 def expected_calibration_error(pred: np.ndarray, label: np.ndarray, bins: int = ECE_BINS) -> float:
