@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo test test-fast lint bench-headroom bench-worldgen clean
+.PHONY: venv demo test test-fast lint results bench-headroom bench-worldgen clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts examples
+
+# Reruns the headline benchmarks (about an hour on 2 cores) and rewrites their tables in docs/benchmarks.md.
+results: $(STAMP)
+	$(BIN)/python benchmarks/results.py
 
 bench-headroom: $(STAMP)
 	$(BIN)/python benchmarks/world_headroom.py
