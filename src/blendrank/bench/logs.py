@@ -89,14 +89,15 @@ class LogBenchConfig(BaseConfig):
     @model_validator(mode="before")
     @classmethod
     def _goal_lives_in_the_objective(cls, data: Any) -> Any:
-        # A ConfigError (not a ValueError) leaves pydantic as is: one line that names the file to edit.
+        # A ConfigError (not a ValueError) leaves pydantic as is: one line naming the file to edit.
         for key in OBJECTIVE_KEYS if isinstance(data, dict) else ():
             if key in data:
-                what = "the composite NDCG weights are the objective's value" if key == "objective_weights" else key
+                what = ("the composite NDCG weights are the objective's value"
+                        if key == "objective_weights" else key)
                 raise ConfigError(
-                    f"{key}: not a bench setting; {what} belongs to the business objective: write it in "
-                    f"objective.yaml beside the data or in a file passed with --objective (docs/objective.md), "
-                    f"e.g. `production_weights: {{click: 0.3, order: 0.7}}`")
+                    f"{key}: not a bench setting; {what} belongs to the business objective: "
+                    "write it in objective.yaml beside the data or in a file passed with --objective "
+                    "(docs/objective.md), e.g. `production_weights: {click: 0.3, order: 0.7}`")
         return data
 
 
@@ -149,7 +150,8 @@ def _evaluate(sl: Slates, scores: torch.Tensor, objectives: list[str], lam: np.n
         g = gauc(scores, labels, sl.mask)
         # Bootstrap over the requests GAUC uses (single-class requests have no AUC), as for NDCG.
         _, lo, hi = bootstrap_ci(g.per_request, cfg.n_boot, cfg.seed)
-        metrics[f"gauc_{o}"] = {"mean": g.mean, "ci95": [lo, hi], "n_used": g.n_used, "n_skipped": g.n_skipped}
+        metrics[f"gauc_{o}"] = {"mean": g.mean, "ci95": [lo, hi], "n_used": g.n_used,
+                                "n_skipped": g.n_skipped}
     mean, lo, hi = bootstrap_ci(composite, cfg.n_boot, cfg.seed)
     metrics[f"composite_ndcg@{cfg.k}"] = {"mean": mean, "ci95": [lo, hi]}
     return metrics, composite.numpy()
@@ -203,7 +205,8 @@ def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig
     prod = objective.production_vector(goal_inputs)
     lam = np.array([max(objective.value.get(o, 0.0), 0.0) for o in behaviours])
     lam = lam / lam.sum() if lam.sum() > 0 else prod[: len(behaviours)] / prod[: len(behaviours)].sum()
-    return LogGoal(objective, source, source.startswith(DEFAULT_SOURCE), behaviours, prod, lam, max(price_scale, 1e-6))
+    return LogGoal(objective, source, source.startswith(DEFAULT_SOURCE), behaviours, prod, lam,
+                   max(price_scale, 1e-6))
 
 
 def _grade(cfg: LogBenchConfig, goal: LogGoal, method: str, train: pa.Table) -> registry.ResolvedGrade:
@@ -352,14 +355,15 @@ def objective_used(goal: LogGoal) -> dict[str, Any]:
     return used
 
 
-def _notes(goal: LogGoal, unvalued: list[str], irl_history: list[dict[str, Any]] | None) -> list[str]:
+def _notes(goal: LogGoal, unvalued: list[str],
+           irl_history: list[dict[str, Any]] | None) -> list[str]:
     """What a reader of the results must know about how they were measured."""
     notes = []
     if goal.is_default:
         notes.append(f"objective: {goal.source}")
     if unvalued:
-        notes.append(f"objective terms {unvalued} have no logged columns in the test split (label_<name>, "
-                     "price), so they count 0 in the page value")
+        notes.append(f"objective terms {unvalued} have no logged columns in the test split "
+                     "(label_<name>, price), so they count 0 in the page value")
     for rec in irl_history or []:
         if rec.get("note"):
             notes.append(f"integrated_rl: {rec['note']}")
@@ -430,7 +434,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     for m in methods:
         offline[m], composite[m] = _evaluate(test, scores[m], objectives, goal.lam, cfg)
         realised[m] = {value_name: page_value(test, scores[m], goal.objective).numpy()}
-        realised[m].update({term_metric(t, P): page_term(test, scores[m], t, goal.objective).numpy() for t in terms})
+        realised[m].update({term_metric(t, P): page_term(test, scores[m], t, goal.objective).numpy()
+                            for t in terms})
         for name, per_request in realised[m].items():
             mean, lo, hi = bootstrap_ci(per_request, cfg.n_boot, cfg.seed)
             offline[m][name] = {"mean": mean, "ci95": [lo, hi]}
@@ -444,7 +449,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
                 out[m] = {value_metric: {"rel": rel, "ci95": [lo, hi]}}
                 for name, base_values in realised[base].items():
                     if base_values.sum() > 0:  # a relative lift needs a non-zero baseline
-                        rel, lo, hi = paired_bootstrap_rel_lift(realised[m][name], base_values, cfg.n_boot, cfg.seed)
+                        rel, lo, hi = paired_bootstrap_rel_lift(realised[m][name], base_values,
+                                                                cfg.n_boot, cfg.seed)
                         out[m][name] = {"rel": rel, "ci95": [lo, hi]}
         return out
 
@@ -458,7 +464,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
     notes = _notes(goal, unvalued, curves.get("integrated_rl"))
     used = objective_used(goal)
     bench = {
-        "data": str(data), "mapping": str(mapping) if mapping is not None else None, "config": "logs",
+        "data": str(data), "mapping": str(mapping) if mapping is not None else None,
+        "config": "logs",
         "seed": cfg.seed, "n_eval_requests": len(test),
         "baseline_arm": "production", "value_metric": value_metric, "page_value_metric": value_name,
         "realised_terms": {term_metric(t, P): t for t in terms},
@@ -477,7 +484,8 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         "ci_method": "percentile bootstrap over test requests (paired for lifts)",
         # the settings, with the objective and production weights actually used (not the null
         # that means "find objective.yaml"): a record of the run, not a config to load again
-        "bench_config": {**cfg.model_dump(mode="json"), "objective": used, "objective_source": goal.source,
+        "bench_config": {**cfg.model_dump(mode="json"), "objective": used,
+                         "objective_source": goal.source,
                          "production_weights": used["production_weights"]},
     }
     if "static_search" in methods:

@@ -227,10 +227,11 @@ def session_note(n_requests: int, n_sessions: int, gamma: float) -> str | None:
     ``user_id``, or one request per user); None when some session has a next request."""
     if n_sessions == 0 or n_sessions < n_requests:
         return None
-    return (f"every session is one request ({n_requests} requests, {n_sessions} sessions: the log has no "
-            "user_id or one request per user), so no transition has a next state and the discount "
-            f"gamma = {gamma:g} has no effect: IntegratedRL-MTF optimises each request's reward alone "
-            "(a contextual bandit); map user_id (and set log_session_gap_s) for sessions")
+    return (f"every session is one request ({n_requests} requests, {n_sessions} sessions: the log "
+            "has no user_id or one request per user), so no transition has a next state and the "
+            f"discount gamma = {gamma:g} has no effect: IntegratedRL-MTF optimises each request's "
+            "reward alone (a contextual bandit); map user_id (and set log_session_gap_s) for "
+            "sessions")
 
 
 def production_log_action(weights: np.ndarray, floor: float, cfg: IntegratedRLConfig) -> np.ndarray:
