@@ -223,9 +223,23 @@ def test_one_request_sessions_are_said_in_the_log_and_bench_json(tmp_path):
     for split, seed in (("train", 0), ("valid", 1), ("test", 2)):
         pq.write_table(two_type_log(n=200, L=6, seed=seed), data / f"{split}.parquet")
     sets = ["steps_per_round=40", "batch_size=64", "hidden=[16,16]"]
-    r = CliRunner().invoke(app, ["bench", "--data", str(data), "--methods", "production,integrated_rl",
-                                 "--out", str(tmp_path / "b"), "--set", "n_boot=100", "--set", "ope=false",
-                                 *[x for s in sets for x in ("--set", f"integrated_rl.{s}")]])
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(data),
+            "--methods",
+            "production,integrated_rl",
+            "--out",
+            str(tmp_path / "b"),
+            "--set",
+            "n_boot=100",
+            "--set",
+            "ope=false",
+            *[x for s in sets for x in ("--set", f"integrated_rl.{s}")],
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "gamma = 0.9 has no effect" in " ".join(r.output.split())
     b = json.loads((tmp_path / "b" / "bench.json").read_text())
