@@ -442,7 +442,10 @@ def test_walkthrough_csv_log_through_one_mapping(tmp_path: Path) -> None:
     assert {"srch_id", "date_time", "pred_click", "pred_booking"} <= set(scored.column_names)
     assert scored.num_rows == 240 * 6
 
-    # the objective beside the data: every command that reads scored.parquet finds it
+    # the objective beside the data: every command that reads scored.parquet finds it; the
+    # walkthrough in the docs shows this very file
+    doc = (Path(__file__).parents[1] / "docs" / "data_contract.md").read_text()
+    assert f"```yaml\n{OBJECTIVE}```" in doc
     (tmp_path / "objective.yaml").write_text(OBJECTIVE)
     result = invoke(
         "bench",
