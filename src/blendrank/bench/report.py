@@ -726,11 +726,6 @@ def _header(bench: Mapping[str, Any]) -> _Section:
     sec = _Section("Run")
     if rows:
         sec.tables.append(_Table(["field", "value"], rows, align_left=2))
-    if not bench.get("world") and bench.get("offline"):
-        sec.paragraphs.append(
-            "Log-only bench: offline metrics on the test split; no world, "
-            "no simulated A/B, no oracle."
-        )
     sec.notes.append("**Metric conventions.** " + CONVENTIONS)
     return sec
 
@@ -1047,23 +1042,13 @@ def write_report(
 def format_table(bench: Mapping[str, Any]) -> Table:
     """Rich table for the terminal: arms x key metrics, value lift with CI, oracle share.
 
-    For a log-only bench (no ``arms``) it shows the offline metrics with CIs instead.
+    For a log bench it shows the page value with its CI and lift, its terms and the composite
+    NDCG instead (:func:`_log_table`).
     """
-    if is_log_bench(bench) and bench.get("offline"):
+    if is_log_bench(bench):
         return _log_table(bench)
     arms = bench.get("arms") or bench.get("arms_realised") or {}
     baseline = bench.get("baseline_arm")
-    if not arms and (offline := bench.get("offline") or {}):
-        data, metrics = _ci_section_data(offline, "mean")
-        table = Table(title="Offline metrics on logs (mean [95% CI])", box=box.SIMPLE_HEAD)
-        table.add_column("arm", style="bold", no_wrap=True)
-        for m in metrics:
-            table.add_column(m, justify="right")
-        for arm in data:
-            table.add_row(
-                arm, *[_fmt_ci(*data[arm].get(m, (None, None, None)), pct=False) for m in metrics]
-            )
-        return table
 
     value_metric = str(bench.get("value_metric") or "value")
     present = [m for m in _ordered_metrics(arms.values()) if m in KEY_METRICS or m == value_metric]
