@@ -199,3 +199,111 @@ def test_bench_defaults_survive_partial_overrides() -> None:
     assert partial.grade.reward.a_post == 0.5 and partial.grade.seed == 3 and partial.grade.reward.guardrail_margin == margin
     off = BenchConfig.model_validate(apply_overrides({}, ["mtl.position_dropout=0", "grade.reward.guardrail_margin=0"]))
     assert off.mtl.position_dropout == 0 and off.grade.reward.guardrail_margin == 0
+
+
+def _log_in_production_order(tmp_path, n: int = 300, L: int = 6):
+    """A two-type log whose positions are production's fused order (equal weights over click and
+    order, log-linear), so the logged order *is* production's ranking; no objective file."""
+    import pyarrow as pa
+
+    from blendrank.data.synthetic import two_type_log
+
+    t = two_type_log(n=n, L=L, seed=3)
+    pc_, po = (
+        t[c].to_numpy().reshape(n, L).astype(np.float64) for c in ("pred_click", "pred_order")
+    )
+    score = 0.5 * np.log(pc_ + 1e-3) + 0.5 * np.log(po + 1e-3)
+    position = np.argsort(np.argsort(-score, 1), 1) + 1
+    t = t.set_column(
+        t.column_names.index("position"), "position", pa.array(position.ravel().astype(np.int32))
+    )
+    (tmp_path / "d").mkdir()
+    pq.write_table(t, tmp_path / "d" / "log.parquet")
+    return tmp_path / "d" / "log.parquet", t
+
+
+def test_logged_arm_is_the_order_the_log_showed(tmp_path):
+    import pyarrow as pa
+
+    log, table = _log_in_production_order(tmp_path)
+    args = ["--methods", "production,logged", "--set", "n_boot=100", "--set", "ope=false"]
+    r = CliRunner().invoke(app, ["bench", "--data", str(log), "--out", str(tmp_path / "b"), *args])
+    assert r.exit_code == 0, r.output
+    b = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(b["arms"]) == {"production", "logged"} and "logged" in b["lifts"]
+    assert b["arms"]["logged"] == pytest.approx(b["arms"]["production"], abs=1e-9)
+    assert b["lifts"]["logged"]["value@10"]["rel"] == pytest.approx(0.0, abs=1e-9)
+    # no objective file: the default is used, and bench.json and the report say so
+    assert b["objective_default"] and b["notes"][0].startswith(
+        "objective: default: no objective.yaml"
+    )
+    assert b["bench_config"]["production_weights"] == {"click": 0.5, "order": 0.5}
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "**Default objective.**" in md and "| logged |" in md
+
+    # the same log shown in reverse: now logged is another ranking than production's
+    rev = table.set_column(
+        table.column_names.index("position"),
+        "position",
+        pa.array((7 - table["position"].to_numpy()).astype(np.int32)),
+    )
+    pq.write_table(rev, tmp_path / "d" / "log.parquet")
+    r = CliRunner().invoke(app, ["bench", "--data", str(log), "--out", str(tmp_path / "b2"), *args])
+    assert r.exit_code == 0, r.output
+    b2 = json.loads((tmp_path / "b2" / "bench.json").read_text())
+    assert b2["arms"]["production"] == pytest.approx(b["arms"]["production"], abs=1e-9)
+    assert (
+        b2["arms"]["logged"]["composite_ndcg@10"]
+        < b2["arms"]["production"]["composite_ndcg@10"] - 0.05
+    )
+
+
+def test_logged_arm_needs_positions(tmp_path):
+    log, table = _log_in_production_order(tmp_path)
+    pq.write_table(table.drop_columns(["position"]), log)
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(log),
+            "--out",
+            str(tmp_path / "b"),
+            "--methods",
+            "production,logged",
+            "--set",
+            "n_boot=100",
+        ],
+    )
+    assert r.exit_code == 1 and "the logged arm needs a position column" in r.output
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "production_weights=[0.3,0.7]",
+        "production_weights={click: 1}",
+        "objective_weights={click: 1}",
+        "guardrails={ctr: 0.01}",
+    ],
+)
+def test_objective_settings_point_to_the_objective_file(tmp_path, setting):
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(tmp_path / "log.csv"),
+            "--out",
+            str(tmp_path / "b"),
+            "--set",
+            setting,
+        ],
+    )
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    text = " ".join(r.output.split())
+    assert f"{setting.split('=')[0]}: not a bench setting" in text
+    assert (
+        "objective.yaml beside the data or in a file passed with --objective (docs/objective.md)"
+        in text
+    )

@@ -206,3 +206,43 @@ def test_scoring_a_table_without_labels_is_a_clear_error():
     pol = fit_integrated_rl_logs(t, None, _setup(), FAST.model_copy(update={"steps_per_round": 2}))
     with pytest.raises(DataError, match="label_click"):
         pol.scores(t.drop_columns(["label_click"]))
+
+
+def test_one_request_sessions_are_said_in_the_log_and_bench_json(tmp_path):
+    single = two_type_log(n=300, L=6, seed=0)  # user_id = request_id: every session is one request
+    said: list[str] = []
+    pol = fit_integrated_rl_logs(single, None, _setup(), FAST, log=said.append)
+    note = pol.history[0]["note"]
+    assert "every session is one request" in note and "gamma = 0.9 has no effect" in note
+    assert any(s.startswith("integrated_rl: every session is one request") for s in said)
+    with_users = fit_integrated_rl_logs(_log(300, 100), None, _setup(), FAST, log=said.append)
+    assert "note" not in with_users.history[0]
+
+    data = tmp_path / "log"
+    data.mkdir()
+    for split, seed in (("train", 0), ("valid", 1), ("test", 2)):
+        pq.write_table(two_type_log(n=200, L=6, seed=seed), data / f"{split}.parquet")
+    sets = ["steps_per_round=40", "batch_size=64", "hidden=[16,16]"]
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--data",
+            str(data),
+            "--methods",
+            "production,integrated_rl",
+            "--out",
+            str(tmp_path / "b"),
+            "--set",
+            "n_boot=100",
+            "--set",
+            "ope=false",
+            *[x for s in sets for x in ("--set", f"integrated_rl.{s}")],
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "gamma = 0.9 has no effect" in " ".join(r.output.split())
+    b = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert any(n.startswith("integrated_rl: every session is one request") for n in b["notes"])
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "## IntegratedRL-MTF on the log" in md and "has no effect" in md

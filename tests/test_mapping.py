@@ -377,6 +377,21 @@ test_where: random_bool == 1
 """
 
 
+OBJECTIVE = """\
+# What a results page is worth: clicks a little, bookings' revenue most.
+value:
+  click: 0.2
+  booking*price: 1.0      # GMV: booking_bool x price_usd, in units of price_scale
+discount: log2
+page_size: 5              # the first five positions of a page are valued
+guardrails: {}
+production_weights:       # the hand-set ranking formula the site runs today
+  click: 0.7
+  booking: 0.3
+price_scale: 100          # GMV in hundreds of dollars
+"""
+
+
 def walkthrough_csv(path: Path, n_requests: int = 240, per: int = 6, seed: int = 0) -> Path:
     """A search log as real ones come: string ids, ISO date-times, no user column, a 0/1
     randomised-order flag per request, prices, clicks and bookings, no predictions."""
@@ -430,14 +445,77 @@ def test_walkthrough_csv_log_through_one_mapping(tmp_path: Path) -> None:
     assert {"srch_id", "date_time", "pred_click", "pred_booking"} <= set(scored.column_names)
     assert scored.num_rows == 240 * 6
 
-    result = invoke("bench", "--data", preds, "--mapping", mapping, "--out", tmp_path / "bench",
-                    "--methods", "production,static_search", "--set", "static_search.budget=20",
-                    "--set", "n_boot=100")
+    # the objective beside the data: every command that reads scored.parquet finds it; the
+    # walkthrough in the docs shows this very file
+    doc = (Path(__file__).parents[1] / "docs" / "data_contract.md").read_text()
+    assert f"```yaml\n{OBJECTIVE}```" in doc
+    (tmp_path / "objective.yaml").write_text(OBJECTIVE)
+    result = invoke(
+        "bench",
+        "--data",
+        preds,
+        "--mapping",
+        mapping,
+        "--out",
+        tmp_path / "bench",
+        "--methods",
+        "production,static_search,logged",
+        "--set",
+        "static_search.budget=20",
+        "--set",
+        "n_boot=100",
+    )
     assert result.exit_code == 0, result.output
+    assert f"objective from {tmp_path / 'objective.yaml'}" in flat(result.output)
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
     raw = pacsv.read_csv(log)
     flagged = pc.count_distinct(raw.filter(pc.equal(raw["random_bool"], 1))["srch_id"]).as_py()
     assert bench["split_requests"]["test"] == flagged
     assert sum(bench["split_requests"].values()) == 240
+    assert bench["test_split"] == "the requests where random_bool == 1"
+    # the objective and production weights actually used, recorded with the run
+    assert (
+        bench["objective_source"] == str(tmp_path / "objective.yaml")
+        and not bench["objective_default"]
+    )
+    used = bench["bench_config"]["production_weights"]
+    assert used == pytest.approx({"click": 0.7, "booking": 0.3})
+    assert bench["bench_config"]["objective"]["value"] == {"click": 0.2, "booking*price": 1.0}
+    # the logged order is an arm; the page value and each term (GMV here) per arm, with lifts
+    assert set(bench["arms"]) == {"production", "static_search", "logged"}
+    assert bench["realised_terms"] == {
+        "click@5": "click",
+        "booking*price@5": "booking*price",
+        "booking@5": "booking",
+    }
+    for arm in ("production", "static_search", "logged"):
+        for metric in ("value@5", "click@5", "booking*price@5", "gauc_booking"):
+            lo, hi = bench["offline"][arm][metric]["ci95"]
+            assert lo <= bench["offline"][arm][metric]["mean"] <= hi, (arm, metric)
+    assert {"value@5", "click@5", "booking*price@5"} <= set(bench["lifts"]["logged"])
+    # value@k is the objective's sum of its terms
+    prod = bench["offline"]["production"]
+    assert prod["value@5"]["mean"] == pytest.approx(
+        0.2 * prod["click@5"]["mean"] + prod["booking*price@5"]["mean"], rel=1e-5
+    )
+
     result = invoke("report", "--bench", tmp_path / "bench")
     assert result.exit_code == 0, result.output
+    md = (tmp_path / "bench" / "report.md").read_text()
+    assert md.startswith("# blendrank bench report: offline on a log (scored.parquet)")
+    for said in (
+        "the requests where random_bool == 1",
+        "## Page value on the test split",
+        "| logged |",
+        "booking*price@5",
+        "**Objective.**",
+    ):
+        assert said in md, said
+    for unsaid in (
+        "logs / logs",
+        "true probabilities",
+        "common random numbers",
+        "GPM",
+        "oracle share",
+    ):
+        assert unsaid not in md, unsaid

@@ -138,13 +138,143 @@ def test_log_only_bench(tmp_path):
     d = _bench_dir(tmp_path, bench)
     md_path, html_path = write_report(d)
     md = md_path.read_text()
-    assert "Log-only bench" in md and "## Offline metrics on logs" in md
+    assert "Offline bench on a log" in md and "## Ranking metrics on the test split" in md
     assert "| static_search | 0.335 [0.325, 0.345] | 0.63 |" in md
-    assert "## Arms" not in md and "## Lifts" not in md
+    assert "## Arms" not in md and "## Lifts" not in md and "## Page value" not in md
     assert {p.name for p in (d / "plots").glob("*.png")} == {"offline.png"}
     assert len(_embedded_pngs(html_path.read_text())) == 1
     text = _render(format_table(bench))
     assert "Offline" in text and "0.335 [0.325, 0.345]" in text
+
+
+def _ci(mean: float, half: float = 0.01) -> dict:
+    return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+
+#: A log bench's bench.json as ``bench --data`` writes it (the parts the report reads).
+LOG_BENCH = {
+    "data": "runs/scored.parquet",
+    "mapping": "runs/mapping.yaml",
+    "config": "logs",
+    "seed": 0,
+    "n_eval_requests": 75,
+    "baseline_arm": "production",
+    "value_metric": "composite_ndcg@10",
+    "page_value_metric": "value@5",
+    "realised_terms": {"click@5": "click", "gmv@5": "order*price"},
+    "objective": {
+        "value": {"click": 0.2, "order*price": 1.0},
+        "discount": "log2",
+        "page_size": 5,
+        "guardrails": {},
+        "production_weights": {"click": 0.7, "order": 0.3},
+    },
+    "objective_source": "runs/objective.yaml",
+    "objective_default": False,
+    "test_split": "the requests where random_bool == 1",
+    "split_requests": {"train": 140, "valid": 25, "test": 75},
+    "notes": [
+        "integrated_rl: every session is one request (...), so the discount gamma = 0.9 has no "
+        "effect"
+    ],
+    "arms": {
+        a: {"value@5": v, "click@5": c, "gmv@5": g, "composite_ndcg@10": n}
+        for a, v, c, g, n in (
+            ("production", 1.2, 1.0, 1.0, 0.65),
+            ("static_search", 1.5, 0.9, 1.32, 0.64),
+            ("logged", 1.1, 1.05, 0.89, 0.69),
+        )
+    },
+    "lifts": {
+        "static_search": {
+            "value@5": {"rel": 0.25, "ci95": [0.1, 0.4]},
+            "gmv@5": {"rel": 0.32, "ci95": [0.12, 0.5]},
+            "click@5": {"rel": -0.1, "ci95": [-0.2, 0.01]},
+            "composite_ndcg@10": {"rel": -0.015, "ci95": [-0.05, 0.02]},
+        },
+        "logged": {"value@5": {"rel": -0.083, "ci95": [-0.2, 0.05]}},
+    },
+    "ci_method": "percentile bootstrap over test requests (paired for lifts)",
+    "weights": {
+        "fusion_inputs": ["click", "order"],
+        "global": {"production": [0.7, 0.3], "static_search": [0.2, 0.8]},
+    },
+    "timings_s": {"data": 0.1, "static_search": 0.2},
+}
+LOG_BENCH["offline"] = {
+    a: {
+        **{m: _ci(v) for m, v in ms.items()},
+        "gauc_click": {**_ci(0.55), "n_used": 60, "n_skipped": 15},
+    }
+    for a, ms in LOG_BENCH["arms"].items()
+}
+
+
+def test_log_bench_report_says_what_it_measured(tmp_path):
+    d = _bench_dir(tmp_path, LOG_BENCH)
+    md_path, html_path = write_report(d)
+    md, html = md_path.read_text(), html_path.read_text()
+    assert md.startswith("# blendrank bench report: offline on a log (scored.parquet)\n")
+    for said in (
+        "re-ranks the logged candidates of the requests where random_bool == 1 (75 requests)",
+        "**Objective.** value = Σ_pos d(pos)·(0.2·click + 1·order*price), d = log2, first 5 "
+        "positions; "
+        "production fuses click 0.7, order 0.3 (from runs/objective.yaml)",
+        "`value@k` = Σ over the first k positions",
+        "`logged` is the order the log showed",
+        "## Page value on the test split",
+        "| static_search | 1.5 [1.49, 1.51] | 0.9 [0.89, 0.91] | 1.32 [1.31, 1.33] |",
+        "## Ranking metrics on the test split",
+        "| gauc_click |",
+        "## Lifts vs production on the test split",
+        "| static_search | +25.00% [+10.00%, +40.00%] | -10.00% [-20.00%, +1.00%] "
+        "| +32.00% [+12.00%, +50.00%] |",
+        "**Note.** integrated_rl: every session is one request",
+        "## Fusion weights",
+        "| static_search | 0.2 | 0.8 |",
+        "## Timings",
+    ):
+        assert said in md, said
+    # nothing a log bench did not measure: no world's truth, no A/B, no business-rate tables
+    for unsaid in (
+        "logs / logs",
+        "true probabilities",
+        "common random numbers",
+        "Arms: expected",
+        "realised metrics",
+        "GPM",
+        "CTR",
+        "oracle",
+        "Offline metrics on logs",
+    ):
+        assert unsaid.lower() not in md.lower().replace("no oracle", ""), unsaid
+    assert {p.name for p in (d / "plots").glob("*.png")} == {
+        "page_value.png",
+        "offline.png",
+        "lifts.png",
+    }
+    assert len(_embedded_pngs(html)) == 3 and "<h1>blendrank bench report: offline on a log" in html
+
+    text = _render(format_table(LOG_BENCH))
+    assert "Offline on the test split of scored.parquet" in text and "logs / logs" not in text
+    assert "value@5 lift" in text and "+25.0% [+10.0%, +40.0%]" in text and "production *" in text
+    assert "gmv@5" in text and "logged" in text
+
+
+def test_log_bench_report_says_when_the_objective_is_the_default(tmp_path):
+    bench = {
+        **LOG_BENCH,
+        "objective_default": True,
+        "objective_source": "default: no objective.yaml beside runs/scored.parquet, so value = "
+        "equal weights",
+        "objective": {**LOG_BENCH["objective"], "production_weights": {"click": 0.5, "order": 0.5}},
+    }
+    md_path, _ = write_report(_bench_dir(tmp_path, bench))
+    md = md_path.read_text()
+    assert (
+        "**Default objective.**" in md
+        and "(from default: no objective.yaml beside runs/scored.parquet" in md
+    )
 
 
 def test_format_table_shows_value_lift_and_oracle_share():

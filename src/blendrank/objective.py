@@ -24,6 +24,8 @@ from blendrank.errors import ConfigError
 OBJECTIVE_FILE = "objective.yaml"
 LEGACY_PRODUCTION_FILE = "production.yaml"
 PRICE = "price"
+#: How ``log_objective``'s source starts when no objective file was found (the stated default).
+DEFAULT_SOURCE = "default:"
 #: Business metric -> the objective terms it is a total or a ratio of (guard-rail names).
 METRIC_TERMS: dict[str, str] = {"ctr": "click", "cvr": "order/click", "opm": "order", "gpm": "order*price"}
 #: R_post label of a price term: ``label_gmv``, or ``label_order * price`` when the log has none.
@@ -211,7 +213,8 @@ def log_objective(data: str | Path | None, explicit: str | Path | None = None,
     value = default_value or {n: 1.0 / len(names) for n in names}
     if data is None:
         return (Objective(value=value),
-                f"default: no objective given with the table, so value = equal weights over "
+                f"{DEFAULT_SOURCE} no objective given with the table, so value = equal weights "
+                "over "
                 f"{names} and production = equal weights; pass objective=Objective(...) or an "
                 "objective YAML path")
     data = Path(data)
@@ -226,5 +229,6 @@ def log_objective(data: str | Path | None, explicit: str | Path | None = None,
                 f"{folder / LEGACY_PRODUCTION_FILE} (read as the objective's value and production weights; "
                 f"write {OBJECTIVE_FILE} instead, see docs/objective.md)")
     return (Objective(value=value),
-            f"default: no {OBJECTIVE_FILE} beside {data}, so value = equal weights over {names} and production = "
+            f"{DEFAULT_SOURCE} no {OBJECTIVE_FILE} beside {data}, so value = equal weights over "
+            f"{names} and production = "
             f"equal weights; write {folder / OBJECTIVE_FILE} or pass --objective FILE (docs/objective.md)")

@@ -1,8 +1,10 @@
 """``blendrank bench --data``: fusion methods judged offline on any contract log.
 
-The log is split by time (or read as ``train/valid/test`` files from a directory that has them);
-methods are tuned on ``valid`` and reported on ``test``: per-objective NDCG@K and GAUC of the
-fused ranking, and a composite NDCG (objective-weighted), with bootstrap CIs over requests.
+The log is split by time, by a test filter (``test_where``), or read as ``train/valid/test``
+files from a directory that has them; methods are tuned on ``valid`` (or ``train``) and reported
+on ``test``: the objective's realised page value ``value@k`` and each of its terms (``click@k``,
+``gmv@k``, ...) from the logged labels, per-objective NDCG@K and GAUC of the fused ranking and a
+composite NDCG (objective-weighted), with bootstrap CIs over requests, and off-policy estimates.
 Logs without ``pred_*`` columns get predictions from a per-task logistic model fitted on ``train``.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from blendrank.algos.grade.config import GRADEConfig
 from blendrank.algos.grade.data import FusionSpec
@@ -43,10 +45,21 @@ from blendrank.errors import ConfigError, DataError
 from blendrank.fusion.formulas import Formula, fuse, fusion_features, position_discount, top_k
 from blendrank.jsonio import write_json
 from blendrank.metrics import bootstrap_ci, gauc, ndcg_at_k, paired_bootstrap_rel_lift
-from blendrank.objective import Objective, log_objective, term_factors
+from blendrank.objective import (
+    DEFAULT_SOURCE,
+    PRICE,
+    PRICE_TERM_LABELS,
+    Objective,
+    log_objective,
+    term_factors,
+)
 from blendrank.ope import ArmTarget
 
 SPLITS = ("train", "valid", "test")
+#: Keys the business objective owns (docs/objective.md): a log bench reads them from
+#: objective.yaml beside the data or --objective, never from its own config.
+OBJECTIVE_KEYS = ("production_weights", "objective_weights", "value", "guardrails", "discount",
+                  "page_size", "price_scale")
 
 
 class LogBenchConfig(BaseConfig):
@@ -72,6 +85,20 @@ class LogBenchConfig(BaseConfig):
     integrated_rl: IntegratedRLConfig = Field(default_factory=IntegratedRLConfig, description="IntegratedRL-MTF settings (one offline round on the train split; the world-only keys are unused).")
     ope: bool = Field(True, description="Off-policy estimates of every arm's lift over production on the test split "
                       "(objective value and business metrics, 95% CIs; docs/ope.md): bench.json `ope`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _goal_lives_in_the_objective(cls, data: Any) -> Any:
+        # A ConfigError (not a ValueError) leaves pydantic as is: one line naming the file to edit.
+        for key in OBJECTIVE_KEYS if isinstance(data, dict) else ():
+            if key in data:
+                what = ("the composite NDCG weights are the objective's value"
+                        if key == "objective_weights" else key)
+                raise ConfigError(
+                    f"{key}: not a bench setting; {what} belongs to the business objective: "
+                    "write it in objective.yaml beside the data or in a file passed with --objective "
+                    "(docs/objective.md), e.g. `production_weights: {click: 0.3, order: 0.7}`")
+        return data
 
 
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
@@ -100,8 +127,11 @@ def _ensure_predictions(splits: dict[str, pa.Table], log: Callable[[str], None])
 
 
 def _slates(table: pa.Table, objectives: list[str]) -> Slates:
+    """``table``'s requests with the fused ``pred_<objectives>``, every label (the objective may
+    value a behaviour that is not fused), price and position."""
     extra = [c for c in ("price", "position") if c in table.column_names]
-    return to_slates(table, [f"pred_{o}" for o in objectives] + [f"label_{o}" for o in objectives] + extra)
+    labels = [f"label_{o}" for o in objectives_of(table.column_names)]
+    return to_slates(table, [f"pred_{o}" for o in objectives] + labels + extra)
 
 
 def _evaluate(sl: Slates, scores: torch.Tensor, objectives: list[str], lam: np.ndarray,
@@ -118,7 +148,10 @@ def _evaluate(sl: Slates, scores: torch.Tensor, objectives: list[str], lam: np.n
         mean, lo, hi = bootstrap_ci(nd.per_request, cfg.n_boot, cfg.seed)
         metrics[f"ndcg@{cfg.k}_{o}"] = {"mean": mean, "ci95": [lo, hi]}
         g = gauc(scores, labels, sl.mask)
-        metrics[f"gauc_{o}"] = {"mean": g.mean, "n_used": g.n_used, "n_skipped": g.n_skipped}
+        # Bootstrap over the requests GAUC uses (single-class requests have no AUC), as for NDCG.
+        _, lo, hi = bootstrap_ci(g.per_request, cfg.n_boot, cfg.seed)
+        metrics[f"gauc_{o}"] = {"mean": g.mean, "ci95": [lo, hi], "n_used": g.n_used,
+                                "n_skipped": g.n_skipped}
     mean, lo, hi = bootstrap_ci(composite, cfg.n_boot, cfg.seed)
     metrics[f"composite_ndcg@{cfg.k}"] = {"mean": mean, "ci95": [lo, hi]}
     return metrics, composite.numpy()
@@ -130,6 +163,7 @@ class LogGoal:
 
     objective: Objective
     source: str  # where the objective came from (file, legacy file or the default)
+    is_default: bool  # no objective file: the default objective (equal weights) was used
     behaviours: list[str]  # fused pred_<name>, in order
     prod: np.ndarray  # [K] production weights over the fusion inputs (behaviours, then price)
     lam: np.ndarray  # [len(behaviours)] composite-NDCG weights: the objective's value of each behaviour
@@ -171,7 +205,8 @@ def log_goal(data: Path | None, splits: dict[str, pa.Table], cfg: LogBenchConfig
     prod = objective.production_vector(goal_inputs)
     lam = np.array([max(objective.value.get(o, 0.0), 0.0) for o in behaviours])
     lam = lam / lam.sum() if lam.sum() > 0 else prod[: len(behaviours)] / prod[: len(behaviours)].sum()
-    return LogGoal(objective, source, behaviours, prod, lam, max(price_scale, 1e-6))
+    return LogGoal(objective, source, source.startswith(DEFAULT_SOURCE), behaviours, prod, lam,
+                   max(price_scale, 1e-6))
 
 
 def _grade(cfg: LogBenchConfig, goal: LogGoal, method: str, train: pa.Table) -> registry.ResolvedGrade:
@@ -198,24 +233,50 @@ def tune_static(table: pa.Table, goal: LogGoal, cfg: LogBenchConfig):
     return search_weights(objective, len(goal.inputs), ss)
 
 
-def page_value(sl: Slates, scores: torch.Tensor, objective: Objective) -> torch.Tensor:
-    """``[B]`` the objective's realised value of the page ``scores [B, L]`` shows: Σ_pos d(pos) ·
-    Σ_terms value · logged label (a price term: label × price; candidates the log did not show
-    have no feedback and count 0)."""
-    k = objective.page_size
-    idx, valid = top_k(scores, sl.mask, k)
-    item = torch.zeros_like(sl.mask, dtype=torch.float32)
-    for term, coef in objective.value.items():
-        factors = term_factors(term)
-        cols = [f"label_{f}" if f != "price" else "price" for f in factors]
-        if coef == 0 or not all(c in sl.columns for c in cols):
-            continue
-        x = torch.ones_like(item)
-        for c in cols:
-            x = x * torch.nan_to_num(sl.columns[c].float(), nan=0.0)
-        item = item + float(coef) * x
+def term_columns(term: str) -> list[str]:
+    """The slate columns a term multiplies: ``"order*price"`` -> ``["label_order", "price"]``."""
+    return [f"label_{f}" if f != PRICE else PRICE for f in term_factors(term)]
+
+
+def term_metric(term: str, k: int) -> str:
+    """A term's name as an offline metric: ``click@10``, ``gmv@10`` for ``order*price``."""
+    return f"{PRICE_TERM_LABELS.get(term, term)}@{k}"
+
+
+def page_term(sl: Slates, scores: torch.Tensor, term: str, objective: Objective) -> torch.Tensor:
+    """``[B]`` the realised total of one term on the page ``scores [B, L]`` shows: Σ_pos d(pos) ·
+    logged label (a price term: label × price), over the objective's ``page_size`` positions and
+    with its discount ``d``; candidates the log did not show have no feedback and count 0. The
+    term's columns must be in ``sl``."""
+    idx, valid = top_k(scores, sl.mask, objective.page_size)
+    item = torch.ones_like(sl.mask, dtype=torch.float32)
+    for c in term_columns(term):
+        item = item * torch.nan_to_num(sl.columns[c].float(), nan=0.0)
     disc = position_discount(idx.shape[-1], objective.discount)
     return (torch.gather(item, 1, idx) * valid * disc).sum(-1)
+
+
+def page_value(sl: Slates, scores: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """``[B]`` the objective's realised value of the page ``scores [B, L]`` shows: Σ_terms value ·
+    :func:`page_term` (terms whose columns the log lacks count 0: see :func:`reported_terms`)."""
+    value = torch.zeros(len(sl))
+    for term, coef in objective.value.items():
+        if coef != 0 and all(c in sl.columns for c in term_columns(term)):
+            value = value + float(coef) * page_term(sl, scores, term, objective)
+    return value
+
+
+def reported_terms(sl: Slates, goal: LogGoal) -> tuple[list[str], list[str]]:
+    """(terms whose realised totals the bench reports, objective terms the log cannot value).
+    Reported: every valued objective term the log has the columns of, every fused behaviour, and
+    GMV (``order*price``) when the log has orders and prices."""
+    terms = [t for t, v in goal.objective.value.items() if v != 0]
+    terms += [b for b in goal.behaviours if b not in terms]
+    if "order*price" not in terms and "order" in terms:
+        terms.append("order*price")
+    have = [t for t in terms if all(c in sl.columns for c in term_columns(t))]
+    missing = [t for t, v in goal.objective.value.items() if v != 0 and t not in have]
+    return have, missing
 
 
 def _integrated_rl(splits: dict[str, pa.Table], test: Slates, goal: LogGoal,
@@ -239,6 +300,7 @@ def _integrated_rl(splits: dict[str, pa.Table], test: Slates, goal: LogGoal,
     setup = LogSetup(objectives, goal.lam.tolist(), production_log_action(goal.prod, cfg.fusion_floor, icfg).tolist(),
                      cfg.k, cfg.gain)
     pol = fit_integrated_rl_logs(splits["train"], splits["valid"], setup, icfg, floor=cfg.fusion_floor, log=log)
+    # fit_integrated_rl_logs logs its own session note (one-request sessions) as it starts
     request_id, scores, action = pol.scores(splits["test"])
     if not np.array_equal(request_id, test.request_id) or scores.shape != test.mask.shape:
         raise AssertionError("integrated_rl: test requests out of step with the bench's")  # both come from to_slates
@@ -281,6 +343,31 @@ def log_ope(table: pa.Table, test: Slates, scores: dict[str, torch.Tensor], weig
                   n_boot=n_boot, seed=seed)
     out["examination"] = {"source": source, "fitted": exam.round(4).tolist()}
     return out
+
+
+def objective_used(goal: LogGoal) -> dict[str, Any]:
+    """The objective as the bench used it: production weights over the fusion inputs (normalised;
+    never null) and the price scale resolved."""
+    used = goal.objective.model_dump(mode="json")
+    used["production_weights"] = dict(zip(goal.inputs, goal.prod.round(6).tolist()))
+    if goal.objective.fuses_price or any(PRICE in term_factors(t) for t in used["value"]):
+        used["price_scale"] = round(goal.price_scale, 6)
+    return used
+
+
+def _notes(goal: LogGoal, unvalued: list[str],
+           irl_history: list[dict[str, Any]] | None) -> list[str]:
+    """What a reader of the results must know about how they were measured."""
+    notes = []
+    if goal.is_default:
+        notes.append(f"objective: {goal.source}")
+    if unvalued:
+        notes.append(f"objective terms {unvalued} have no logged columns in the test split "
+                     "(label_<name>, price), so they count 0 in the page value")
+    for rec in irl_history or []:
+        if rec.get("note"):
+            notes.append(f"integrated_rl: {rec['note']}")
+    return notes
 
 
 def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir: str | Path,
@@ -338,13 +425,20 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         timings["integrated_rl"] = time.perf_counter() - t
         log(f"integrated_rl: done in {timings['integrated_rl']:.1f} s")
     offline, composite = {}, {}
-    values = {}
-    value_name = f"value@{goal.objective.page_size}"
+    realised: dict[str, dict[str, np.ndarray]] = {}  # arm -> value@k / term@k -> [B] per request
+    P = goal.objective.page_size
+    value_name = f"value@{P}"
+    terms, unvalued = reported_terms(test, goal)
+    if unvalued:
+        log(f"objective terms {unvalued} have no logged columns: they count 0 in {value_name}")
     for m in methods:
         offline[m], composite[m] = _evaluate(test, scores[m], objectives, goal.lam, cfg)
-        values[m] = page_value(test, scores[m], goal.objective).numpy()
-        mean, lo, hi = bootstrap_ci(torch.from_numpy(values[m]), cfg.n_boot, cfg.seed)
-        offline[m][value_name] = {"mean": mean, "ci95": [lo, hi]}
+        realised[m] = {value_name: page_value(test, scores[m], goal.objective).numpy()}
+        realised[m].update({term_metric(t, P): page_term(test, scores[m], t, goal.objective).numpy()
+                            for t in terms})
+        for name, per_request in realised[m].items():
+            mean, lo, hi = bootstrap_ci(per_request, cfg.n_boot, cfg.seed)
+            offline[m][name] = {"mean": mean, "ci95": [lo, hi]}
     value_metric = f"composite_ndcg@{cfg.k}"
 
     def lifts_vs(base: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -353,9 +447,11 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
             if m != base:
                 rel, lo, hi = paired_bootstrap_rel_lift(composite[m], composite[base], cfg.n_boot, cfg.seed)
                 out[m] = {value_metric: {"rel": rel, "ci95": [lo, hi]}}
-                if values[base].sum() > 0:
-                    rel, lo, hi = paired_bootstrap_rel_lift(values[m], values[base], cfg.n_boot, cfg.seed)
-                    out[m][value_name] = {"rel": rel, "ci95": [lo, hi]}
+                for name, base_values in realised[base].items():
+                    if base_values.sum() > 0:  # a relative lift needs a non-zero baseline
+                        rel, lo, hi = paired_bootstrap_rel_lift(realised[m][name], base_values,
+                                                                cfg.n_boot, cfg.seed)
+                        out[m][name] = {"rel": rel, "ci95": [lo, hi]}
         return out
 
     lifts = lifts_vs("production")
@@ -365,12 +461,19 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         weight_arms = {m: w for m, w in weights.items() if m != "integrated_rl"}  # its are powers
         ope = log_ope(splits["test"], test, {m: scores[m] for m in methods}, weight_arms, goal, cfg.n_boot, cfg.seed)
         timings["ope"] = time.perf_counter() - t
+    notes = _notes(goal, unvalued, curves.get("integrated_rl"))
+    used = objective_used(goal)
     bench = {
-        "data": str(data), "config": "logs", "seed": cfg.seed, "n_eval_requests": len(test),
-        "baseline_arm": "production", "value_metric": value_metric,
+        "data": str(data), "mapping": str(mapping) if mapping is not None else None,
+        "config": "logs",
+        "seed": cfg.seed, "n_eval_requests": len(test),
+        "baseline_arm": "production", "value_metric": value_metric, "page_value_metric": value_name,
+        "realised_terms": {term_metric(t, P): t for t in terms},
         "objectives": objectives, "objective_weights": dict(zip(objectives, goal.lam.round(4).tolist())),
-        "objective": goal.objective.model_dump(mode="json"), "objective_source": goal.source,
-        "grade_notes": grade_notes,
+        "objective": used, "objective_source": goal.source, "objective_default": goal.is_default,
+        "test_split": data_splits.describe_test_split(Path(data), mapping, test_frac=cfg.test_frac,
+                                                      test_where=cfg.test_where),
+        "notes": notes, "grade_notes": grade_notes,
         "arms": {m: {k: v["mean"] for k, v in offline[m].items()} for m in methods},
         "offline": offline, "lifts": lifts,
         "weights": {"fusion_inputs": goal.inputs,
@@ -379,7 +482,11 @@ def run_log_bench(cfg: LogBenchConfig, data: Path, mapping: Path | None, out_dir
         "split_requests": {s: int(pc.count_distinct(t_["request_id"]).as_py()) for s, t_ in splits.items()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "ci_method": "percentile bootstrap over test requests (paired for lifts)",
-        "bench_config": cfg.model_dump(mode="json"),
+        # the settings, with the objective and production weights actually used (not the null
+        # that means "find objective.yaml"): a record of the run, not a config to load again
+        "bench_config": {**cfg.model_dump(mode="json"), "objective": used,
+                         "objective_source": goal.source,
+                         "production_weights": used["production_weights"]},
     }
     if "static_search" in methods:
         bench["lifts_vs_static"] = lifts_vs("static_search")

@@ -2,7 +2,8 @@
 
 The report reads only ``bench.json`` (layout in docs/evaluation.md) and copes with any section being
 absent: a minimal file with just ``arms`` works, and so does a log-only bench that has an
-``offline`` section and no world.
+``offline`` section and no world. A log bench (``bench --data``) gets its own text: what it
+measured on the test split from the logged labels, never the world's truth or its A/B.
 
 Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend switch), saved as
 PNG under ``<bench_dir>/plots/``, linked from the Markdown and embedded as base64 in the HTML
@@ -72,6 +73,27 @@ CONVENTIONS = (
     "Offline metrics (log-only benches) are means over test requests with 95% bootstrap CIs; "
     "see docs/metrics.md for NDCG/GAUC conventions."
 )
+
+
+#: What a log bench measured (its report's conventions; docs/evaluation.md).
+LOG_CONVENTIONS = (
+    "Every arm re-ranks the logged candidates of each test request; nothing is served or "
+    "simulated. `value@k` = Σ over the first k positions of d(pos) · Σ_terms value · logged "
+    "label (a price term: label × price), in the objective's units, from the labels the log "
+    "recorded; candidates the log did not show count 0. `<term>@k` (`click@10`, "
+    "`gmv@10` = order × price, …) is one term's discounted total, so `value@k` = "
+    "Σ value · `<term>@k`. NDCG@k per objective, and the composite NDCG weighted by the "
+    "objective's value of each behaviour; GAUC = AUC within a request, averaged over the "
+    "requests with both classes. Means over test requests with 95% percentile-bootstrap CIs; "
+    "lift = arm / production − 1 with a 95% paired-bootstrap CI over the same requests. The "
+    "logged labels follow the order the log showed (position bias): the off-policy estimates, "
+    "where present, correct for examination (docs/ope.md). Metric conventions: docs/metrics.md."
+)
+
+
+def is_log_bench(bench: Mapping[str, Any]) -> bool:
+    """A bench on logs (``bench --data``, ``eval --data``): offline metrics, no world."""
+    return not bench.get("world") and (bench.get("config") == "logs" or bool(bench.get("offline")))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -692,6 +714,8 @@ def _curves(bench: Mapping[str, Any]) -> dict[str, dict[str, tuple[list[float], 
 
 
 def _header(bench: Mapping[str, Any]) -> _Section:
+    if is_log_bench(bench):
+        return _log_header(bench)
     keys = [k for k in HEADER_ORDER if k in bench]
     keys += [
         k
@@ -702,16 +726,13 @@ def _header(bench: Mapping[str, Any]) -> _Section:
     sec = _Section("Run")
     if rows:
         sec.tables.append(_Table(["field", "value"], rows, align_left=2))
-    if not bench.get("world") and bench.get("offline"):
-        sec.paragraphs.append(
-            "Log-only bench: offline metrics on the test split; no world, "
-            "no simulated A/B, no oracle."
-        )
     sec.notes.append("**Metric conventions.** " + CONVENTIONS)
     return sec
 
 
 def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
+    if is_log_bench(bench):
+        return _build_logs(bench, plots)
     sections = [_header(bench)]
     baseline = bench.get("baseline_arm")
     arms = bench.get("arms") or {}
@@ -866,12 +887,18 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
 
     sections.extend(_ope_sections(bench, plots))
 
-    if timings := bench.get("timings_s") or {}:
-        rows = [[k, _fmt_seconds(v)] for k, v in timings.items()]
-        total = sum(x for v in timings.values() if (x := _num(v)) is not None and not math.isnan(x))
-        rows.append(["total", _fmt_seconds(total)])
-        sections.append(_Section("Timings", tables=[_Table(["stage", "seconds"], rows)]))
+    if timings := _timings(bench):
+        sections.append(timings)
     return sections
+
+
+def _timings(bench: Mapping[str, Any]) -> _Section | None:
+    if not (timings := bench.get("timings_s") or {}):
+        return None
+    rows = [[k, _fmt_seconds(v)] for k, v in timings.items()]
+    total = sum(x for v in timings.values() if (x := _num(v)) is not None and not math.isnan(x))
+    rows.append(["total", _fmt_seconds(total)])
+    return _Section("Timings", tables=[_Table(["stage", "seconds"], rows)])
 
 
 def _fmt_seconds(v: Any) -> str:
@@ -966,6 +993,10 @@ def _render_html(sections: list[_Section], title: str) -> str:
 
 
 def _title(bench: Mapping[str, Any]) -> str:
+    if is_log_bench(bench):
+        data = bench.get("data")
+        name = f" ({Path(str(data)).name})" if data else ""
+        return f"blendrank bench report: offline on a log{name}"
     what = bench.get("world") or ("logs" if bench.get("offline") else None)
     parts = [str(x) for x in (what, bench.get("config")) if x]
     return "blendrank bench report" + (f": {' / '.join(parts)}" if parts else "")
@@ -1011,21 +1042,13 @@ def write_report(
 def format_table(bench: Mapping[str, Any]) -> Table:
     """Rich table for the terminal: arms x key metrics, value lift with CI, oracle share.
 
-    For a log-only bench (no ``arms``) it shows the offline metrics with CIs instead.
+    For a log bench it shows the page value with its CI and lift, its terms and the composite
+    NDCG instead (:func:`_log_table`).
     """
+    if is_log_bench(bench):
+        return _log_table(bench)
     arms = bench.get("arms") or bench.get("arms_realised") or {}
     baseline = bench.get("baseline_arm")
-    if not arms and (offline := bench.get("offline") or {}):
-        data, metrics = _ci_section_data(offline, "mean")
-        table = Table(title="Offline metrics on logs (mean [95% CI])", box=box.SIMPLE_HEAD)
-        table.add_column("arm", style="bold", no_wrap=True)
-        for m in metrics:
-            table.add_column(m, justify="right")
-        for arm in data:
-            table.add_row(
-                arm, *[_fmt_ci(*data[arm].get(m, (None, None, None)), pct=False) for m in metrics]
-            )
-        return table
 
     value_metric = str(bench.get("value_metric") or "value")
     present = [m for m in _ordered_metrics(arms.values()) if m in KEY_METRICS or m == value_metric]
@@ -1065,5 +1088,252 @@ def format_table(bench: Mapping[str, Any]) -> Table:
         if share:
             v = _num(share.get(arm))
             row.append("–" if v is None else ("nan" if math.isnan(v) else f"{v:.1%}"))
+        table.add_row(*row)
+    return table
+
+
+# ----------------------------------------------------------------------------- log benches
+
+
+def _log_metric_groups(bench: Mapping[str, Any], metrics: list[str]) -> tuple[list[str], list[str]]:
+    """(the page value and its terms, the ranking metrics) among ``metrics``, in that order."""
+    page_value = str(bench.get("page_value_metric") or "")
+    terms = [str(t) for t in (bench.get("realised_terms") or {})]
+    value = [m for m in (page_value, *terms) if m in metrics]
+    value += [m for m in metrics if m.startswith("value@") and m not in value]
+    return value, [m for m in metrics if m not in value]
+
+
+def _describe_objective(objective: Mapping[str, Any]) -> str:
+    value = objective.get("value") or {}
+    terms = (
+        " + ".join(f"{_fmt(v)}·{t}" for t, v in value.items())
+        if isinstance(value, Mapping)
+        else "?"
+    )
+    discount, page = objective.get("discount", "log2"), objective.get("page_size", "?")
+    text = f"value = Σ_pos d(pos)·({terms}), d = {discount}, first {page} positions"
+    if isinstance(prod := objective.get("production_weights"), Mapping) and prod:
+        text += "; production fuses " + ", ".join(f"{k} {_fmt(w)}" for k, w in prod.items())
+    if isinstance(rails := objective.get("guardrails"), Mapping) and rails:
+        text += "; guard rails " + ", ".join(f"{m} ≥ −{_num(t) or 0:.2%}" for m, t in rails.items())
+    return text
+
+
+def _log_header(bench: Mapping[str, Any]) -> _Section:
+    sec = _Section("Run")
+    test = bench.get("test_split") or "the test split"
+    n = bench.get("n_eval_requests")
+    sec.paragraphs.append(
+        f"Offline bench on a log: every arm re-ranks the logged candidates of {test}"
+        + (f" ({_fmt(n)} requests)" if _num(n) is not None else "")
+        + " and is measured with the labels the log recorded. No world: no simulated A/B and no "
+        "oracle; lifts are against `production`, the objective's hand-set fusion of the same "
+        "predictions"
+        + (
+            ", and `logged` is the order the log showed."
+            if "logged" in (bench.get("offline") or {})
+            else "."
+        )
+    )
+    if isinstance(objective := bench.get("objective"), Mapping):
+        source = bench.get("objective_source") or "not recorded"
+        lead = "**Default objective.**" if bench.get("objective_default") else "**Objective.**"
+        sec.paragraphs.append(f"{lead} {_describe_objective(objective)} (from {source}).")
+    rows = []
+    for key in (
+        "data",
+        "mapping",
+        "test_split",
+        "n_eval_requests",
+        "split_requests",
+        "seed",
+        "baseline_arm",
+        "page_value_metric",
+        "value_metric",
+        "ci_method",
+    ):
+        v = bench.get(key)
+        if isinstance(v, Mapping):
+            v = ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+        if v is not None:
+            rows.append([key, _fmt(v) if _num(v) is not None else str(v)])
+    if rows:
+        sec.tables.append(_Table(["field", "value"], rows, align_left=2))
+    notes = [str(x) for x in bench.get("notes") or []] + [
+        f"GRADE: {x}" for x in bench.get("grade_notes") or []
+    ]
+    sec.notes += [f"**Note.** {x}" for x in notes]
+    sec.notes.append("**What was measured.** " + LOG_CONVENTIONS)
+    return sec
+
+
+def _build_logs(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
+    """The sections of a log bench's report (``bench --data``)."""
+    sections = [_log_header(bench)]
+    offline = bench.get("offline") or {}
+    data, metrics = _ci_section_data(offline, "mean")
+    order = [a for a in _arm_order(bench, offline) if a in data]
+    value_metrics, ranking = _log_metric_groups(bench, metrics)
+    for names, title, text, fname in (
+        (
+            value_metrics,
+            "Page value on the test split",
+            "Mean per test request of the objective's realised value of each arm's page and of "
+            "each of its terms, from the logged labels, with 95% bootstrap CI as `mean [lo, hi]`.",
+            "page_value.png",
+        ),
+        (
+            ranking,
+            "Ranking metrics on the test split",
+            "Per-objective NDCG and GAUC of each arm's ranking of the logged candidates and the "
+            "composite NDCG, means over test requests with 95% bootstrap CI as `mean [lo, hi]`.",
+            "offline.png",
+        ),
+    ):
+        if not names:
+            continue
+        sec = _Section(title, [text])
+        sec.tables.append(_ci_table(data, names, order, pct=False))
+        if p := _plot_ci_panels(data, names, order, plots / fname, pct=False, zero_line=False):
+            sec.images.append((title, p))
+        sections.append(sec)
+
+    for key, ref, fname in (
+        ("lifts", bench.get("baseline_arm") or "production", "lifts.png"),
+        ("lifts_vs_static", "static_search", "lifts_vs_static.png"),
+    ):
+        if not (section := bench.get(key) or {}):
+            continue
+        lift_data, lift_metrics = _ci_section_data(section, "rel")
+        value_first = sum(_log_metric_groups(bench, lift_metrics), [])
+        arms = [a for a in _arm_order(bench, section) if a in lift_data]
+        sec = _Section(
+            f"Lifts vs {ref} on the test split",
+            [
+                f"Relative lift vs `{ref}` on the same test requests with 95% paired-bootstrap "
+                "CI, as `lift [lo, hi]` (a metric whose baseline total is 0 has no lift). Green: "
+                "CI above 0; red: CI below 0; grey: CI covers 0."
+            ],
+        )
+        sec.tables.append(_ci_table(lift_data, value_first, arms, pct=True))
+        if p := _plot_ci_panels(
+            lift_data, value_first, arms, plots / fname, pct=True, zero_line=True
+        ):
+            sec.images.append((f"Lifts vs {ref}", p))
+        sections.append(sec)
+
+    weights = bench.get("weights") or {}
+    if (
+        isinstance(glob := weights.get("global") if isinstance(weights, Mapping) else None, Mapping)
+        and glob
+    ):
+        inputs = [str(x) for x in weights.get("fusion_inputs") or []]
+        width = max((len(v) for v in glob.values() if isinstance(v, Sequence)), default=0)
+        inputs += [f"w{i}" for i in range(len(inputs), width)]
+        rows = [
+            [arm] + [_fmt(x) for x in vec] for arm, vec in glob.items() if isinstance(vec, Sequence)
+        ]
+        sections.append(
+            _Section(
+                "Fusion weights",
+                [
+                    "Mean fusion weight over the test requests (per-request methods vary by "
+                    "request; integrated_rl: its powers, normalised). `logged` is an order, not "
+                    "a fusion, and has none."
+                ],
+                [_Table(["arm", *inputs[:width]], rows)],
+            )
+        )
+
+    if rounds := _irl_rounds(bench):
+        sec = _Section(
+            "IntegratedRL-MTF on the log",
+            [
+                "One offline round on the train split's logged requests (no exploration, no A/B): "
+                "`ab_value` and `ab_production_value` are the objective-weighted NDCG@k of the "
+                "policy and of production on the validation split. Critic loss and Q: mean over "
+                "the last fifth of the round in the table, every step window in the plot."
+            ],
+        )
+        sec.paragraphs += [f"**Note.** {r['note']}" for r in rounds if r.get("note")]
+        keys = [
+            k
+            for k in (*IRL_ROUND_KEYS, "requests", "sessions", "mean_session_length")
+            if any(k in r for r in rounds)
+        ]
+        sec.tables.append(
+            _Table(
+                keys,
+                [
+                    [_pct(_num(r.get(k))) if k == "ab_lift" else _fmt(r.get(k)) for k in keys]
+                    for r in rounds
+                ],
+            )
+        )
+        if p := _plot_irl(rounds, plots / "integrated_rl.png"):
+            sec.images.append(("IntegratedRL-MTF: value per round, critic loss and Q", p))
+        sections.append(sec)
+    if curves := {m: c for m, c in _curves(bench).items() if not (m == "integrated_rl" and rounds)}:
+        sec = _Section("Learning curves")
+        sec.tables.append(
+            _Table(
+                ["method", "scalar", "points", "first", "last"],
+                [
+                    [m, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])]
+                    for m, series in curves.items()
+                    for name, (_, ys) in series.items()
+                ],
+                align_left=2,
+            )
+        )
+        if p := _plot_curves(curves, plots / "learning_curves.png"):
+            sec.images.append(("Learning curves", p))
+        sections.append(sec)
+    sections.extend(_ope_sections(bench, plots))
+    if timings := _timings(bench):
+        sections.append(timings)
+    return sections
+
+
+def _log_table(bench: Mapping[str, Any]) -> Table:
+    """The terminal table of a log bench: page value with CI and lift, its terms, ranking."""
+    data, metrics = _ci_section_data(bench.get("offline") or {}, "mean")
+    value_metrics, ranking = _log_metric_groups(bench, metrics)
+    composite = [m for m in ranking if m.startswith("composite")]
+    shown = value_metrics[:1] + composite + value_metrics[1:]
+    with_ci = 1 + len(composite) if value_metrics else len(composite)
+    if not shown:  # an older or hand-written bench.json: its ranking metrics, all with CIs
+        shown, with_ci = ranking, len(ranking)
+    lifts = bench.get("lifts") or {}
+    baseline = bench.get("baseline_arm") or "production"
+    lift_of = value_metrics[0] if value_metrics else (composite[0] if composite else None)
+    name = Path(str(bench.get("data") or "")).name
+    table = Table(
+        title=f"Offline on the test split{' of ' + name if name else ''} (mean [95% CI])",
+        caption=f"* baseline = {baseline}; lift: relative to the baseline, [95% CI]",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("arm", style="bold", no_wrap=True)
+    for i, m in enumerate(shown):
+        table.add_column(m, justify="right")
+        if i == 0 and lift_of:
+            table.add_column(f"{lift_of} lift", justify="right")
+    for arm in [a for a in _arm_order(bench, data) if a in data]:
+        row = [f"{arm} *" if arm == baseline else arm]
+        for i, m in enumerate(shown):
+            point, lo, hi = data[arm].get(m, (None, None, None))
+            row.append(_fmt_ci(point, lo, hi, pct=False) if i < with_ci else _fmt(point))
+            if i == 0 and lift_of:
+                per_arm = lifts.get(arm)
+                lp, llo, lhi = _ci(
+                    per_arm.get(lift_of) if isinstance(per_arm, Mapping) else None, "rel"
+                )
+                cell = _fmt_ci(lp, llo, lhi, pct=True, digits=1)
+                if lp is not None and llo is not None and lhi is not None:
+                    cell = (
+                        f"[green]{cell}[/]" if llo > 0 else f"[red]{cell}[/]" if lhi < 0 else cell
+                    )
+                row.append(cell)
         table.add_row(*row)
     return table

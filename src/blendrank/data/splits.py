@@ -88,6 +88,18 @@ def _first_ts_and_test(
     return per_req[REQUEST_ID].combine_chunks(), first_ts, is_test
 
 
+def describe_test_split(data: Path, mapping: MappingLike | None = None, *, test_frac: float,
+                        test_where: str | None = None) -> str:
+    """Which requests :func:`load_splits` makes the test split, in words (for reports)."""
+    if split_files(Path(data)) is not None:
+        return f"the test file of {data}"
+    parsed, _ = resolve_mapping(mapping)
+    where = test_where if test_where is not None else (parsed.test_where if parsed else None)
+    if where is not None:
+        return f"the requests where {where}"
+    return f"the latest {test_frac:.0%} of requests by time"
+
+
 def load_splits(
     data: Path,
     mapping: MappingLike | None = None,

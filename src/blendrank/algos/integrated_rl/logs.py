@@ -222,6 +222,18 @@ def _states(table: pa.Table, batch: RequestBatch, center: FeatureCenter, setup: 
     return state.astype(np.float32), sess
 
 
+def session_note(n_requests: int, n_sessions: int, gamma: float) -> str | None:
+    """What a session method does with a log whose sessions are all one request long (no
+    ``user_id``, or one request per user); None when some session has a next request."""
+    if n_sessions == 0 or n_sessions < n_requests:
+        return None
+    return (f"every session is one request ({n_requests} requests, {n_sessions} sessions: the log "
+            "has no user_id or one request per user), so no transition has a next state and the "
+            f"discount gamma = {gamma:g} has no effect: IntegratedRL-MTF optimises each request's "
+            "reward alone (a contextual bandit); map user_id (and set log_session_gap_s) for "
+            "sessions")
+
+
 def production_log_action(weights: np.ndarray, floor: float, cfg: IntegratedRLConfig) -> np.ndarray:
     """The production log-linear fusion as a product-fusion action (powers = weights, biases =
     the fusion floor), clipped into the action box."""
@@ -273,6 +285,8 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
     batch = build_batch(train, spec, center)
     state, sess = _states(train, batch, center, setup, cfg)
     data = log_transitions(batch, state, sess, setup, cfg, np.random.default_rng([cfg.seed, 40]))
+    if note := session_note(len(batch), sess.n_sessions, cfg.gamma):
+        log(f"integrated_rl: {note}")
     mean, std = state.mean(0), state.std(0) + 1e-3
     low, high = _box(cfg, len(setup.objectives))
     init = np.asarray(setup.production_action)
@@ -312,6 +326,8 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
         rec.update(ab_value=value, ab_production_value=prod, ab_lift=value / prod - 1 if prod else float("nan"),
                    mean_action=act.mean(0).numpy().round(4).tolist())
     rec.update(seconds=time.perf_counter() - t0, trace=step_trace(stats))
+    if note:
+        rec["note"] = note
     policy.history.append(rec)
     log(f"integrated_rl (logs, one offline round): {len(data)} transitions from {len(batch)} requests in "
         f"{sess.n_sessions} sessions; critic {rec['critic_loss']:.4f}, Q {rec['q_mean']:.3f}"
