@@ -76,7 +76,7 @@ class StaticWeights:
 
     spec: FusionSpec  # the fusion the weights apply to
     weights: np.ndarray  # [K] over spec.inputs
-    valid_value: float  # composite NDCG on the split it was tuned on
+    valid_value: float  # the objective's realised page value on the split it was tuned on
     config: StaticSearchConfig
 
     def save(self, out_dir: str | Path) -> Path:
@@ -88,7 +88,7 @@ class StaticWeights:
                 "method": "static_search",
                 "objectives": self.spec.inputs,
                 "weights": self.weights.round(6).tolist(),
-                "valid_composite_ndcg": self.valid_value,
+                "valid_value": self.valid_value,
                 "config": self.config.model_dump(mode="json"),
                 "fusion": self.spec.model_dump(mode="json"),
             },
@@ -119,7 +119,7 @@ class StaticWeights:
             raise DataError(
                 f"{file}: {weights.size} weights for the {len(spec.inputs)} inputs {spec.inputs}"
             )
-        return cls(spec, weights, float(blob.get("valid_composite_ndcg", float("nan"))), cfg)
+        return cls(spec, weights, float(blob.get("valid_value", float("nan"))), cfg)
 
 
 Trained = GradePolicy | StaticWeights | LogPolicy
@@ -148,7 +148,7 @@ class LogFit:
         if isinstance(self.policy, StaticWeights):
             w = dict(zip(self.goal.inputs, self.policy.weights.round(3).tolist()))
             value = self.policy.valid_value
-            return f"static_search: {w} (valid composite NDCG {value:.4f}) -> {out_dir}"
+            return f"static_search: {w} (valid value@k {value:.4f}) -> {out_dir}"
         if isinstance(self.policy, LogPolicy):
             h = self.policy.history[-1]
             k = self.policy.setup.k

@@ -27,7 +27,6 @@ from blendrank.algos.grade.data import FusionSpec
 from blendrank.algos.grade.trainer import GradePolicy
 from blendrank.algos.integrated_rl.config import IntegratedRLConfig
 from blendrank.algos.static_search.config import StaticSearchConfig
-from blendrank.algos.static_search.objectives import offline_ndcg_objective
 from blendrank.algos.static_search.search import search_weights
 from blendrank.bench import registry
 from blendrank.bench.ope import (
@@ -223,14 +222,17 @@ def _featurise(sl: Slates, goal: LogGoal, cfg: LogBenchConfig) -> torch.Tensor:
 
 
 def tune_static(table: pa.Table, goal: LogGoal, cfg: LogBenchConfig):
-    """Static search on one split's composite NDCG (the objective's value per behaviour as its
-    weights); returns a ``SearchResult``."""
+    """Static search on one split for the objective's realised page value (``value@k`` of the
+    logged labels, :func:`page_value`); returns a ``SearchResult``."""
     valid = _slates(table, goal.behaviours)
-    labels = {o: valid.columns[f"label_{o}"] for o in goal.behaviours}
-    objective = offline_ndcg_objective(_featurise(valid, goal, cfg), labels, valid.mask,
-                                       dict(zip(goal.behaviours, goal.lam)), k=cfg.k, gain=cfg.gain)
+    features = _featurise(valid, goal, cfg)
+
+    def mean_value(weights: np.ndarray) -> np.ndarray:  # [M, K] -> [M]
+        return np.array([float(page_value(valid, fuse(features, torch.as_tensor(w, dtype=torch.float32)),
+                                          goal.objective).mean()) for w in weights])
+
     ss = cfg.static_search.model_copy(update={"include": [goal.prod.tolist(), *cfg.static_search.include], "seed": cfg.seed})
-    return search_weights(objective, len(goal.inputs), ss)
+    return search_weights(mean_value, len(goal.inputs), ss)
 
 
 def term_columns(term: str) -> list[str]:
