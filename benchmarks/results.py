@@ -31,6 +31,9 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 PRESETS = [(p, p, ["--preset", p]) for p in ("luxury", "multi_objective", "bargain", "homogeneous")]
 PRESETS += [("homogeneous, world seed 5", "homogeneous_s5", ["--preset", "homogeneous", "--seed", "5"])]
 WORLD_ARMS = "production,static_search,ltr,grade,segment_oracle,oracle"
+ABLATION_ARMS = ("production,static_search,grade,grade:gaussian,grade:post_only,grade:prior_only,grade:no_kl,"
+                 "grade:no_stage1,grade:fixed_kappa,grade:prior_predictions,grade:post_ndcg,"
+                 "grade:stage1_per_objective,segment_oracle,oracle")
 KSIM_ARMS = "production,static_search,segment_oracle,oracle,ltr,grade,grade:prior_only,grade:post_only,integrated_rl"
 
 
@@ -122,6 +125,8 @@ def blocks() -> list[Block]:
               lambda run: world_table(_load(run))),
         Block("marketplace-presets", [[*bench, *extra, "--methods", WORLD_ARMS, "--out", f"{{out}}/{folder}"]
                                       for _, folder, extra in PRESETS], _presets),
+        Block("ablations", [[*bench, "--preset", "default", "--methods", ABLATION_ARMS, "--out", "{out}"]],
+              lambda run: world_table(_load(run))),
         Block("one-grade", [[*bench, "--preset", "quick", "--methods", "production,grade", "--set", "save_training_logs=true",
                              "--out", "{out}/bench"],
                             ["train", "--method", "grade", "--data", "{out}/bench/training_logs", "--out", "{out}/policy"],
