@@ -8,6 +8,7 @@ import torch
 
 from blendrank.fusion.formulas import fuse, fusion_features, top_k
 from blendrank.fusion.numpy_twins import (
+    FULL_SORT_MAX_ELEMENTS,
     fuse_np,
     fusion_features_np,
     list_stats_np,
@@ -55,3 +56,14 @@ def test_top_k_np_orders_ties_by_candidate_and_puts_padding_last() -> None:
     assert top.tolist() == [[2.0, 2.0, 1.0, 0.5]]
     idx, top = top_k_np(scores, 6)
     assert idx.tolist() == [[1, 4, 5, 0, 2, 3]] and top[0, -1] == -np.inf
+    # many rows: the select-then-sort path, against torch.topk (random scores: no ties)
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(8, 300)).astype(np.float32)
+    big[:, 250:] = -np.inf
+    assert big.size > FULL_SORT_MAX_ELEMENTS
+    for page in (1, 10, 299, 300):
+        ref_top, ref_idx = torch.topk(torch.from_numpy(big), page, dim=-1)
+        got_idx, got_top = top_k_np(big, page)
+        np.testing.assert_array_equal(got_top, ref_top.numpy())
+        real = np.isfinite(got_top)
+        np.testing.assert_array_equal(got_idx[real], ref_idx.numpy()[real])

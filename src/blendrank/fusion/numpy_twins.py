@@ -40,6 +40,11 @@ def top_single_np(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray
     return order[None, :page], best[None, :page]
 
 
+# Measured at L=200, page 10: a full stable sort costs 7-10 µs for 2-4 rows against 14-16 µs for
+# argpartition + sort, which wins from tens of rows on (86 µs against 265 µs at 64 rows).
+FULL_SORT_MAX_ELEMENTS = 1024
+
+
 def top_k_np(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray]:
     """``(index [B, page], scores [B, page])``: each row's ``page`` best scores, best first
     (``top_k``'s selection; padding scored ``-inf`` comes last). Equal scores inside the page
@@ -51,6 +56,9 @@ def top_k_np(scores: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray]:
         page: page size, ``1 <= page <= L``.
     """
     n = scores.shape[1]
+    if scores.size <= FULL_SORT_MAX_ELEMENTS:  # a few rows: one sort beats select-then-sort
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :page]
+        return order, np.take_along_axis(scores, order, axis=1)
     if page < n:  # select the page in O(L), then order only it
         part = np.argpartition(scores, n - page, axis=1)[:, n - page:]
         part.sort(axis=1)  # by candidate index, so that the stable sort below breaks ties by it
