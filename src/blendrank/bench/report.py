@@ -429,6 +429,7 @@ def _plot_curves(groups: list[_CurveGroup], path: Path) -> Path | None:
     panel marks :data:`~blendrank.bench.summary.KL_RUNAWAY` when the curve crosses it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     groups = [g for g in groups if g.series]
     if not groups:
@@ -449,6 +450,7 @@ def _plot_curves(groups: list[_CurveGroup], path: Path) -> Path | None:
                 ax.axhline(KL_RUNAWAY, color="tab:red", lw=0.8, ls="--")
             ax.set_title(SCALAR_TITLES.get(name, name), fontsize=10)
             ax.set_xlabel(group.x_label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole
             ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -816,7 +818,7 @@ def _summary(bench: Mapping[str, Any], run: Mapping[str, Any] | None) -> _Sectio
         sec.paragraphs.append(text)
         rows = [
             [st.arm, _fmt_ci(st.rel, st.lo, st.hi, pct=True), st.verdict,
-             "–" if (v := share.get(st.arm)) is None or math.isnan(v) else f"{v:.0%}"]
+             "–" if (v := share.get(st.arm)) is None or math.isnan(v) else f"{v:.1%}"]
             for st in standings
         ]
         sec.tables.append(_Table(
