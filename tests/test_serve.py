@@ -921,7 +921,7 @@ def test_half_sent_connections_cannot_exhaust_file_descriptors(dirs):
         port = probe.getsockname()[1]
     src = Path(__file__).resolve().parents[1] / "src"
     cmd = (f"ulimit -n {limit}; exec {sys.executable} -m blendrank.cli.main serve "
-           f"--model {dirs[0] / 'export'} --port {port}")
+           f"--model {dirs[0] / 'export'} --port {port} --no-access-log")  # output read only at the end
     proc = subprocess.Popen(["bash", "-c", cmd], env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -1126,7 +1126,7 @@ def test_serving_imports_no_torch(dirs, torch_state):
     (["train", "--data", "x"], "blendrank train needs PyTorch: pip install 'blendrank[train]'"),
     (["bench", "--help"], "blendrank bench needs PyTorch"),
     (["serve", "--model", "nope", "--backend", "torch"], "--backend torch needs PyTorch"),
-    (["serve", "--model", "nope"], "not an export directory"),
+    (["serve", "--model", "nope", "--port", "0"], "not an export directory"),
 ])
 def test_cli_without_torch_says_how_to_install_it(argv, message):
     import subprocess
