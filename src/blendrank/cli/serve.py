@@ -75,7 +75,6 @@ def serve(
         fmt = resolve_format(log_format)
     except ValueError as exc:
         fail(f"--log-format: {exc}")
-    configure_logging(fmt)
     if backend == "torch":
         import torch
 
@@ -83,9 +82,13 @@ def serve(
     token = os.environ.get(reload_token_env) or None
     # Bind first: a bad or busy port is a clear error before anything is loaded or announced.
     sock = bind_socket(host, port)
-    app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
-                     max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars, threads=threads,
-                     model_root=model_root, docs=docs, access_log=access_log)
+    try:
+        app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
+                         max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars,
+                         threads=threads, model_root=model_root, docs=docs, access_log=access_log)
+    except BaseException:
+        sock.close()  # free the port now, not whenever the failed frame is collected
+        raise
     r = app.state.blendrank["ranker"]
     raise_fd_limit()
     cap = connection_cap(max_connections)
@@ -96,16 +99,18 @@ def serve(
     out.print(f"serving {model} ({'model ok' if r.model_ok else 'FALLBACK weights: ' + str(r.fallback_reason)}; "
               f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}",
               markup=False, highlight=False)
-    # torch, onnxruntime and the model leave ~200k long-lived objects; a full garbage collection
-    # that scans them took 0.1-0.4 s on a 2-core box, stalling every in-flight request. Request
-    # handling alone rarely triggers one (4 young-generation passes in 20k requests, measured),
-    # but a reload's allocations can. Freezing them keeps them out of the scans.
+    # onnxruntime and the model (and torch, with --backend torch) leave ~200k long-lived
+    # objects; a full garbage collection that scans them took 0.1-0.4 s on a 2-core box,
+    # stalling every in-flight request. Request handling alone rarely triggers one (4
+    # young-generation passes in 20k requests, measured), but a reload's allocations can.
+    # Freezing them keeps them out of the scans.
     gc.collect()
     gc.freeze()
-    # One process, one event loop: ranking is CPU-bound and single-threaded, so scale out with
-    # more processes (behind a load balancer) rather than threads.
+    configure_logging(fmt)  # once the service starts (a failed start leaves logging as it was)
     logging.getLogger("blendrank.serve").info(
         "serving", extra={"model_ok": r.model_ok, "host": host, "port": port, "backend": backend})
+    # One process, one event loop: ranking is CPU-bound and single-threaded, so scale out with
+    # more processes (behind a load balancer) rather than threads.
     # log_config=None: the logging set up above, not uvicorn's own handlers.
     config = server_config(app, max_connections=max_connections, read_timeout_s=read_timeout,
                            log_config=None)
