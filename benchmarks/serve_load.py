@@ -225,8 +225,9 @@ def main() -> None:
     shutil.copytree(export, twin)
     p_rank, p_triv = free_port(), free_port()
     load0 = os.getloadavg()
+    # (no access log: stderr is a pipe read only at the end, and the trivial app logs none either)
     rank = start([sys.executable, "-m", "blendrank.cli.main", "serve", "--model", str(export), "--port", str(p_rank),
-                  "--host", "127.0.0.1"], p_rank, env)
+                  "--host", "127.0.0.1", "--no-access-log"], p_rank, env)
     triv = start([sys.executable, "-m", "uvicorn", "trivial_app:app", "--host", "127.0.0.1", "--port", str(p_triv),
                   "--workers", "1", "--log-level", "warning", "--no-access-log"], p_triv, env)
     rows = []

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "BLENDRANK_RELOAD_TOKEN": TOKEN}
     cmd = [sys.executable, "-m", "blendrank.cli.main", "serve", "--model", str(export), "--port", str(port),
            "--model-root", str(tmp), "--max-connections", str(MAX_CONNECTIONS),
-           "--read-timeout", str(args.read_timeout_s)]
+           "--read-timeout", str(args.read_timeout_s), "--no-access-log"]  # stderr: a pipe read at the end
     server = start(cmd, port, env)
     stats = Stats()
     samples: list[tuple[float, float]] = []

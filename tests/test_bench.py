@@ -135,7 +135,13 @@ def test_world_bench_with_mtl_predictions(tmp_path):
                     mtl={"epochs": 1}, grade={"stage1": {"epochs": 1}, "stage2": {"steps": 3}}, probe_requests=50)
     assert b["predictor"] == "mtl" and "mtl" in b["timings_s"]
     assert all(np.isfinite(b["arms"][a]["value"]) for a in ("production", "static_search", "grade"))
-    assert "true_value" in b["learning_curves"]["grade"][0]
+    grade_curve = b["learning_curves"]["grade"]
+    stages = [r["stage"] for r in grade_curve]  # Stage 1's epoch, then Stage 2's logged steps
+    assert stages[0] == 1 and len(stages) > 1 and set(stages[1:]) == {2}
+    assert "lambda_loss" in grade_curve[0] and "true_value" in grade_curve[1]
+    seg = b["lifts_per_segment"]
+    assert seg and all(set(arms) == {"static_search", "grade"} for arms in seg.values())
+    assert all(len(v["value"]["ci95"]) == 2 for arms in seg.values() for v in arms.values())
 
 
 def test_guardrails_constrain_static_search_and_reach_grade(tmp_path):

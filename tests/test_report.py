@@ -321,3 +321,138 @@ def test_missing_dir_and_missing_bench_json(tmp_path):
         load_bench(tmp_path)
     res = CliRunner().invoke(_app(), ["report", "--bench", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "no such directory" in res.output
+
+
+# ----------------------------------------------------------------------------- summary and world-bench parts
+def _fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+def _stage_curves(kl_end: float, value_end: float) -> list[dict]:
+    """GRADE's records as the world bench writes them: Stage 1 epochs, then Stage 2 steps."""
+    stage1 = [{"stage": 1, "epoch": e, "lambda_loss": 7.3 - 0.1 * e} for e in range(3)]
+    stage2 = [{"stage": 2, "step": s, "reward": 1.0 + 0.01 * s, "kl": kl_end * s / 20,
+               "true_value": 1.75 + (value_end - 1.75) * s / 20} for s in range(0, 21, 5)]
+    return stage1 + stage2
+
+
+def test_summary_comes_first_with_the_winner_its_ci_version_and_date(tmp_path):
+    from blendrank import __version__
+    from blendrank.bench.summary import CEILING_ARMS
+
+    bench = _fixture()
+    d = _bench_dir(tmp_path, bench)
+    (d / "run.json").write_text(json.dumps({"blendrank_version": "0.0.9", "timestamp": "2026-01-02T03:04:05+00:00",
+                                            "git": {"commit": "0123456789abcdef", "dirty": False}}))
+    md = write_report(d)[0].read_text()
+    assert md.index("## Summary") < md.index("## Run") < md.index("## Arms: expected metrics")
+    summary = md[md.index("## Summary"):md.index("## Run")]
+    lifts = bench["lifts"]
+    best = max((a for a in lifts if a not in CEILING_ARMS), key=lambda a: lifts[a]["value"]["rel"])
+    assert best == "grade"  # the fixture's best candidate; oracle and true_score lift more but read the truth
+    assert "**`grade` wins on `value`**: `grade` +8.00% [+6.50%, +9.50%] vs `production`" in summary
+    assert "It captures 53% of the oracle's gain over `production`." in summary
+    assert "Next: `ltr` +5.00% [+3.50%, +6.50%] (the two CIs overlap)." in summary  # they touch at 6.5%
+    assert "Ceilings, which read the world's truth" in summary and "`oracle` +15.00%" in summary
+    assert "| static_search | +3.00% [+1.50%, +4.50%] | above | 20.0% |" in summary
+    assert re.search(rf"Report written by blendrank {re.escape(__version__)} on \d{{4}}-\d\d-\d\d\.", summary)
+    assert "The bench ran blendrank 0.0.9 on 2026-01-02 (commit 0123456789ab)." in summary
+    html = (d / "report.html").read_text()
+    assert html.index("<h2>Summary</h2>") < html.index("<h2>Run</h2>")
+
+
+def test_summary_says_when_no_method_is_distinguishable(tmp_path):
+    bench = {"arms": {"production": {"value": 1.0}, "grade": {"value": 1.001}},
+             "baseline_arm": "production", "value_metric": "value",
+             "lifts": {"grade": {"value": {"rel": 0.001, "ci95": [-0.002, 0.004]}}}}
+    md = write_report(_bench_dir(tmp_path, bench))[0].read_text()
+    assert "**No method is distinguishable from `production` on `value`**" in md
+    assert "| grade | +0.10% [-0.20%, +0.40%] | level | – |" in md
+
+
+def test_kl_runaway_without_probe_gain_is_flagged():
+    from blendrank.bench.summary import kl_runaway
+
+    assert [f.method for f in kl_runaway({"grade": _stage_curves(12.0, 1.74)})] == ["grade"]
+    (flag,) = kl_runaway({"grade": _stage_curves(12.0, 1.75)})  # flat probe value: no rise
+    assert flag.final_kl == pytest.approx(12.0) and flag.first_value == flag.last_value == pytest.approx(1.75)
+    assert kl_runaway({"grade": _stage_curves(12.0, 1.80)}) == []  # the probe value rose
+    assert kl_runaway({"grade": _stage_curves(8.0, 1.70)}) == []  # KL stayed under the threshold
+    assert kl_runaway({"grade": [{"step": 0, "kl": 20.0}]}) == []  # no probe value: not judged
+
+
+def test_flag_and_stage_titled_learning_curves_in_the_report(tmp_path):
+    bench = _fixture()
+    bench["learning_curves"] = {"grade": _stage_curves(12.0, 1.74)}
+    md = write_report(_bench_dir(tmp_path, bench))[0].read_text()
+    summary = md[md.index("## Summary"):md.index("## Run")]
+    curves = md[md.index("## Learning curves"):]
+    for part in (summary, curves):
+        assert "**Flag: `grade`.** Its KL to the reference reached 12 (above 10)" in part
+        assert "(1.75 at the first logged step, 1.74 at the last)" in part
+    assert "| grade: Stage 1 (per epoch) | lambda_loss | 3 | 7.3 | 7.1 |" in curves
+    assert "| grade: Stage 2 (per step) | true_value | 5 |" in curves
+    # the probe value leads Stage 2's panels (SCALAR_TITLES order), then the others
+    rows = [line.split(" | ")[1] for line in curves.splitlines() if line.startswith("| grade: Stage 2")]
+    assert rows == ["true_value", "reward", "kl"]
+
+    calm = _fixture()
+    calm["learning_curves"] = {"grade": _stage_curves(12.0, 1.80)}
+    (tmp_path / "calm").mkdir()
+    assert "**Flag" not in write_report(_bench_dir(tmp_path / "calm", calm))[0].read_text()
+
+
+def test_per_segment_lifts_section_or_a_note(tmp_path):
+    bench = _fixture()
+    md = write_report(_bench_dir(tmp_path, bench))[0].read_text()
+    assert "## Lifts per user segment" not in md and "no per-segment lifts" in md
+    bench["lifts_per_segment"] = {
+        "browsers": {"grade": {"value": {"rel": 0.02, "ci95": [0.01, 0.03]}},
+                     "static_search": {"value": {"rel": -0.01, "ci95": [-0.02, 0.0]}}},
+        "big_spenders": {"grade": {"value": {"rel": 0.12, "ci95": [0.1, 0.14]}},
+                         "static_search": {"value": {"rel": 0.05, "ci95": [0.03, 0.07]}}},
+    }
+    (tmp_path / "seg").mkdir()
+    d = _bench_dir(tmp_path / "seg", bench)
+    md = write_report(d)[0].read_text()
+    sec = md[md.index("## Lifts per user segment"):]
+    assert "| arm | browsers | big_spenders |" in sec
+    assert "| grade | +2.00% [+1.00%, +3.00%] | +12.00% [+10.00%, +14.00%] |" in sec
+    assert "](plots/segment_lifts.png)" in sec and (d / "plots" / "segment_lifts.png").is_file()
+    assert "no per-segment lifts" not in md
+
+
+def test_metrics_with_the_same_lifts_are_drawn_once(tmp_path, monkeypatch):
+    import blendrank.bench.report as report_module
+    from blendrank.bench.summary import same_lifts
+
+    data = {"a": {"opm": (0.1, 0.05, 0.15), "orders_per_request": (0.1, 0.05, 0.15), "ctr": (0.1, 0.0, 0.2)},
+            "b": {"opm": (-0.2, -0.3, -0.1), "orders_per_request": (-0.2, -0.3, -0.1), "ctr": (-0.2, -0.3, -0.1)}}
+    assert same_lifts(data, ["ctr", "opm", "orders_per_request"]) == {"orders_per_request": "opm"}
+
+    bench = _fixture()
+    for arm, per_metric in bench["lifts"].items():
+        for i, entry in enumerate(per_metric.values()):  # the fixture's metrics all lift alike: make them differ
+            entry["rel"], entry["ci95"] = entry["rel"] * (1 + i), [x * (1 + i) for x in entry["ci95"]]
+        per_metric["orders_per_request"] = dict(per_metric["opm"])
+    drawn: dict[str, list[str]] = {}
+    real = report_module._plot_ci_panels
+
+    def spy(data, metrics, arms, path, **kw):
+        drawn[path.name] = list(metrics)
+        return real(data, metrics, arms, path, **kw)
+
+    monkeypatch.setattr(report_module, "_plot_ci_panels", spy)
+    md = write_report(_bench_dir(tmp_path, bench))[0].read_text()
+    assert "orders_per_request" not in drawn["lifts.png"] and "opm" in drawn["lifts.png"]
+    assert drawn["lifts.png"] == ["ctr", "cvr", "opm", "gpm", "value"]
+    assert "Drawn once: `orders_per_request` has the same lifts as `opm`" in md
+    lifts_table = md.split("## Lifts vs baseline")[1].split("## ")[0]
+    assert "| arm | ctr | cvr | opm | gpm | value | orders_per_request |" in lifts_table  # tables keep it
+
+
+def test_ceiling_arms_are_the_registry_oracle_family():
+    from blendrank.bench.registry import REGISTRY
+    from blendrank.bench.summary import CEILING_ARMS
+
+    assert set(CEILING_ARMS) == {name for name, m in REGISTRY.items() if m.family == "oracle"}

@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ with warnings.catch_warnings():
 from blendrank.serve.app import create_app
 
 TOKEN = "s3cret"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -919,7 +921,7 @@ def test_half_sent_connections_cannot_exhaust_file_descriptors(dirs):
         port = probe.getsockname()[1]
     src = Path(__file__).resolve().parents[1] / "src"
     cmd = (f"ulimit -n {limit}; exec {sys.executable} -m blendrank.cli.main serve "
-           f"--model {dirs[0] / 'export'} --port {port}")
+           f"--model {dirs[0] / 'export'} --port {port} --no-access-log")  # output read only at the end
     proc = subprocess.Popen(["bash", "-c", cmd], env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -965,3 +967,175 @@ def test_half_sent_connections_cannot_exhaust_file_descriptors(dirs):
     assert most_fds < limit, most_fds
     assert "Too many open files" not in log, log[-2000:]
     assert len(answers) > 20 and set(answers) == {200}, sorted(map(str, set(answers)))
+
+
+# ------------------------------------------------------------------------------------ deployment
+@pytest.mark.serve
+def test_livez_and_readyz(client, dirs, tmp_path):
+    assert client.get("/livez").json() == {"status": "alive"}
+    assert client.get("/readyz").status_code == 200 and client.get("/readyz").json() == {"ready": True}
+    # On the fallback weights: alive, /healthz 200 "degraded" (by design), but not ready.
+    bad = tmp_path / "bad"
+    shutil.copytree(dirs[0] / "export", bad)
+    (bad / "model.onnx").write_bytes(b"not an onnx model")
+    degraded = TestClient(create_app(bad))
+    assert degraded.get("/livez").status_code == 200
+    h = degraded.get("/healthz")
+    assert h.status_code == 200 and h.json()["status"] == "degraded"
+    r = degraded.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"ready": False, "reason": "fallback"}
+
+
+@pytest.mark.serve
+def test_readyz_is_503_while_a_reload_runs(dirs, monkeypatch):
+    import threading
+
+    import blendrank.serve.app as app_module
+
+    root, _ = dirs
+    app = create_app(root / "export", reload_token=TOKEN)
+    c = TestClient(app)
+    started, release = threading.Event(), threading.Event()
+    real_load = Ranker.load
+
+    def slow_load(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(app_module.Ranker, "load", slow_load)
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("r", c.post(
+        "/admin/reload", json={"path": str(root / "export")}, headers={"Authorization": f"Bearer {TOKEN}"})))
+    worker.start()
+    try:
+        assert started.wait(10)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["reason"] == "reloading"
+        assert c.post("/v1/rank", json=body()).status_code == 200  # the old model still serves
+    finally:
+        release.set()
+        worker.join(10)
+    assert result["r"].status_code == 200, result["r"].text
+    assert c.get("/readyz").status_code == 200
+
+
+@pytest.mark.serve
+def test_access_log_is_one_json_object_per_request(dirs):
+    import io
+    import logging
+
+    from blendrank.serve.logs import SERVICE_LOGGERS, configure_logging
+
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level)
+             for n in SERVICE_LOGGERS}
+    stream = io.StringIO()
+    try:
+        configure_logging("json", stream=stream)
+        c = TestClient(create_app(dirs[0] / "export", access_log=True))
+        r = c.post("/v1/rank", json=body(), headers={"X-Request-ID": "req-42"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "req-42"
+        r = c.get("/readyz", headers={"X-Request-ID": "bad id with spaces"})
+        fresh = r.headers["x-request-id"]
+        assert len(fresh) == 32 and int(fresh, 16) >= 0
+        c.post("/v1/rank", content=b"{not json")
+    finally:
+        for n, (handlers, propagate, level) in saved.items():
+            logger = logging.getLogger(n)
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [x for x in lines if x["logger"] == "blendrank.access"]
+    assert [(x["method"], x["path"], x["status"]) for x in access] == [
+        ("POST", "/v1/rank", 200), ("GET", "/readyz", 200), ("POST", "/v1/rank", 422)]
+    assert [x["request_id"] for x in access[:2]] == ["req-42", fresh]
+    for x in access:
+        assert x["level"] == "info" and x["ts"].endswith("Z") and 0 <= x["latency_ms"] < 10_000
+
+
+def test_text_log_format_and_auto_choice():
+    import io
+    import logging
+
+    from blendrank.serve.logs import TextFormatter, resolve_format
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert resolve_format("auto", Tty()) == "text" and resolve_format("auto", io.StringIO()) == "json"
+    assert resolve_format("json") == "json"
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_format("xml")
+    record = logging.LogRecord("blendrank.access", logging.INFO, "", 0, "request", None, None)
+    record.status, record.path = 200, "/livez"
+    assert TextFormatter().format(record).endswith("INFO    blendrank.access: request status=200 path=/livez")
+
+
+@pytest.mark.serve
+def test_docs_pages_are_off_unless_asked_for(client, dirs):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert "/readyz" in client.get("/openapi.json").json()["paths"]
+    with_docs = TestClient(create_app(dirs[0] / "export", docs=True))
+    assert with_docs.get("/docs").status_code == 200 and with_docs.get("/redoc").status_code == 200
+
+
+NO_TORCH_SERVING = """
+import sys
+if sys.argv[2] == "blocked":  # as on a serving install: `import torch` fails
+    sys.modules["torch"] = None
+import warnings
+from blendrank.cli.main import app as cli
+from blendrank.serve.app import create_app
+from blendrank.serve.ranker import Ranker
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+import click
+ctx = click.Context(click.Command("blendrank"))
+import typer
+assert typer.main.get_command(cli).get_command(ctx, "serve") is not None
+# (strict: the sha256 check; its parity check with the PyTorch policy imports torch if it can)
+rk = Ranker.load(sys.argv[1], strict=sys.argv[2] == "blocked")
+assert rk.model_ok, rk.fallback_reason
+req = {"user": {"f_user_type": 1}, "k": 2,
+       "candidates": {"item_id": [1, 2, 3], "pred_click": [0.1, 0.5, 0.3], "pred_order": [0.2, 0.2, 0.9]}}
+assert len(rk.rank([req])[0].item_ids) == 2
+c = TestClient(create_app(rk))
+assert c.post("/v1/rank", json=req).status_code == 200 and c.get("/readyz").status_code == 200
+print("torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("torch_state", ["installed", "blocked"])
+def test_serving_imports_no_torch(dirs, torch_state):
+    """The service, the Ranker and the `blendrank serve` command load and rank without importing
+    PyTorch (where it is installed), and work where it cannot be imported at all."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", NO_TORCH_SERVING, str(dirs[0] / "export"), torch_state],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "x"], "blendrank train needs PyTorch: pip install 'blendrank[train]'"),
+    (["bench", "--help"], "blendrank bench needs PyTorch"),
+    (["serve", "--model", "nope", "--backend", "torch"], "--backend torch needs PyTorch"),
+    (["serve", "--model", "nope", "--port", "0"], "not an export directory"),
+])
+def test_cli_without_torch_says_how_to_install_it(argv, message):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from blendrank.cli.main import app\n"
+            "app(sys.argv[1:], prog_name='blendrank')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+           "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

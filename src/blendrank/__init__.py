@@ -18,7 +18,15 @@ __all__ = ["Policy", "__version__", "evaluate", "load_policy", "rank", "train"]
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        return getattr(importlib.import_module("blendrank.api"), name)
+        try:
+            api = importlib.import_module("blendrank.api")
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            # A serving install has no PyTorch; the API trains, so it needs it.
+            raise ModuleNotFoundError(f"blendrank.{name} needs PyTorch: pip install 'blendrank[train]'",
+                                      name="torch") from None
+        return getattr(api, name)
     raise AttributeError(f"module 'blendrank' has no attribute {name!r}")
 
 

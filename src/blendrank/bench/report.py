@@ -1,9 +1,12 @@
 """``bench.json`` -> ``report.md`` + ``report.html`` with plots.
 
-The report reads only ``bench.json`` (layout in docs/evaluation.md) and copes with any section being
-absent: a minimal file with just ``arms`` works, and so does a log-only bench that has an
-``offline`` section and no world. A log bench (``bench --data``) gets its own text: what it
-measured on the test split from the logged labels, never the world's truth or its A/B.
+The report reads ``bench.json`` (layout in docs/evaluation.md), and the run record ``run.json``
+beside it when there is one, and copes with any section being absent: a minimal file with just
+``arms`` works, and so does a log-only bench that has an ``offline`` section and no world. A
+world bench opens with a summary (:mod:`blendrank.bench.summary`): the method that won on the
+value metric, by how much with its CI, and the training runs to flag. A log bench (``bench
+--data``) gets its own text: what it measured on the test split from the logged labels, never the
+world's truth or its A/B.
 
 Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend switch), saved as
 PNG under ``<bench_dir>/plots/``, linked from the Markdown and embedded as base64 in the HTML
@@ -24,13 +27,23 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
+from blendrank import __version__
+from blendrank.bench.summary import (
+    CEILING_ARMS,
+    KL_RUNAWAY,
+    kl_runaway,
+    same_lifts,
+    value_standings,
+)
 from blendrank.errors import BlendrankError, DataError
+from blendrank.tracking import RUN_FILE
 
 BENCH_FILE = "bench.json"
 REPORT_MD = "report.md"
@@ -402,27 +415,66 @@ def _plot_weights(
     return _save(fig, path)
 
 
-def _plot_curves(
-    curves: Mapping[str, dict[str, tuple[list[float], list[float]]]], path: Path
-) -> Path | None:
-    scalars: list[str] = []
-    for series in curves.values():
-        for name in series:
-            if name not in scalars:
-                scalars.append(name)
-    if not scalars:
+#: Panel titles of the learning-curve scalars that have a plainer name; they come first, in
+#: this order, and any other scalar follows under its own name.
+SCALAR_TITLES = {
+    "true_value": "probe value (true page value)",
+    "reward": "reward (total)",
+    "reward_post": "reward: realised value (R_post)",
+    "reward_prior": "reward: prior (R_prior)",
+    "reward_rule": "reward: rules",
+    "kl": "KL to the reference",
+    "entropy": "policy entropy",
+    "loss": "loss",
+    "lambda_loss": "LambdaLoss",
+    "kappa_mean": "concentration κ (mean)",
+}
+#: Record fields that are not learning curves: the x axis, the stage, timings.
+CURVE_SKIP = ("step", "epoch", "stage", "seconds", "step_ms", "requests_per_s")
+
+
+@dataclass
+class _CurveGroup:
+    """One method's curves of one training stage: ``{scalar: (xs, ys)}`` against ``x_label``."""
+
+    method: str
+    title: str
+    x_label: str
+    series: dict[str, tuple[list[float], list[float]]]
+
+    def ordered(self) -> list[tuple[str, tuple[list[float], list[float]]]]:
+        first = [n for n in SCALAR_TITLES if n in self.series]
+        return [(n, self.series[n]) for n in first + [n for n in self.series if n not in first]]
+
+
+def _plot_curves(groups: list[_CurveGroup], path: Path) -> Path | None:
+    """One titled block of panels per group (method and stage), one panel per scalar; the KL
+    panel marks :data:`~blendrank.bench.summary.KL_RUNAWAY` when the curve crosses it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    groups = [g for g in groups if g.series]
+    if not groups:
         return None
-    fig, axes = _figure(len(scalars), 4.2, 3.0)
-    for ax, name in zip(axes, scalars):
-        for method, series in curves.items():
-            if name in series:
-                xs, ys = series[name]
-                ax.plot(xs, ys, label=method, marker="." if len(xs) < 30 else None)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if len(curves) > 1:
-            ax.legend(fontsize=8)
+    ncols = min(3, max(len(g.series) for g in groups))
+    heights = [3.0 * math.ceil(len(g.series) / ncols) + 0.4 for g in groups]
+    fig = Figure(figsize=(4.2 * ncols, sum(heights)), layout="constrained")
+    FigureCanvasAgg(fig)
+    subfigs = fig.subfigures(len(groups), 1, height_ratios=heights, squeeze=False).ravel()
+    for sub, group in zip(subfigs, groups):
+        sub.suptitle(group.title, fontweight="bold")
+        axes = sub.subplots(math.ceil(len(group.series) / ncols), ncols, squeeze=False).ravel()
+        for ax in axes[len(group.series):]:
+            ax.set_visible(False)
+        for ax, (name, (xs, ys)) in zip(axes, group.ordered()):
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
+            if name == "kl" and max(ys) > KL_RUNAWAY:
+                ax.axhline(KL_RUNAWAY, color="tab:red", lw=0.8, ls="--")
+            ax.set_title(SCALAR_TITLES.get(name, name), fontsize=10)
+            ax.set_xlabel(group.x_label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole
+            ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -676,16 +728,17 @@ def _weights(bench: Mapping[str, Any]) -> tuple[list[str], dict[str, dict[str, l
     return inputs[:width], {a: s for a, s in out.items() if s}
 
 
-def _curves(bench: Mapping[str, Any]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
-    """``{method: {scalar: (steps, values)}}`` from a list of records or a dict of lists."""
+def _curves(bench: Mapping[str, Any]) -> list[_CurveGroup]:
+    """One :class:`_CurveGroup` per method and training stage, from a list of records (each
+    with ``step`` or ``epoch`` and, for staged trainers, ``stage``) or a dict of lists."""
     raw = bench.get("learning_curves") or {}
-    out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    out: list[_CurveGroup] = []
     for method, log in raw.items():
-        series: dict[str, tuple[list[float], list[float]]] = {}
         if isinstance(log, Mapping):  # {"step": [...], "reward": [...]}
+            series: dict[str, tuple[list[float], list[float]]] = {}
             steps = log.get("step")
             for name, vals in log.items():
-                if name == "step" or not isinstance(vals, Sequence) or isinstance(vals, str):
+                if name in CURVE_SKIP or not isinstance(vals, Sequence) or isinstance(vals, str):
                     continue
                 xs = (
                     list(steps)
@@ -696,20 +749,30 @@ def _curves(bench: Mapping[str, Any]) -> dict[str, dict[str, tuple[list[float], 
                 pts = [(x, v) for x, v in pts if x is not None and v is not None]
                 if pts:
                     series[name] = ([p[0] for p in pts], [p[1] for p in pts])
+            if series:
+                out.append(_CurveGroup(str(method), str(method), "step", series))
         elif isinstance(log, Sequence) and not isinstance(log, str):
-            for i, rec in enumerate(log):
-                if not isinstance(rec, Mapping):
+            records = [r for r in log if isinstance(r, Mapping)]
+            for stage in dict.fromkeys(r.get("stage") for r in records):
+                recs = [r for r in records if r.get("stage") == stage]
+                x_key = "step" if any("step" in r for r in recs) else (
+                    "epoch" if any("epoch" in r for r in recs) else None)
+                series = {}
+                for i, rec in enumerate(recs):
+                    x = _num(rec.get(x_key)) if x_key else None
+                    x = float(i) if x is None else x
+                    for name, v in rec.items():
+                        if name in CURVE_SKIP or _num(v) is None:
+                            continue
+                        xs, ys = series.setdefault(name, ([], []))
+                        xs.append(x)
+                        ys.append(float(v))
+                if not series:
                     continue
-                step = _num(rec.get("step"))
-                step = float(i) if step is None else step
-                for name, v in rec.items():
-                    if name == "step" or _num(v) is None:
-                        continue
-                    xs, ys = series.setdefault(name, ([], []))
-                    xs.append(step)
-                    ys.append(float(v))
-        if series:
-            out[method] = series
+                title = str(method) if stage is None else f"{method}: Stage {stage}"
+                if x_key:
+                    title += f" (per {x_key})"
+                out.append(_CurveGroup(str(method), title, x_key or "record", series))
     return out
 
 
@@ -730,10 +793,110 @@ def _header(bench: Mapping[str, Any]) -> _Section:
     return sec
 
 
-def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
+def _standing_text(arm: str, rel: float, lo: float | None, hi: float | None) -> str:
+    return f"`{arm}` {_fmt_ci(rel, lo, hi, pct=True)}"
+
+
+def _drift_flags(bench: Mapping[str, Any]) -> list[str]:
+    """One paragraph per training run flagged by :func:`~blendrank.bench.summary.kl_runaway`."""
+    return [
+        f"**Flag: `{f.method}`.** Its KL to the reference reached {f.final_kl:.3g} (above "
+        f"{KL_RUNAWAY:g}) while its probe value did not rise ({f.first_value:.4g} at the first "
+        f"logged step, {f.last_value:.4g} at the last): Stage 2 moved away from the reference "
+        "without a gain the world measures. A larger `stage2.beta` (the KL coefficient) or fewer "
+        "`stage2.steps` keep it closer."
+        for f in kl_runaway(bench.get("learning_curves") or {})
+    ]
+
+
+def _summary(bench: Mapping[str, Any], run: Mapping[str, Any] | None) -> _Section:
+    """The headline: what won on the value metric and by how much (lift vs the baseline with
+    its 95% CI), the ceilings, flagged training runs, and which blendrank wrote what when."""
+    sec = _Section("Summary")
+    metric = str(bench.get("value_metric") or "value")
+    baseline = str(bench.get("baseline_arm") or "the baseline")
+    standings = value_standings(bench)
+    share = {a: _num(v) for a, v in (bench.get("oracle_share") or {}).items()}
+    if standings:
+        best = standings[0]
+        lift = _standing_text(best.arm, best.rel, best.lo, best.hi)
+        if best.verdict == "above":
+            text = f"**`{best.arm}` wins on `{metric}`**: {lift} vs `{baseline}` (95% CI above 0)."
+        elif best.verdict == "level":
+            text = (f"**No method is distinguishable from `{baseline}` on `{metric}`**: the "
+                    f"highest is {lift}, whose 95% CI covers 0.")
+        else:
+            text = (f"**Every method compared is below `{baseline}` on `{metric}`**; the best is "
+                    f"{lift}.")
+        if (s := share.get(best.arm)) is not None and not math.isnan(s):
+            text += f" It captures {s:.0%} of the oracle's gain over `{baseline}`."
+        if len(standings) > 1:
+            second = standings[1]
+            text += f" Next: {_standing_text(second.arm, second.rel, second.lo, second.hi)}"
+            overlap = (best.lo is not None and second.hi is not None and best.lo <= second.hi)
+            text += " (the two CIs overlap)." if overlap else "."
+        sec.paragraphs.append(text)
+        rows = [
+            [st.arm, _fmt_ci(st.rel, st.lo, st.hi, pct=True), st.verdict,
+             "–" if (v := share.get(st.arm)) is None or math.isnan(v) else f"{v:.1%}"]
+            for st in standings
+        ]
+        sec.tables.append(_Table(
+            ["arm", f"{metric} lift vs {baseline} [95% CI]", f"vs {baseline}", "oracle share"], rows))
+        lifts = bench.get("lifts") or {}
+        ceilings = [
+            _standing_text(a, *_ci(lifts[a].get(metric), "rel"))
+            for a in CEILING_ARMS
+            if isinstance(lifts.get(a), Mapping) and _ci(lifts[a].get(metric), "rel")[0] is not None
+        ]
+        if ceilings:
+            sec.paragraphs.append(
+                "Ceilings, which read the world's truth and are not candidates: "
+                + ", ".join(ceilings) + "."
+            )
+    sec.paragraphs += _drift_flags(bench)
+    made = f"Report written by blendrank {__version__} on {datetime.now(UTC).date().isoformat()}."
+    if run:
+        made += f" The bench ran blendrank {run.get('blendrank_version', '?')}"
+        if isinstance(stamp := run.get("timestamp"), str):
+            made += f" on {stamp[:10]}"
+        if isinstance(git := run.get("git"), Mapping) and isinstance(git.get("commit"), str):
+            made += f" (commit {git['commit'][:12]}{', with local changes' if git.get('dirty') else ''})"
+        made += "."
+    sec.notes.append(made)
+    return sec
+
+
+def _segment_lifts(bench: Mapping[str, Any], seg_lifts: Mapping[str, Any], plots: Path) -> _Section:
+    """Value lift vs the baseline within each user segment: a table (arm x segment) and one CI
+    panel per segment."""
+    metric = str(bench.get("value_metric") or "value")
+    baseline = bench.get("baseline_arm") or "baseline"
+    segments = [str(s) for s, arms in seg_lifts.items() if isinstance(arms, Mapping)]
+    data: dict[str, dict[str, tuple[float | None, float | None, float | None]]] = {}
+    for seg, arms in seg_lifts.items():
+        if not isinstance(arms, Mapping):
+            continue
+        for arm, entry in arms.items():
+            if isinstance(entry, Mapping):
+                data.setdefault(str(arm), {})[str(seg)] = _ci(entry.get(metric, entry.get("value")), "rel")
+    order = [a for a in _arm_order(bench, data) if a in data]
+    sec = _Section(
+        "Lifts per user segment",
+        [f"Relative lift of `{metric}` vs `{baseline}` within each user segment, with 95% "
+         "paired-bootstrap CI over that segment's requests, as `lift [lo, hi]`."],
+    )
+    sec.tables.append(_ci_table(data, segments, order, pct=True))
+    if p := _plot_ci_panels(data, segments, order, plots / "segment_lifts.png", pct=True,
+                            zero_line=True):
+        sec.images.append((f"{metric} lift per user segment", p))
+    return sec
+
+
+def _build(bench: Mapping[str, Any], plots: Path, run: Mapping[str, Any] | None = None) -> list[_Section]:
     if is_log_bench(bench):
         return _build_logs(bench, plots)
-    sections = [_header(bench)]
+    sections = [_summary(bench, run), _header(bench)]
     baseline = bench.get("baseline_arm")
     arms = bench.get("arms") or {}
 
@@ -773,8 +936,16 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
             ],
         )
         sec.tables.append(_ci_table(data, metrics, order, pct=True))
-        if p := _plot_ci_panels(data, metrics, order, plots / fname, pct=True, zero_line=True):
+        twins = same_lifts({a: data[a] for a in order}, metrics)
+        drawn = [m for m in metrics if m not in twins]
+        if p := _plot_ci_panels(data, drawn, order, plots / fname, pct=True, zero_line=True):
             sec.images.append((title, p))
+        if twins:
+            sec.notes.append(
+                "Drawn once: "
+                + "; ".join(f"`{m}` has the same lifts as `{k}`" for m, k in twins.items())
+                + " (one is a fixed multiple of the other)."
+            )
         sections.append(sec)
 
     if sessions := bench.get("sessions") or {}:
@@ -831,7 +1002,14 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
         sec.tables.append(_Table(["arm", "segment", *inputs], rows, align_left=2))
         if p := _plot_weights(per_segment, inputs, plots / "weights.png"):
             sec.images.append(("Fusion weights per segment", p))
+        if not bench.get("lifts_per_segment"):
+            sec.notes.append(
+                "This bench.json has no per-segment lifts (`lifts_per_segment`); the weights "
+                "above are what it records per segment."
+            )
         sections.append(sec)
+    if seg_lifts := bench.get("lifts_per_segment") or {}:
+        sections.append(_segment_lifts(bench, seg_lifts, plots))
 
     if rounds := _irl_rounds(bench):
         sec = _Section(
@@ -856,16 +1034,25 @@ def _build(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
         sections.append(sec)
 
     # IntegratedRL's round records have their own section above.
-    curves = {m: c for m, c in _curves(bench).items() if not (m == "integrated_rl" and rounds)}
+    curves = [g for g in _curves(bench) if not (g.method == "integrated_rl" and rounds)]
     if curves:
-        sec = _Section("Learning curves")
+        sec = _Section(
+            "Learning curves",
+            [
+                "One block per method and training stage (GRADE: Stage 1 per epoch, Stage 2 per "
+                "optimiser step), one panel per logged scalar. `true_value`, where logged, is the "
+                "probe: the world's true mean page value of the policy's mean weights on "
+                "validation requests."
+            ],
+        )
+        sec.paragraphs += _drift_flags(bench)
         rows = [
-            [m, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])]
-            for m, series in curves.items()
-            for name, (_, ys) in series.items()
+            [g.title, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])]
+            for g in curves
+            for name, (_, ys) in g.ordered()
         ]
         sec.tables.append(
-            _Table(["method", "scalar", "points", "first", "last"], rows, align_left=2)
+            _Table(["run", "scalar", "points", "first", "last"], rows, align_left=2)
         )
         if p := _plot_curves(curves, plots / "learning_curves.png"):
             sec.images.append(("Learning curves", p))
@@ -1002,6 +1189,16 @@ def _title(bench: Mapping[str, Any]) -> str:
     return "blendrank bench report" + (f": {' / '.join(parts)}" if parts else "")
 
 
+def _run_record(directory: Path) -> dict[str, Any] | None:
+    """``run.json`` beside bench.json (``blendrank bench`` writes it), or None when it is absent
+    or unreadable: it only adds provenance to the summary."""
+    try:
+        record = json.loads((directory / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def write_report(
     bench_dir: Path | str, bench: Mapping[str, Any] | None = None
 ) -> tuple[Path, Path]:
@@ -1023,7 +1220,7 @@ def write_report(
         plots.mkdir(parents=True, exist_ok=True)
         for stale in plots.glob("*.png"):  # plots of sections that are gone must not linger
             stale.unlink()
-        sections = _build(bench, plots)
+        sections = _build(bench, plots, _run_record(directory))
         title = _title(bench)
         md_path, html_path = directory / REPORT_MD, directory / REPORT_HTML
         md_path.write_text(_render_md(sections, title, directory), encoding="utf-8")

@@ -407,7 +407,7 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
             weights[m] = pol.weights(pol.batch(eval_table)).numpy()
             session_pages[m] = _policy_pages(world, predict, pol)
             ope_targets[m] = ("weights", lambda t, pol=pol: pol.weights(pol.batch(t)).numpy())
-            curves[m] = [r for r in pol.history if r.get("stage") == 2 and "step" in r]
+            curves[m] = [r for r in pol.history if "step" in r or "epoch" in r]  # Stage 1 and 2
         timings[m] = time.perf_counter() - t
         if m in weights:
             pages[m] = world.rank(ev.inputs, torch.from_numpy(np.ascontiguousarray(weights[m], dtype=np.float32)))
@@ -424,12 +424,18 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         return {a: {m: result.lift(a, base, m) for m in defs} for a in result.metrics if a != base}
 
     seg_names = [s.name for s in wcfg.segments]
+    value_def = {"value": defs["value"]}  # per segment: the business value only
+    per_segment_ab = {seg_names[s]: compare_arms({a: {q: x[ev.segment == s] for q, x in e.items()}
+                                                  for a, e in expected.items()}, value_def, cfg.n_boot, seed=wcfg.seed)
+                      for s in np.unique(ev.segment)}
     bench: dict[str, Any] = {
         "world": cfg.world, "config": cfg.preset, "seed": wcfg.seed, "n_eval_requests": cfg.eval_requests,
         "baseline_arm": "production", "value_metric": "value",
         "arms": ab.metrics, "arms_realised": ab_real.metrics,
         "lifts": lifts(ab, "production"),
         "lifts_realised": lifts(ab_real, "production"),
+        "lifts_per_segment": {seg: {a: {"value": res.lift(a, "production", "value")} for a in res.metrics
+                                    if a != "production"} for seg, res in per_segment_ab.items()},
         "oracle_share": oracle_share({a: v["value"] for a, v in ab.metrics.items()}) if "oracle" in ab.metrics else {},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "weights": {

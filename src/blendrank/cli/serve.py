@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -40,12 +42,27 @@ def serve(
         10.0, "--read-timeout", min=0.01,
         help="Seconds a client has to send a whole request (headers and body); 408 and close "
              "after."),
+    log_format: str = typer.Option(
+        "auto", "--log-format",
+        help="Logs on stderr, one line per event: json (one JSON object per line: ts, level, "
+             "logger, msg; access events add method, path, status, latency_ms, request_id), text, "
+             "or auto: text on a terminal, else json."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log",
+                                    help="Log one access event per request."),
+    docs: bool = typer.Option(
+        False, "--docs/--no-docs",
+        help="Serve the Swagger UI (/docs) and ReDoc (/redoc) pages; they load their scripts from "
+             "a CDN, so the browser needs the internet. /openapi.json is always served."),
 ) -> None:
-    """Serve POST /v1/rank, POST /v1/weights, GET /healthz, GET /metrics and POST /admin/reload."""
+    """Serve POST /v1/rank, POST /v1/weights, GET /healthz, /livez, /readyz, /metrics and POST
+    /admin/reload."""
+    if backend == "torch" and importlib.util.find_spec("torch") is None:
+        fail("--backend torch needs PyTorch: pip install 'blendrank[train]', or use --backend onnx")
     try:
         import uvicorn
 
         from blendrank.serve.app import create_app
+        from blendrank.serve.logs import configure_logging, resolve_format
         from blendrank.serve.server import (
             bind_socket,
             connection_cap,
@@ -54,12 +71,24 @@ def serve(
         )
     except ImportError as exc:
         fail(f"serving needs the serve extra: pip install 'blendrank[serve]' ({exc})")
+    try:
+        fmt = resolve_format(log_format)
+    except ValueError as exc:
+        fail(f"--log-format: {exc}")
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("BLENDRANK_THREADS", "1")))
     token = os.environ.get(reload_token_env) or None
     # Bind first: a bad or busy port is a clear error before anything is loaded or announced.
     sock = bind_socket(host, port)
-    app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
-                     max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars, threads=threads,
-                     model_root=model_root)
+    try:
+        app = create_app(model, reload_token=token, backend=backend, max_body_bytes=max_body_bytes,
+                         max_candidates=max_candidates, max_k=max_k, max_string_chars=max_string_chars,
+                         threads=threads, model_root=model_root, docs=docs, access_log=access_log)
+    except BaseException:
+        sock.close()  # free the port now, not whenever the failed frame is collected
+        raise
     r = app.state.blendrank["ranker"]
     raise_fd_limit()
     cap = connection_cap(max_connections)
@@ -70,13 +99,19 @@ def serve(
     out.print(f"serving {model} ({'model ok' if r.model_ok else 'FALLBACK weights: ' + str(r.fallback_reason)}; "
               f"reload {'enabled' if token else 'disabled, set $' + reload_token_env}) on http://{host}:{port}",
               markup=False, highlight=False)
-    # torch, onnxruntime and the model leave ~200k long-lived objects; a full garbage collection
-    # that scans them took 0.1-0.4 s on a 2-core box, stalling every in-flight request. Request
-    # handling alone rarely triggers one (4 young-generation passes in 20k requests, measured),
-    # but a reload's allocations can. Freezing them keeps them out of the scans.
+    # onnxruntime and the model (and torch, with --backend torch) leave ~200k long-lived
+    # objects; a full garbage collection that scans them took 0.1-0.4 s on a 2-core box,
+    # stalling every in-flight request. Request handling alone rarely triggers one (4
+    # young-generation passes in 20k requests, measured), but a reload's allocations can.
+    # Freezing them keeps them out of the scans.
     gc.collect()
     gc.freeze()
+    configure_logging(fmt)  # once the service starts (a failed start leaves logging as it was)
+    logging.getLogger("blendrank.serve").info(
+        "serving", extra={"model_ok": r.model_ok, "host": host, "port": port, "backend": backend})
     # One process, one event loop: ranking is CPU-bound and single-threaded, so scale out with
     # more processes (behind a load balancer) rather than threads.
-    config = server_config(app, max_connections=max_connections, read_timeout_s=read_timeout)
+    # log_config=None: the logging set up above, not uvicorn's own handlers.
+    config = server_config(app, max_connections=max_connections, read_timeout_s=read_timeout,
+                           log_config=None)
     uvicorn.Server(config).run(sockets=[sock])

@@ -14,32 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from blendrank.checkpoint import atomic_torch_save
 from blendrank.config import BaseConfig
 from blendrank.errors import DataError
-from blendrank.fusion.formulas import Formula
 from blendrank.fusion.policy import DirichletPolicy, Exploration
 
-#: Feature roles a fusion policy reads (its state): user and context, never item features.
-POLICY_ROLES = ("user", "context")
+# The artifact's torch-free half (serving reads it) lives in blendrank.fusion.spec.
+from blendrank.fusion.spec import POLICY_ROLES, FusionSpec, first_line, read_spec  # noqa: F401
+
 POLICY_FILES = ("policy.pt", "feature_center.json", "fusion.json", "config.json")
-
-
-class FusionSpec(BaseConfig):
-    """Which columns are fused and how; fitted on the training split and saved with a policy."""
-
-    objectives: list[str] = Field(description="Objectives whose pred_<name> are fusion inputs, in order.")
-    use_price: bool = Field(False, description="Add price / price_scale as the last fusion input.")
-    price_scale: float = Field(1.0, gt=0, description="Median training price (price inputs are relative to it).")
-    formula: Formula = Field("log_linear", description="Fusion formula.")
-    floor: float = Field(1e-3, gt=0, description="Floor b_k inside log(x + b_k).")
-    stats_top: int = Field(10, ge=1, description="Top-N size of the list statistics in the state.")
-
-    @property
-    def inputs(self) -> list[str]:
-        return [*self.objectives, *(["price"] if self.use_price else [])]
 
 
 class PolicyConfig(BaseConfig):
@@ -75,13 +60,6 @@ def save_policy(out: Path, policy: DirichletPolicy, spec: FusionSpec, cardinalit
     (out / "config.json").write_text(config_json)
 
 
-def read_spec(path: Path) -> FusionSpec:
-    try:
-        return FusionSpec.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable or not a blendrank fusion.json ({_first_line(exc)})") from None
-
-
 def load_policy(path: str | Path) -> tuple[DirichletPolicy, FusionSpec, dict[str, Any]]:
     """The policy network (eval mode), its fusion spec and its training config (a dict) from a
     policy directory; DataError naming the missing or corrupt file."""
@@ -95,18 +73,13 @@ def load_policy(path: str | Path) -> tuple[DirichletPolicy, FusionSpec, dict[str
         config = json.loads((path / "config.json").read_text())
         policy_cfg = PolicyConfig.model_validate(config.get("policy", {}))
     except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(f"{path / 'config.json'}: unreadable or not a blendrank training config ({_first_line(exc)})") from None
+        raise DataError(f"{path / 'config.json'}: unreadable or not a blendrank training config ({first_line(exc)})") from None
     try:
         blob = torch.load(path / "policy.pt", weights_only=True)
         policy = make_policy(policy_cfg, blob["cardinalities"], blob["n_numeric"], blob["n_stats"], blob["k"])
         policy.load_state_dict(blob["state_dict"])
     except Exception as exc:  # noqa: BLE001 - whatever torch raises, the file is unusable
-        raise DataError(f"{path / 'policy.pt'}: corrupt or truncated policy weights ({_first_line(exc)})") from None
+        raise DataError(f"{path / 'policy.pt'}: corrupt or truncated policy weights ({first_line(exc)})") from None
     if policy.k != len(spec.inputs):
         raise DataError(f"{path}: policy has {policy.k} outputs but fusion.json lists {len(spec.inputs)} inputs {spec.inputs}")
     return policy.eval(), spec, config
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__

@@ -13,8 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Formula = Literal["log_linear", "additive"]
-FORMULAS: tuple[str, ...] = ("log_linear", "additive")
+from blendrank.fusion.spec import FORMULAS, Formula  # noqa: F401 - re-exported
 
 
 def fusion_features(inputs: Tensor, formula: Formula = "log_linear", floor: Tensor | float = 1e-3) -> Tensor:

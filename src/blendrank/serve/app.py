@@ -1,8 +1,15 @@
 """The HTTP service (docs/serving.md): FastAPI over a :class:`~blendrank.serve.ranker.Ranker`.
 
-Endpoints: ``POST /v1/rank``, ``POST /v1/weights``, ``GET /healthz``, ``GET /metrics``
-(Prometheus text format, written by hand) and ``POST /admin/reload`` (bearer token; the new
-directory is loaded with a sha256 and parity check before it is swapped in atomically).
+Endpoints: ``POST /v1/rank``, ``POST /v1/weights``, ``GET /healthz``, the probes ``GET /livez``
+(the process answers) and ``GET /readyz`` (503 unless the model serves: not on the fallback
+weights, not reloading), ``GET /metrics`` (Prometheus text format, written by hand) and ``POST
+/admin/reload`` (bearer token; the new directory is loaded with a sha256 and parity check before
+it is swapped in atomically). ``/docs`` and ``/redoc`` only with ``docs=True``; ``/openapi.json``
+always.
+
+Every request gets a request id (the client's ``X-Request-ID`` when it sends a usable one, else a
+new one), returned in the ``X-Request-ID`` header and, with ``access_log=True``, written in one
+access event (:mod:`blendrank.serve.logs`).
 
 Bad input gets a 4xx with a message, never a 5xx: the body size is bounded (413); the candidate
 count, page size and string lengths are bounded, and malformed JSON, unknown or missing features,
@@ -17,6 +24,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from blendrank.errors import BlendrankError, DataError
+from blendrank.serve.logs import ACCESS_LOGGER
 from blendrank.serve.model_root import confined_export_dir
 from blendrank.serve.payload import Limits, ParsedRequest
 from blendrank.serve.ranker import ExportError, Ranker
@@ -35,13 +44,17 @@ from blendrank.serve.ranker import ExportError, Ranker
 FeatureValue = StrictInt | StrictFloat | StrictStr | StrictBool | None
 ItemId = StrictInt | StrictStr
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-KNOWN_PATHS = ("/v1/rank", "/v1/weights", "/healthz", "/metrics", "/admin/reload")
+KNOWN_PATHS = ("/v1/rank", "/v1/weights", "/healthz", "/livez", "/readyz", "/metrics", "/admin/reload")
 # Recorded in /metrics when the client went away before a response was sent (nginx's code for
 # "client closed request"); no such response is ever sent.
 CLIENT_CLOSED = 499
 # /healthz fields that name server paths or quote exceptions: shown only with the reload token.
 PRIVATE_STATUS_FIELDS = ("path", "fallback_reason")
+# A client's X-Request-ID is kept when it is at most this long and printable ASCII without
+# spaces (it goes into logs and a response header), else replaced by a fresh one.
+MAX_REQUEST_ID_CHARS = 128
 log = logging.getLogger("blendrank.serve")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 # The request/response models document the API (OpenAPI schema); the hot path does not build
@@ -232,7 +245,8 @@ class _Batcher:
 
 class _Guard:
     """ASGI middleware: bounds the request body (413), records per-endpoint status and latency,
-    and serves the hot endpoints (``POST /v1/rank``, ``POST /v1/weights``) itself.
+    gives each request its id (and, with ``log_access``, writes its access event), and serves
+    the hot endpoints (``POST /v1/rank``, ``POST /v1/weights``) itself.
 
     The hot endpoints are plain ``body bytes -> response bytes`` functions called right here:
     routing, dependency solving and response-model handling in FastAPI cost about as much as
@@ -240,8 +254,10 @@ class _Guard:
     schema, see ``_document``). A :class:`BlendrankError` from a handler is a 422 with its message.
     """
 
-    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int, fast: dict[str, FastHandler]):
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int, fast: dict[str, FastHandler],
+                 log_access: bool = False):
         self.app, self.metrics, self.max, self.fast = app, metrics, max_body_bytes, fast
+        self.log_access = log_access
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -251,11 +267,13 @@ class _Guard:
         path = scope.get("path", "")
         endpoint = path if path in KNOWN_PATHS else "other"
         status = 500
+        request_id = _request_id(scope.get("headers") or ())
 
         async def send_wrapped(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id)]}
             await send(message)
 
         try:
@@ -301,7 +319,24 @@ class _Guard:
 
             await self.app(scope, receive_replay, send_wrapped)
         finally:
-            self.metrics.observe(endpoint, status, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            self.metrics.observe(endpoint, status, seconds)
+            if self.log_access:
+                # (the path as sent, cut: a client chooses it, a log line must stay bounded)
+                access_log.info("request", extra={
+                    "method": scope.get("method", ""), "path": path[:200], "status": status,
+                    "latency_ms": round(seconds * 1000.0, 3), "request_id": request_id.decode()})
+
+
+def _request_id(headers: Any) -> bytes:
+    """The client's ``X-Request-ID`` when usable (see :data:`MAX_REQUEST_ID_CHARS`), else a new
+    random one (32 hex digits)."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if 0 < len(value) <= MAX_REQUEST_ID_CHARS and all(33 <= c <= 126 for c in value):
+                return value
+            break
+    return uuid.uuid4().hex.encode()
 
 
 async def _send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -367,7 +402,7 @@ def _document(app: FastAPI) -> None:
 def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None, *, backend: str = "onnx",
                max_body_bytes: int = 2_000_000, max_candidates: int = 1000, max_k: int | None = None,
                max_string_chars: int = 256, threads: int = 1,
-               model_root: str | Path | None = None) -> Any:
+               model_root: str | Path | None = None, docs: bool = False, access_log: bool = False) -> Any:
     """Build the service for an export directory (or an already loaded :class:`Ranker`).
 
     ``reload_token``: bearer token for ``POST /admin/reload`` (and for the server paths in
@@ -375,16 +410,19 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
     may load from (default: the one holding the served export). ``max_body_bytes`` bounds the
     request body (413); ``max_candidates`` a request's candidates, ``max_k`` its page size
     (default: ``max_candidates``) and ``max_string_chars`` the length of item ids and string
-    feature values (422 naming the field).
+    feature values (422 naming the field). ``docs``: serve the Swagger UI (``/docs``) and ReDoc
+    (``/redoc``) pages, which load their scripts from a CDN (``/openapi.json`` is always served).
+    ``access_log``: one access event per request on the ``blendrank.access`` logger.
     """
     limits = Limits(max_candidates=max_candidates, max_k=max_k or max_candidates, max_string_chars=max_string_chars)
     ranker = export_dir if isinstance(export_dir, Ranker) else Ranker.load(export_dir, backend=backend, threads=threads)
     root = Path(model_root) if model_root is not None else Path(ranker.path).resolve().parent
     metrics = Metrics()
-    state = {"ranker": ranker}
+    state: dict[str, Any] = {"ranker": ranker, "reloading": False}
     reload_lock = threading.Lock()
     app = FastAPI(title="blendrank", version=str(ranker.manifest.get("blendrank_version", "")),
-                  description="Personalized multi-task fusion: per-request fusion weights and blended ranking.")
+                  description="Personalized multi-task fusion: per-request fusion weights and blended ranking.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
     app.state.blendrank = state
     app.state.metrics = metrics
     app.state.limits = limits
@@ -442,40 +480,67 @@ def create_app(export_dir: str | Path | Ranker, reload_token: str | None = None,
                 status.pop(name, None)
         return status
 
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """200 while the process answers (a liveness probe: restart the process when it fails)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: {"description": "Not ready: fallback weights or reloading"}})
+    def readyz() -> JSONResponse:
+        """200 when the policy model serves; 503 while the static fallback weights are served
+        (``/healthz`` says ``degraded`` then, and stays 200) or a reload is in progress (a
+        readiness probe: route traffic elsewhere meanwhile)."""
+        r = state["ranker"]
+        if not r.model_ok:
+            return JSONResponse(status_code=503, content={"ready": False, "reason": "fallback"})
+        if state["reloading"]:
+            return JSONResponse(status_code=503, content={"ready": False, "reason": "reloading"})
+        return JSONResponse(content={"ready": True})
+
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(state["ranker"]), media_type="text/plain; version=0.0.4")
 
     @app.post("/admin/reload")
     def reload(body: ReloadRequest, request: Request) -> JSONResponse:
-        """Load, validate (sha256 + ONNX/PyTorch parity) and atomically swap in a new export.
-        Runs in the thread pool: requests keep being served by the old model meanwhile."""
+        """Load, validate (sha256, and ONNX/PyTorch parity where PyTorch is installed) and
+        atomically swap in a new export. Runs in the thread pool: requests keep being served by
+        the old model meanwhile (``/readyz`` answers 503 until it is done)."""
         denied = token_error(request)
         if denied is not None:
             return denied
         with reload_lock:
-            old = state["ranker"]
-            # The client sees why in words free of server paths and file content (the path as it
-            # sent it at most); the server log has the full reason.
+            state["reloading"] = True
             try:
-                new = Ranker.load(confined_export_dir(root, body.path), backend=old.backend,
-                                  strict=True, threads=threads)
-            except Exception as exc:  # noqa: BLE001 - a broken directory never takes the service down
-                metrics.reloads["rejected"] += 1
-                if isinstance(exc, ExportError):
-                    reason = f"{body.path[:200]!r}: {exc.public}"
-                elif isinstance(exc, BlendrankError):  # confined_export_dir: already path-free
-                    reason = str(exc)
-                else:
-                    reason = f"{type(exc).__name__} while loading the export"
-                log.warning("reload of %r rejected: %s", body.path, exc)
-                return JSONResponse(status_code=422, content={
-                    "detail": f"reload rejected, still serving the previous model: {reason}"})
-            state["ranker"] = new  # one reference swap: in-flight requests finish on the old ranker
-            metrics.reloads["ok"] += 1
+                return _reload(body)
+            finally:
+                state["reloading"] = False
+
+    def _reload(body: ReloadRequest) -> JSONResponse:
+        """The reload itself, under ``reload_lock``."""
+        old = state["ranker"]
+        # The client sees why in words free of server paths and file content (the path as it
+        # sent it at most); the server log has the full reason.
+        try:
+            new = Ranker.load(confined_export_dir(root, body.path), backend=old.backend,
+                              strict=True, threads=threads)
+        except Exception as exc:  # noqa: BLE001 - a broken directory never takes the service down
+            metrics.reloads["rejected"] += 1
+            if isinstance(exc, ExportError):
+                reason = f"{body.path[:200]!r}: {exc.public}"
+            elif isinstance(exc, BlendrankError):  # confined_export_dir: already path-free
+                reason = str(exc)
+            else:
+                reason = f"{type(exc).__name__} while loading the export"
+            log.warning("reload of %r rejected: %s", body.path, exc)
+            return JSONResponse(status_code=422, content={
+                "detail": f"reload rejected, still serving the previous model: {reason}"})
+        state["ranker"] = new  # one reference swap: in-flight requests finish on the old ranker
+        metrics.reloads["ok"] += 1
+        log.info("reloaded %r (model_ok=%s)", body.path, new.model_ok)
         return JSONResponse(content={"status": "reloaded", **new.status()})
 
     _document(app)
     app.add_middleware(_Guard, metrics=metrics, max_body_bytes=max_body_bytes,
-                       fast={"/v1/rank": rank, "/v1/weights": weights})
+                       fast={"/v1/rank": rank, "/v1/weights": weights}, log_access=access_log)
     return app

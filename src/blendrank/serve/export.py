@@ -14,7 +14,6 @@ export directory is self-contained::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -33,12 +32,18 @@ from blendrank import __version__
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.artifact import POLICY_ROLES, load_policy
+from blendrank.serve.onnx_model import (  # noqa: F401 - re-exported for export's callers
+    INPUT_NAMES,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    OUTPUT_NAME,
+    onnx_session,
+    run_session,
+    session_runner,
+    sha256_file,
+)
 
-MANIFEST_FORMAT = "blendrank.serving_export"
-MANIFEST_VERSION = 1
 PARITY_TOL = 1e-5
-INPUT_NAMES = ("cat", "num", "stats")
-OUTPUT_NAME = "weights"
 
 
 class ExportError(DataError):
@@ -56,14 +61,6 @@ class FusionHead(nn.Module):
         return self.policy.mean_weights(cat, num, stats)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def random_states(cardinalities: list[int], n_num: int, stats_mean: Tensor, stats_std: Tensor,
                   batch: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Random policy states for parity checks: valid category indices, standard-normal numerics,
@@ -74,44 +71,6 @@ def random_states(cardinalities: list[int], n_num: int, stats_mean: Tensor, stat
     num = torch.randn(batch, n_num, generator=g)
     stats = stats_mean + stats_std * torch.randn(batch, stats_mean.numel(), generator=g)
     return cat.to(torch.long), num.float(), stats.float()
-
-
-def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session for an exported head."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:  # pragma: no cover - optional dependency
-        raise ExportError("onnxruntime is not installed; `pip install blendrank[export]`") from exc
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def session_runner(session: Any):
-    """``run(cat, num, stats) -> weights`` for a head session; inputs the graph dropped (e.g. an
-    empty ``cat``) are not fed. The input names are read once: serving calls this per request."""
-    names = {i.name for i in session.get_inputs()}
-    feed_cat, feed_num, feed_stats = "cat" in names, "num" in names, "stats" in names
-    output = [OUTPUT_NAME]
-
-    def run(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        feeds = {}
-        if feed_cat:
-            feeds["cat"] = np.ascontiguousarray(cat, dtype=np.int64)
-        if feed_num:
-            feeds["num"] = np.ascontiguousarray(num, dtype=np.float32)
-        if feed_stats:
-            feeds["stats"] = np.ascontiguousarray(stats, dtype=np.float32)
-        return session.run(output, feeds)[0]
-
-    return run
-
-
-def run_session(session: Any, cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """Run a head session once (see :func:`session_runner`)."""
-    return session_runner(session)(cat, num, stats)
 
 
 def parity_error(head: nn.Module, session: Any, cardinalities: list[int], n_num: int,

@@ -23,6 +23,7 @@ weights from the manifest (the production weights given at export, else uniform)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -32,11 +33,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from blendrank.errors import DataError
-from blendrank.fusion.artifact import POLICY_ROLES, load_policy, read_spec
-from blendrank.fusion.numpy_twins import fuse_np, fusion_features_np, list_stats_np, top_single_np
+from blendrank.fusion.numpy_twins import (
+    fuse_np,
+    fusion_features_np,
+    list_stats_np,
+    top_k_np,
+    top_single_np,
+)
+from blendrank.fusion.spec import POLICY_ROLES, read_spec
+from blendrank.serve.onnx_model import (
+    MANIFEST_FORMAT,
+    onnx_session,
+    session_runner,
+    sha256_file,
+)
 from blendrank.serve.payload import Limits, ParsedRequest, Schema, as_request_list, parse_request
 
 Backend = Literal["onnx", "torch"]
@@ -115,8 +127,6 @@ class Ranker:
             raise ExportError(f"{path}: unreadable manifest.json or fusion.json ({exc})",
                               "unreadable manifest.json or fusion.json (missing, corrupt or not "
                               "an export's)") from None
-        from blendrank.serve.export import MANIFEST_FORMAT
-
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             raise ExportError(f"{path}/manifest.json: not a blendrank serving manifest",
                               "manifest.json: not a blendrank serving manifest")
@@ -155,6 +165,11 @@ class Ranker:
                 msg = "feature_center.json does not match the manifest's feature schema"
                 raise ExportError(msg, msg)
         if backend == "torch":
+            # torch only on this path (and the strict parity check): a serving install has none.
+            import torch
+
+            from blendrank.fusion.artifact import load_policy
+
             pol = load_policy(self.path)[0]
 
             def run_torch(cat: np.ndarray, num: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -163,13 +178,6 @@ class Ranker:
 
             model = _Model(run_torch, "torch")
         else:
-            from blendrank.serve.export import (
-                onnx_session,
-                parity_error,
-                session_runner,
-                sha256_file,
-            )
-
             onnx_path = self.path / "model.onnx"
             if not onnx_path.is_file():
                 raise ExportError("model.onnx not found", "model.onnx not found")
@@ -177,8 +185,9 @@ class Ranker:
                 msg = "model.onnx sha256 does not match the manifest (corrupt or edited)"
                 raise ExportError(msg, msg)
             session = onnx_session(onnx_path, threads)
-            if strict and (self.path / "policy.pt").is_file():
-                from blendrank.serve.export import FusionHead
+            if strict and (self.path / "policy.pt").is_file() and _torch_installed():
+                from blendrank.fusion.artifact import load_policy
+                from blendrank.serve.export import FusionHead, parity_error
 
                 pol = load_policy(self.path)[0]
                 err = parity_error(FusionHead(pol), session, list(m["cardinalities"]), len(m["numeric"]),
@@ -308,10 +317,8 @@ class Ranker:
                 return w, used_fallback, *found
         if mask is not None:
             scores[~mask] = -np.inf
-        # torch.topk on a zero-copy view: the same selection as training's ``top_k`` and, on CPU,
-        # 3-4x faster than numpy's argpartition + sort for pages of ~10 out of hundreds.
-        top, idx = torch.topk(torch.from_numpy(scores), page, dim=-1)
-        return w, used_fallback, idx.numpy(), top.numpy()
+        idx, top = top_k_np(scores, page)
+        return w, used_fallback, idx, top
 
     def rank_batch(self, cat: Any, num: Any, inputs: Any, mask: Any, k: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -422,6 +429,11 @@ class Ranker:
         _, cat, num, values, mask = self._parse(requests, limits)
         w, fb, _, _ = self._rank_core(cat, num, values, mask, None)
         return w, fb
+
+
+def _torch_installed() -> bool:
+    """Whether torch can be imported (a serving install may have none), without importing it."""
+    return importlib.util.find_spec("torch") is not None
 
 
 def _with_numpy_head(run_onnx: Any, onnx_path: Path, states: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
