@@ -1471,16 +1471,12 @@ def _build_logs(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
         if p := _plot_irl(rounds, plots / "integrated_rl.png"):
             sec.images.append(("IntegratedRL-MTF: value per round, critic loss and Q", p))
         sections.append(sec)
-    if curves := {m: c for m, c in _curves(bench).items() if not (m == "integrated_rl" and rounds)}:
+    if curves := [g for g in _curves(bench) if not (g.method == "integrated_rl" and rounds)]:
         sec = _Section("Learning curves")
         sec.tables.append(
             _Table(
-                ["method", "scalar", "points", "first", "last"],
-                [
-                    [m, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])]
-                    for m, series in curves.items()
-                    for name, (_, ys) in series.items()
-                ],
+                ["run", "scalar", "points", "first", "last"],
+                [[g.title, name, _fmt(len(ys)), _fmt(ys[0]), _fmt(ys[-1])] for g in curves for name, (_, ys) in g.ordered()],
                 align_left=2,
             )
         )
