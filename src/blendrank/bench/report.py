@@ -1071,12 +1071,13 @@ def _build(bench: Mapping[str, Any], plots: Path, run: Mapping[str, Any] | None 
         ):
             sec.images.append(("Offline metrics", p))
         sections.append(sec)
+    return sections + _closing(bench, plots)
 
-    sections.extend(_ope_sections(bench, plots))
 
-    if timings := _timings(bench):
-        sections.append(timings)
-    return sections
+def _closing(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
+    """The sections every report ends with: the off-policy estimates and the timings."""
+    timings = _timings(bench)
+    return _ope_sections(bench, plots) + ([timings] if timings else [])
 
 
 def _timings(bench: Mapping[str, Any]) -> _Section | None:
@@ -1483,10 +1484,7 @@ def _build_logs(bench: Mapping[str, Any], plots: Path) -> list[_Section]:
         if p := _plot_curves(curves, plots / "learning_curves.png"):
             sec.images.append(("Learning curves", p))
         sections.append(sec)
-    sections.extend(_ope_sections(bench, plots))
-    if timings := _timings(bench):
-        sections.append(timings)
-    return sections
+    return sections + _closing(bench, plots)
 
 
 def _log_table(bench: Mapping[str, Any]) -> Table:
