@@ -544,7 +544,19 @@ def _pareto(arms: Mapping[str, Mapping[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
-def _plot_pareto(arms: Mapping[str, Mapping[str, Any]], x: str, y: str, path: Path) -> Path | None:
+def _ci_bar(value: float, lift: Any, base: float | None) -> tuple[float, float]:
+    """Error-bar half-widths (below, above) of an arm's metric from its lift CI vs the baseline
+    (``base`` × (1 + lo), ``base`` × (1 + hi)); (0, 0) without one."""
+    rel = _ci(lift, "rel") if isinstance(lift, Mapping) else (None, None, None)
+    if base is None or rel[1] is None or rel[2] is None:
+        return 0.0, 0.0
+    return max(value - base * (1 + rel[1]), 0.0), max(base * (1 + rel[2]) - value, 0.0)
+
+
+def _plot_pareto(arms: Mapping[str, Mapping[str, Any]], x: str, y: str, path: Path,
+                 lifts: Mapping[str, Any] | None = None, baseline: str | None = None) -> Path | None:
+    """Scatter of two business metrics, non-dominated arms in orange, with 95% CIs (from the
+    lifts vs ``baseline``) as error bars on both axes."""
     pts = [(a, _num(m.get(x)), _num(m.get(y))) for a, m in arms.items()]
     pts = [
         (a, px, py)
@@ -558,17 +570,24 @@ def _plot_pareto(arms: Mapping[str, Mapping[str, Any]], x: str, y: str, path: Pa
         for a, px, py in pts
         if not any(qx >= px and qy >= py and (qx > px or qy > py) for _, qx, qy in pts)
     }
-    fig, (ax,) = _figure(1, 6.0, 4.5)
-    for a, px, py in pts:
-        ax.scatter(px, py, color="tab:orange" if a in front else "tab:blue", zorder=3)
-        ax.annotate(a, (px, py), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    fig, (ax,) = _figure(1, 7.0, 5.0)
+    base = arms.get(baseline or "") or {}
+    bx, by = _num(base.get(x)), _num(base.get(y))
+    for i, (a, px, py) in enumerate(sorted(pts, key=lambda p: (p[1], p[2]))):
+        colour = "tab:orange" if a in front else "tab:blue"
+        arm_lifts = (lifts or {}).get(a) or {}
+        xerr, yerr = _ci_bar(px, arm_lifts.get(x), bx), _ci_bar(py, arm_lifts.get(y), by)
+        ax.errorbar(px, py, xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="o",
+                    color=colour, ecolor=colour, elinewidth=0.8, capsize=2, zorder=3)
+        # alternate label sides so neighbours do not print over each other
+        ax.annotate(a, (px, py), xytext=(6, 6 if i % 2 else -12), textcoords="offset points", fontsize=8)
     fr = sorted((px, py) for a, px, py in pts if a in front)
     if len(fr) > 1:
         ax.plot([p[0] for p in fr], [p[1] for p in fr], color="tab:orange", lw=1, ls="--")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.margins(0.15)
-    ax.set_title(f"Pareto view: {y} vs {x} (orange = non-dominated)")
+    ax.set_title(f"Pareto view: {y} vs {x} (orange = non-dominated; bars: 95% CI)")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -907,7 +926,7 @@ def _build(bench: Mapping[str, Any], plots: Path, run: Mapping[str, Any] | None 
         )
         sec.tables.append(_arms_table(arms, baseline))
         axes = _pareto(arms)
-        if axes and (p := _plot_pareto(arms, *axes, plots / "pareto.png")):
+        if axes and (p := _plot_pareto(arms, *axes, plots / "pareto.png", bench.get("lifts"), baseline)):
             sec.images.append((f"Pareto view ({axes[1]} vs {axes[0]})", p))
         sections.append(sec)
     if realised := bench.get("arms_realised") or {}:
