@@ -19,7 +19,8 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,28 @@ def fingerprint(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class RunInput:
+    """Something a run was fed besides its config (its data, its objective), as the checkpoint
+    records it: a checkpoint resumes only a run fed the same ``digest``. ``description`` says in
+    words what it was (shown when they differ)."""
+
+    what: str  # "data", "objective"
+    digest: str
+    description: str
+
+    def record(self) -> dict[str, str]:
+        return {"digest": self.digest, "description": self.description}
+
+
+def objective_input(objective: Any) -> RunInput:
+    """The objective (a pydantic model or JSON-able value) a run optimises, as a :class:`RunInput`."""
+    text = (objective.model_dump_json(exclude_none=True) if hasattr(objective, "model_dump_json")
+            else json.dumps(objective, sort_keys=True, default=str))
+    brief = text if len(text) <= 120 else text[:117] + "..."
+    return RunInput("objective", fingerprint(objective), brief)
+
+
 # -------------------------------------------------------------------------------- checkpointer
 
 
@@ -143,14 +166,16 @@ class Checkpointer:
 
     ``every``: save every N optimiser steps (trainers also save at natural boundaries: epoch and
     stage ends). ``directory=None`` disables checkpointing (``save`` is a no-op, ``load`` gives
-    None). ``trainer`` and ``config_hash`` are stored and checked on load."""
+    None). ``trainer``, ``config_hash`` and the ``inputs`` (data, objective) are stored and
+    checked on load: a checkpoint resumes only the run that wrote it."""
 
     def __init__(self, directory: str | Path | None, trainer: str, config_hash: str, every: int = 100,
-                 resume: bool = True):
+                 resume: bool = True, inputs: Sequence[RunInput] = ()):
         if every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1 (got {every})")
         self.directory = None if directory is None else Path(directory)
         self.trainer, self.config_hash, self.every, self.resume = trainer, config_hash, every, resume
+        self.inputs = tuple(inputs)
         self.saves = 0
 
     @property
@@ -173,6 +198,7 @@ class Checkpointer:
         rngs = dist.gather_objects(state.get("rng"))  # RNG streams differ per rank (data, dropout)
         if dist.is_main():
             blob = {"format": FORMAT, "version": VERSION, "trainer": self.trainer, "config_hash": self.config_hash,
+                    "inputs": {i.what: i.record() for i in self.inputs},
                     "world_size": dist.world_size(), "state": {**state, "rng": rngs}}
             atomic_torch_save(blob, self.path)
         self.saves += 1
@@ -216,6 +242,20 @@ class Checkpointer:
                 f"{path}: checkpoint of another run ({blob['trainer']}, config {blob['config_hash']}; this run is "
                 f"{self.trainer}, config {self.config_hash}); use the original config to resume, or pass "
                 "--no-resume (or another --out) to start over")
+        saved_inputs = blob.get("inputs") or {}
+        for run_input in self.inputs:  # same trainer and config: then the data and objective
+            saved = saved_inputs.get(run_input.what)
+            if saved is None:
+                raise ConfigError(
+                    f"{path}: the checkpoint does not record the {run_input.what} it was written "
+                    "for (an older blendrank wrote it), so it cannot be checked against this run; "
+                    "pass --no-resume (or another --out) to start over")
+            if saved.get("digest") != run_input.digest:
+                raise ConfigError(
+                    f"{path}: the checkpoint's {run_input.what} differs from this run's (it was "
+                    f"written for {saved.get('description')}; this run has "
+                    f"{run_input.description}); resume with the {run_input.what} it was written "
+                    "for, or pass --no-resume (or another --out) to start over")
         return blob["state"], int(blob["world_size"])
 
     def clear(self) -> None:
@@ -223,6 +263,21 @@ class Checkpointer:
         if self.path is not None and dist.is_main():
             self.path.unlink(missing_ok=True)
         dist.barrier()
+
+
+#: Position keys a trainer's checkpoint may hold, in the order they are named.
+POSITION_KEYS = ("stage", "round", "epoch", "batch", "step")
+
+
+def checkpoint_position(directory: str | Path) -> str | None:
+    """Where the checkpoint in ``directory`` stands, in words (``"stage 2, step 3"``), or None
+    when there is no readable checkpoint there."""
+    try:
+        blob = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = blob["state"]
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError):
+        return None
+    return ", ".join(f"{k} {state[k]}" for k in POSITION_KEYS if isinstance(state.get(k), int)) or "saved"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

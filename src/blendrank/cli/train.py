@@ -19,6 +19,7 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
+from blendrank.cli.interrupt import keeps_checkpoint_on_interrupt
 from blendrank.config import load_config
 from blendrank.progress import StepProgress
 
@@ -34,6 +35,7 @@ def checkpoint_every_option(default: int) -> Any:
 
 
 @user_errors
+@keeps_checkpoint_on_interrupt
 def train(
     method: str = typer.Option(..., "--method", help="Method: grade, ltr, grade:<variant>, static_search or "
                                "integrated_rl (`blendrank methods` lists them)."),
