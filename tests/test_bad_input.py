@@ -766,11 +766,12 @@ def test_float16_columns_are_read_as_float32(tmp_path: Path) -> None:
 
 # ------------------------------------------------------- streamed training, export, usage errors
 def test_streamed_train_refuses_a_request_id_reused_far_apart(tmp_path: Path) -> None:
-    """`train` on a split directory streams train.parquet; a request id reused ~1,900 rows later
-    (other chunks) is refused before training with the violations `data validate` reports."""
-    t = two_type_log(300)
+    """`train` on a split directory streams train.parquet; a request id reused 23,000 rows later
+    (beyond one read of 16,384 rows) is refused before training, with the violations `data
+    validate` reports on the whole file."""
+    t = two_type_log(3000)
     rid = t["request_id"].to_numpy().copy()
-    rid[rid == 250] = 10
+    rid[rid == 2900] = 10
     t = with_column(t, "request_id", pa.array(rid, t["request_id"].type))
     for name in ("train", "valid", "test"):
         pq.write_table(t if name == "train" else two_type_log(50), tmp_path / f"{name}.parquet")
@@ -779,9 +780,9 @@ def test_streamed_train_refuses_a_request_id_reused_far_apart(tmp_path: Path) ->
     for kind in ("multi_user_request", "duplicate_item"):
         assert kind in validate.output
     result = invoke("train", "--method", "grade", "--data", tmp_path, "--out", tmp_path / "out",
-                    "--set", "data.read_batch_rows=500", "--set", "stage1.epochs=1", "--set", "stage2.steps=1")
-    assert_user_error(result, "train.parquet: 2 data contract violation(s)", "duplicate_item (8; first rows 2000",
-                      "multi_user_request (1; first rows 80)", "request_id=10 in rows 80 and 2000")
+                    "--set", "stage1.epochs=1", "--set", "stage2.steps=1")
+    assert_user_error(result, "train.parquet: 2 data contract violation(s)", "duplicate_item (8; first rows 23200",
+                      "multi_user_request (1; first rows 80)", "request_id=10 in rows 80 and 23200")
     assert not (tmp_path / "out" / "policy.pt").exists()
 
 

@@ -237,25 +237,27 @@ class Checkpointer:
             raise DataError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("version") != VERSION:
             raise DataError(f"{path}: not a blendrank checkpoint (format {FORMAT} v{VERSION}); delete it to start over")
+        saved_inputs = blob.get("inputs") or {}
+        if blob["trainer"] == self.trainer:  # other data or objective first: the likelier mix-up
+            for run_input in self.inputs:
+                saved = saved_inputs.get(run_input.what)
+                if saved is not None and saved.get("digest") != run_input.digest:
+                    raise ConfigError(
+                        f"{path}: the checkpoint's {run_input.what} differs from this run's (it was "
+                        f"written for {saved.get('description')}; this run has "
+                        f"{run_input.description}); resume with the {run_input.what} it was written "
+                        "for, or pass --no-resume (or another --out) to start over")
         if blob["trainer"] != self.trainer or blob["config_hash"] != self.config_hash:
             raise ConfigError(
                 f"{path}: checkpoint of another run ({blob['trainer']}, config {blob['config_hash']}; this run is "
                 f"{self.trainer}, config {self.config_hash}); use the original config to resume, or pass "
                 "--no-resume (or another --out) to start over")
-        saved_inputs = blob.get("inputs") or {}
-        for run_input in self.inputs:  # same trainer and config: then the data and objective
-            saved = saved_inputs.get(run_input.what)
-            if saved is None:
-                raise ConfigError(
-                    f"{path}: the checkpoint does not record the {run_input.what} it was written "
-                    "for (an older blendrank wrote it), so it cannot be checked against this run; "
-                    "pass --no-resume (or another --out) to start over")
-            if saved.get("digest") != run_input.digest:
-                raise ConfigError(
-                    f"{path}: the checkpoint's {run_input.what} differs from this run's (it was "
-                    f"written for {saved.get('description')}; this run has "
-                    f"{run_input.description}); resume with the {run_input.what} it was written "
-                    "for, or pass --no-resume (or another --out) to start over")
+        missing = [i.what for i in self.inputs if i.what not in saved_inputs]
+        if missing:
+            raise ConfigError(
+                f"{path}: the checkpoint does not record the {' and '.join(missing)} it was written "
+                "for (an older blendrank wrote it), so it cannot be checked against this run; pass "
+                "--no-resume (or another --out) to start over")
         return blob["state"], int(blob["world_size"])
 
     def clear(self) -> None:
