@@ -98,8 +98,8 @@ def _undefined_auc_notes(test: dict[str, dict[str, object]]) -> list[str]:
 
 
 @app.command("train")
+@keeps_checkpoint_on_interrupt  # outermost: Ctrl-C wherever it lands
 @user_errors
-@keeps_checkpoint_on_interrupt
 def train(
     data: Path = typer.Option(
         ...,

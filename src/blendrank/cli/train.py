@@ -34,8 +34,8 @@ def checkpoint_every_option(default: int) -> Any:
                         help="Write a resumable checkpoint (--out/checkpoint.pt, atomic) every N optimiser steps.")
 
 
+@keeps_checkpoint_on_interrupt  # outermost: Ctrl-C wherever it lands
 @user_errors
-@keeps_checkpoint_on_interrupt
 def train(
     method: str = typer.Option(..., "--method", help="Method: grade, ltr, grade:<variant>, static_search or "
                                "integrated_rl (`blendrank methods` lists them)."),
