@@ -781,13 +781,15 @@ def test_streamed_train_refuses_a_request_id_reused_far_apart(tmp_path: Path) ->
         assert kind in validate.output
     result = invoke("train", "--method", "grade", "--data", tmp_path, "--out", tmp_path / "out",
                     "--set", "stage1.epochs=1", "--set", "stage2.steps=1")
-    assert_user_error(result, "train.parquet: 2 data contract violation(s)", "duplicate_item (8; first rows 23200",
-                      "multi_user_request (1; first rows 80)", "request_id=10 in rows 80 and 23200")
+    assert_user_error(result, "train.parquet: 2 data contract violation(s)",
+                      "duplicate_item (8; first rows 23200",
+                      "multi_user_request (1; first rows 80)",
+                      "request_id=10 in rows 80 and 23200")
     assert not (tmp_path / "out" / "policy.pt").exists()
 
 
-def test_disk_full_export_names_the_output_and_leaves_nothing(tmp_path: Path, models: dict[str, Path],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_export_names_the_output_and_leaves_nothing(
+        tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC while copying the policy's files (shutil names the source file first): the message
     names --out, no partial export directory is left, and an existing export stays as it was."""
     import blendrank.serve.export as serve_export
@@ -809,8 +811,10 @@ def test_disk_full_export_names_the_output_and_leaves_nothing(tmp_path: Path, mo
     assert_user_error(result, f"--out {fresh}: no space left on the device", "choose another --out")
     assert "policy.pt" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no partial or staging dir
-    assert_user_error(invoke("export", "--policy", models["policy"], "--out", existing), "no space left")
-    assert tree_digest(existing) == before and sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    result = invoke("export", "--policy", models["policy"], "--out", existing)
+    assert_user_error(result, "no space left")
+    assert tree_digest(existing) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
     monkeypatch.undo()
     # a re-export into the existing directory replaces its files (manifest.json last)
     ok = invoke("export", "--policy", models["policy"], "--out", existing)

@@ -60,8 +60,9 @@ def test_kill_9_and_resume_matches_uninterrupted(tmp_path: Path, world_log: Path
 
 
 # ------------------------------------------------------------- a checkpoint resumes only its run
-GRADE_ARGS = ["--set", "stage1.epochs=1", "--set", "stage2.steps=6", "--set", "stage2.batch_size=64",
-              "--set", "data.read_batch_rows=500", "--checkpoint-every", "2"]
+GRADE_ARGS = ["--set", "stage1.epochs=1", "--set", "stage2.steps=6",
+              "--set", "stage2.batch_size=64", "--set", "data.read_batch_rows=500",
+              "--checkpoint-every", "2"]
 
 
 def _split_dir(root: Path, seed: int) -> Path:
@@ -118,8 +119,9 @@ def test_train_resumes_only_the_data_and_objective_its_checkpoint_was_written_fo
     text = " ".join(other.output.split())
     assert other.exit_code == 1 and "Traceback" not in other.output, other.output
     assert "checkpoint's data differs from this run's" in text and "--no-resume" in text, text
-    assert f"{a / 'train.parquet'}, 2,400 rows" in text and f"{b / 'train.parquet'}, 2,400 rows" in text, text
-    objective = tmp_path / "goals" / "other.yaml"  # not beside the data, where it would be its default
+    for log in (a, b):
+        assert f"{log / 'train.parquet'}, 2,400 rows" in text, text
+    objective = tmp_path / "goals" / "other.yaml"  # not beside the data (it would be its default)
     objective.parent.mkdir()
     objective.write_text(Objective(value={"click": 1.0, "order": 4.0}).to_yaml())
     other = run(app, [*train, str(out), "--data", str(a), "--objective", str(objective)])
@@ -135,7 +137,8 @@ def test_train_resumes_only_the_data_and_objective_its_checkpoint_was_written_fo
     resumed = run(app, [*train, str(out), "--data", str(copied)])
     assert resumed.exit_code == 0, resumed.output
     assert loaded[0] is not None and loaded[0]["stage"] == 2  # continued, did not start over
-    want, got = GradePolicy.load(tmp_path / "clean").policy.state_dict(), GradePolicy.load(out).policy.state_dict()
+    want = GradePolicy.load(tmp_path / "clean").policy.state_dict()
+    got = GradePolicy.load(out).policy.state_dict()
     for k in want:
         assert torch.equal(got[k], want[k]), k
 
@@ -154,15 +157,16 @@ def test_fit_grade_on_a_table_checks_its_rows(tmp_path: Path, monkeypatch: pytes
     from blendrank.data.synthetic import two_type_log
     from blendrank.errors import ConfigError
 
-    cfg = GRADEConfig.model_validate({"seed": 0, "stage1": {"epochs": 1, "batch_size": 64},
-                                      "stage2": {"steps": 4, "batch_size": 64, "num_generations": 4},
-                                      "reward": {"a_prior": 0.0, "k": 4}})
+    cfg = GRADEConfig.model_validate({
+        "seed": 0, "stage1": {"epochs": 1, "batch_size": 64},
+        "stage2": {"steps": 4, "batch_size": 64, "num_generations": 4},
+        "reward": {"a_prior": 0.0, "k": 4}})
     a, b = two_type_log(200, seed=0), two_type_log(200, seed=1)
     with monkeypatch.context() as m:
         _interrupt_after(m, 2)
         with pytest.raises(KeyboardInterrupt):
             fit_grade(a, cfg, checkpoint_dir=tmp_path, checkpoint_every=2)
-    with pytest.raises(ConfigError, match=r"data differs .*in-memory table of 1,600 rows.*--no-resume"):
+    with pytest.raises(ConfigError, match=r"data differs .*table of 1,600 rows.*--no-resume"):
         fit_grade(b, cfg, checkpoint_dir=tmp_path, checkpoint_every=2)
     rechunked = pa.Table.from_batches(a.to_batches(max_chunksize=77))
     fit_grade(rechunked, cfg, checkpoint_dir=tmp_path, checkpoint_every=2)
@@ -181,7 +185,8 @@ def test_data_digests_follow_the_rows_not_the_path(tmp_path: Path):
     assert one.description == f"{tmp_path / 'a.parquet'}, 800 rows"
     pq.write_table(t.slice(0, 799), tmp_path / "a.parquet")  # one row fewer
     assert data_input(tmp_path / "a.parquet").digest != one.digest
-    assert data_input(t).digest == data_input(pa.Table.from_batches(t.to_batches(max_chunksize=9))).digest
+    rechunked = pa.Table.from_batches(t.to_batches(max_chunksize=9))
+    assert data_input(t).digest == data_input(rechunked).digest
     assert data_input(t).digest != data_input(t.slice(1)).digest
 
 
@@ -194,13 +199,15 @@ def test_sigint_during_train_prints_one_line_and_exits_130(tmp_path: Path):
     from blendrank.checkpoint import checkpoint_position
 
     data, out = _split_dir(tmp_path / "a", seed=0), tmp_path / "out"
-    cmd = [sys.executable, "-m", "blendrank.cli.main", "train", "--method", "grade", "--data", str(data),
-           "--out", str(out), "--set", "stage1.epochs=1", "--set", "stage2.steps=5000",
-           "--set", "stage2.batch_size=64", "--checkpoint-every", "1"]
-    proc = subprocess.Popen(cmd, env=job_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "blendrank.cli.main", "train", "--method", "grade",
+           "--data", str(data), "--out", str(out), "--set", "stage1.epochs=1",
+           "--set", "stage2.steps=5000", "--set", "stage2.batch_size=64", "--checkpoint-every", "1"]
+    proc = subprocess.Popen(cmd, env=job_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while (not (out / "checkpoint.pt").exists() and proc.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -213,5 +220,6 @@ def test_sigint_during_train_prints_one_line_and_exits_130(tmp_path: Path):
     assert len(lines) == 1, stderr
     position = checkpoint_position(out)
     assert position is not None and position.startswith("stage ")
-    assert lines[0] == (f"interrupted; kept the checkpoint {out / 'checkpoint.pt'} ({position}); run the same "
-                        "command again to resume from it, or add --no-resume to start over")
+    assert lines[0] == (f"interrupted; kept the checkpoint {out / 'checkpoint.pt'} ({position}); "
+                        "run the same command again to resume from it, or add --no-resume to "
+                        "start over")

@@ -151,7 +151,7 @@ class RunInput:
 
 
 def objective_input(objective: Any) -> RunInput:
-    """The objective (a pydantic model or JSON-able value) a run optimises, as a :class:`RunInput`."""
+    """The objective (a pydantic model or JSON-able value) a run optimises, as a RunInput."""
     text = (objective.model_dump_json(exclude_none=True) if hasattr(objective, "model_dump_json")
             else json.dumps(objective, sort_keys=True, default=str))
     brief = text if len(text) <= 120 else text[:117] + "..."
@@ -242,11 +242,12 @@ class Checkpointer:
             for run_input in self.inputs:
                 saved = saved_inputs.get(run_input.what)
                 if saved is not None and saved.get("digest") != run_input.digest:
+                    what = run_input.what
                     raise ConfigError(
-                        f"{path}: the checkpoint's {run_input.what} differs from this run's (it was "
-                        f"written for {saved.get('description')}; this run has "
-                        f"{run_input.description}); resume with the {run_input.what} it was written "
-                        "for, or pass --no-resume (or another --out) to start over")
+                        f"{path}: the checkpoint's {what} differs from this run's (it was written "
+                        f"for {saved.get('description')}; this run has {run_input.description}); "
+                        f"resume with the {what} it was written for, or pass --no-resume (or "
+                        "another --out) to start over")
         if blob["trainer"] != self.trainer or blob["config_hash"] != self.config_hash:
             raise ConfigError(
                 f"{path}: checkpoint of another run ({blob['trainer']}, config {blob['config_hash']}; this run is "
@@ -255,9 +256,9 @@ class Checkpointer:
         missing = [i.what for i in self.inputs if i.what not in saved_inputs]
         if missing:
             raise ConfigError(
-                f"{path}: the checkpoint does not record the {' and '.join(missing)} it was written "
-                "for (an older blendrank wrote it), so it cannot be checked against this run; pass "
-                "--no-resume (or another --out) to start over")
+                f"{path}: the checkpoint does not record the {' and '.join(missing)} it was "
+                "written for (an older blendrank wrote it), so it cannot be checked against this "
+                "run; pass --no-resume (or another --out) to start over")
         return blob["state"], int(blob["world_size"])
 
     def clear(self) -> None:
@@ -279,7 +280,8 @@ def checkpoint_position(directory: str | Path) -> str | None:
         state = blob["state"]
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError):
         return None
-    return ", ".join(f"{k} {state[k]}" for k in POSITION_KEYS if isinstance(state.get(k), int)) or "saved"
+    where = [f"{k} {state[k]}" for k in POSITION_KEYS if isinstance(state.get(k), int)]
+    return ", ".join(where) or "saved"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

@@ -60,7 +60,7 @@ def user_errors(fn: F) -> F:
         except BlendrankError as exc:
             fail(str(exc))
         except OSError as exc:  # disk full, permissions, a file where a directory should be, ...
-            if exc.errno == errno.EINTR:  # a read cut short by Ctrl-C: an interruption, not an error
+            if exc.errno == errno.EINTR:  # a read cut short by Ctrl-C: an interruption
                 raise KeyboardInterrupt from None
             # A full disk during a copy names the source first: the destination is where it failed.
             target = exc.filename2 if exc.errno == errno.ENOSPC and exc.filename2 else exc.filename

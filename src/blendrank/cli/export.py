@@ -102,8 +102,9 @@ def export(
         if exc.errno != errno.ENOSPC:
             raise
         # The error names the file being copied (the policy's), not where space ran out.
-        raise BlendrankError(f"--out {out_dir}: no space left on the device while writing the export; "
-                             f"free some space or choose another --out ({out_dir} was not changed)") from None
+        raise BlendrankError(
+            f"--out {out_dir}: no space left on the device while writing the export; free some "
+            f"space or choose another --out ({out_dir} was not changed)") from None
     out.print(f"exported {policy} -> {out_dir}/model.onnx ({m['exporter']} exporter, inputs {m['fusion_inputs']}, "
               f"parity max abs error {m['parity_max_abs_error']:.2g}, sha256 {m['model_sha256'][:12]})")
     fb = dict(zip(m["fusion_inputs"], (round(w, 4) for w in m["fallback_weights"])))

@@ -52,7 +52,8 @@ def _table_digest(table: pa.Table) -> str:
     h = hashlib.sha256(table.schema.remove_metadata().to_string().encode())
     h.update(f"rows={table.num_rows}".encode())
     if table.num_rows:
-        idx = np.unique(np.linspace(0, table.num_rows - 1, TABLE_SAMPLE_ROWS).round().astype(np.int64))
+        spaced = np.linspace(0, table.num_rows - 1, TABLE_SAMPLE_ROWS).round()
+        idx = np.unique(spaced.astype(np.int64))
         rows = table.take(pa.array(idx)).to_pylist()
         h.update(json.dumps(rows, default=str, allow_nan=True).encode())
     return h.hexdigest()[:16]
@@ -71,7 +72,8 @@ def source_input(source: LogSource) -> RunInput:
     if source.table is not None:
         t = source.table
         h.update(_table_digest(t).encode())
-        text = f"an in-memory table of {_plural(t.num_rows, 'row')} x {_plural(t.num_columns, 'column')}"
+        size = f"{_plural(t.num_rows, 'row')} x {_plural(t.num_columns, 'column')}"
+        text = f"an in-memory table of {size}"
         return RunInput("data", h.hexdigest()[:16], text + where)
     rows: list[int | None] = []
     for path in source.files:
@@ -79,7 +81,8 @@ def source_input(source: LogSource) -> RunInput:
         h.update(digest.encode())
         rows.append(n)
     files = source.files
-    name = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({_plural(len(files), 'file')})"
+    name = (str(files[0]) if len(files) == 1
+            else f"{files[0].parent} ({_plural(len(files), 'file')})")
     count = f", {sum(rows):,} rows" if None not in rows else ""
     return RunInput("data", h.hexdigest()[:16], f"{name}{count}{where}")
 

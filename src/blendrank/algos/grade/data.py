@@ -213,7 +213,8 @@ def validate_log_stream(path: str | Path, read_batch_rows: int = 16_384) -> None
     reused id whose rows are merely apart is an error too."""
     source, where = _source(path), str(path)
     seen, repeated, n_repeated, offset = SeenRequestIds(), [], 0, 0
-    for t, starts in _request_chunks(source, source.column_names, read_batch_rows, check_repeats=False):
+    chunks = _request_chunks(source, source.column_names, read_batch_rows, check_repeats=False)
+    for t, starts in chunks:
         report = validate_table(t, where)
         if not report.ok:
             raise DataError(format_violations(shifted(report, offset)))
@@ -229,10 +230,10 @@ def validate_log_stream(path: str | Path, read_batch_rows: int = 16_384) -> None
     rid = repeated[0]
     first, back = rows.get(rid, (-1, -1))
     checked = f" (the first {MAX_GATHERED_IDS:,} checked)" if n_repeated > len(repeated) else ""
-    adjacency = (f"{where}: {n_repeated:,} request id(s) come back after other requests{checked}, e.g. "
-                 f"request_id={rid!r} in rows {first} and {back}; `data validate` reads such rows as one "
-                 "request, streamed training needs them adjacent: give each request its own id, or sort "
-                 "the log by request (e.g. by ts, request_id)")
+    adjacency = (f"{where}: {n_repeated:,} request id(s) come back after other requests{checked}, "
+                 f"e.g. request_id={rid!r} in rows {first} and {back}; `data validate` reads "
+                 "such rows as one request, streamed training needs them adjacent: give each "
+                 "request its own id, or sort the log by request (e.g. by ts, request_id)")
     raise DataError(f"{format_violations(report)}\n{adjacency}" if not report.ok else adjacency)
 
 
@@ -289,9 +290,10 @@ def _request_chunks(source: LogSource, columns: list[str], rows: int,
             again = seen.add(heads)
             if again.any():
                 rid = heads[int(np.argmax(again))].as_py()
-                raise DataError(f"{where}: the rows of a request are not adjacent (request_id={rid!r} comes back "
-                                "after other requests); sort the log by request (e.g. by ts, request_id) "
-                                "before training, or give each request its own id")
+                raise DataError(
+                    f"{where}: the rows of a request are not adjacent (request_id={rid!r} comes "
+                    "back after other requests); sort the log by request (e.g. by ts, "
+                    "request_id) before training, or give each request its own id")
         return t, starts
 
     for rb in source.batches(cols, rows):
@@ -386,7 +388,10 @@ class RequestLog:
         """``(rows, starts)`` of the requests from number ``start`` on (earlier rows are read but
         not built)."""
         first = 0
-        for t, starts in _request_chunks(self.source, self.columns, self.read_batch_rows):
+        # scan's pass has checked that no request id comes back: later passes need not remember them
+        chunks = _request_chunks(self.source, self.columns, self.read_batch_rows,
+                                 check_repeats=False)
+        for t, starts in chunks:
             n = len(starts)
             if first + n > start:
                 skip = max(start - first, 0)

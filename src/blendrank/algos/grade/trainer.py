@@ -454,10 +454,11 @@ def fit_grade(train: pa.Table | str | Path, cfg: GRADEConfig, anchor: list[float
     the rewards it is trained on (a reward-hacking check)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    config_hash = fingerprint({"config": cfg.model_dump(mode="json"), "anchor": anchor,
+                               "spec": spec.model_dump(mode="json") if spec else None})
     ckpt = None if checkpoint_dir is None else Checkpointer(
-        checkpoint_dir, "grade", fingerprint({"config": cfg.model_dump(mode="json"), "anchor": anchor,
-                                              "spec": spec.model_dump(mode="json") if spec else None}), checkpoint_every, resume,
-        inputs=[data_input(train), *([objective_input(objective)] if objective is not None else [])])
+        checkpoint_dir, "grade", config_hash, checkpoint_every, resume,
+        inputs=[data_input(train), *([] if objective is None else [objective_input(objective)])])
     state = ckpt.load() if ckpt is not None else None
     history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
     run = TrainingRun(ckpt, state, history)

@@ -283,7 +283,8 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
 
     ckpt = None if checkpoint_dir is None else Checkpointer(
         checkpoint_dir, "integrated_rl_logs",
-        fingerprint({"config": cfg.model_dump(mode="json"), "floor": floor}), checkpoint_every, resume,
+        fingerprint({"config": cfg.model_dump(mode="json"), "floor": floor}),
+        checkpoint_every, resume,
         # The setup is what the trainer takes of the objective (values, production action, k).
         inputs=[splits_input(train, valid), objective_input(setup.__dict__)])
     saved = ckpt.load() if ckpt is not None else None
