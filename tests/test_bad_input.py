@@ -838,3 +838,20 @@ def test_usage_errors_exit_2_without_a_traceback(args: list[str], needle: str) -
     result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and needle in flat(result.output), result.output
+
+
+def test_a_full_disk_during_a_copy_names_the_destination(capsys: pytest.CaptureFixture[str]) -> None:
+    """shutil's copy names the source first; where the disk filled is the destination."""
+    import typer
+
+    from blendrank.cli.common import user_errors
+
+    @user_errors
+    def copying() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/in/policy.pt", None, "/out/policy.pt")
+
+    with pytest.raises(typer.Exit) as exc:
+        copying()
+    assert exc.value.exit_code == 1
+    err = flat(capsys.readouterr().err)
+    assert "error: /out/policy.pt: No space left on device" in err and "/in/" not in err
