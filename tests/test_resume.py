@@ -223,3 +223,74 @@ def test_sigint_during_train_prints_one_line_and_exits_130(tmp_path: Path):
     assert lines[0] == (f"interrupted; kept the checkpoint {out / 'checkpoint.pt'} ({position}); "
                         "run the same command again to resume from it, or add --no-resume to "
                         "start over")
+
+
+@pytest.mark.slow
+def test_train_chaos_every_rerun_resumes_to_the_uninterrupted_result(tmp_path: Path):
+    """20 runs of `blendrank train`, each stopped by SIGKILL or SIGINT at a random (seeded) point
+    once it has started training (its first checkpoint is written): every SIGINT exits 130 with
+    one line and no traceback; re-running the same command resumes (or starts over when nothing
+    was kept) and writes the uninterrupted run's policy; a re-run on other data is refused."""
+    import sys
+    import time
+
+    from blendrank.algos.grade.trainer import GradePolicy
+
+    a, b = _split_dir(tmp_path / "a", seed=0), _split_dir(tmp_path / "b", seed=1)
+
+    def command(out: Path, data: Path) -> list[str]:
+        return [sys.executable, "-m", "blendrank.cli.main", "train", "--method", "grade",
+                "--data", str(data), "--out", str(out), "--set", "stage1.epochs=2",
+                "--set", "stage2.steps=600", "--set", "stage2.batch_size=64",
+                "--set", "data.read_batch_rows=500", "--checkpoint-every", "3"]
+
+    def run(cmd: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, env=job_env(), cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    clean = run(command(tmp_path / "clean", a))
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    want = GradePolicy.load(tmp_path / "clean").policy.state_dict()
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for trial in range(20):
+        out = tmp_path / f"t{trial}"
+        sig = signal.SIGKILL if trial % 2 else signal.SIGINT
+        proc = subprocess.Popen(command(out, a), env=job_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while (not (out / "checkpoint.pt").exists() and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0.0, 3.0)))  # Stage 1, Stage 2, a checkpoint write, the end
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+        finished = proc.returncode == 0
+        if proc.returncode == -signal.SIGINT:  # landed in the interpreter's exit, the work done
+            assert not stderr.strip() and (out / "policy.pt").is_file(), stderr[-3000:]
+            finished = True
+        elif sig == signal.SIGINT and not finished:
+            assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+            assert len(stderr.strip().splitlines()) == 1 and "interrupted" in stderr, stderr
+        elif not finished:
+            assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
+        kept = (out / "checkpoint.pt").exists()
+        outcomes.append("finished" if finished else "kept" if kept else "none")
+        if kept and trial % 4 == 0:
+            other = run(command(out, b))
+            assert other.returncode == 1 and "--no-resume" in other.stderr, other.stderr[-3000:]
+            assert "Traceback" not in other.stderr
+        rerun = run(command(out, a))
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        got = GradePolicy.load(out).policy.state_dict()
+        for k in want:
+            assert torch.equal(got[k], want[k]), (trial, k)
+    assert outcomes.count("kept") >= 12, outcomes  # most interrupts left a checkpoint to resume
+
+
+def test_an_interrupt_before_the_first_checkpoint_says_nothing_was_kept(tmp_path: Path):
+    from blendrank.cli.interrupt import interrupted_message
+
+    assert interrupted_message(tmp_path) == (
+        f"interrupted before the first checkpoint; nothing was kept in {tmp_path}; run the same "
+        "command again to start over")
