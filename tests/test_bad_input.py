@@ -7,6 +7,7 @@ the ones already covered elsewhere) with the message it produces.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -761,3 +762,96 @@ def test_float16_columns_are_read_as_float32(tmp_path: Path) -> None:
         for name in ("pred_click", "label_click", "price"):
             assert table.schema.field(name).type == pa.float32()
             assert table[name].to_pylist() == t[name].cast(pa.float32()).to_pylist()
+
+
+# ------------------------------------------------------- streamed training, export, usage errors
+def test_streamed_train_refuses_a_request_id_reused_far_apart(tmp_path: Path) -> None:
+    """`train` on a split directory streams train.parquet; a request id reused 23,000 rows later
+    (beyond one read of 16,384 rows) is refused before training, with the violations `data
+    validate` reports on the whole file."""
+    t = two_type_log(3000)
+    rid = t["request_id"].to_numpy().copy()
+    rid[rid == 2900] = 10
+    t = with_column(t, "request_id", pa.array(rid, t["request_id"].type))
+    for name in ("train", "valid", "test"):
+        pq.write_table(t if name == "train" else two_type_log(50), tmp_path / f"{name}.parquet")
+    validate = invoke("data", "validate", tmp_path / "train.parquet")
+    assert validate.exit_code == 1
+    for kind in ("multi_user_request", "duplicate_item"):
+        assert kind in validate.output
+    result = invoke("train", "--method", "grade", "--data", tmp_path, "--out", tmp_path / "out",
+                    "--set", "stage1.epochs=1", "--set", "stage2.steps=1")
+    assert_user_error(result, "train.parquet: 2 data contract violation(s)",
+                      "duplicate_item (8; first rows 23200",
+                      "multi_user_request (1; first rows 80)",
+                      "request_id=10 in rows 80 and 23200")
+    assert not (tmp_path / "out" / "policy.pt").exists()
+
+
+def test_disk_full_export_names_the_output_and_leaves_nothing(
+        tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while copying the policy's files (shutil names the source file first): the message
+    names --out, no partial export directory is left, and an existing export stays as it was."""
+    import blendrank.serve.export as serve_export
+
+    real_copy = shutil.copyfile
+
+    def full_disk(src: Any, dst: Any, *a: Any, **k: Any) -> Any:
+        if Path(src).name == "policy.pt":  # half the file written, then the disk is full
+            Path(dst).write_bytes(Path(src).read_bytes()[:100])
+            raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+        return real_copy(src, dst, *a, **k)
+
+    existing = tmp_path / "existing"
+    shutil.copytree(models["export"], existing)
+    before = tree_digest(existing)
+    monkeypatch.setattr(serve_export.shutil, "copyfile", full_disk)  # shutil's own: patched for all
+    fresh = tmp_path / "fresh"
+    result = invoke("export", "--policy", models["policy"], "--out", fresh)
+    assert_user_error(result, f"--out {fresh}: no space left on the device", "choose another --out")
+    assert "policy.pt" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no partial or staging dir
+    result = invoke("export", "--policy", models["policy"], "--out", existing)
+    assert_user_error(result, "no space left")
+    assert tree_digest(existing) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    monkeypatch.undo()
+    # a re-export into the existing directory replaces its files (manifest.json last)
+    ok = invoke("export", "--policy", models["policy"], "--out", existing)
+    assert ok.exit_code == 0, ok.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    assert json.loads((existing / "manifest.json").read_text())["model_sha256"] == hashlib.sha256(
+        (existing / "model.onnx").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--method", "grade", "--out", "o"], "Missing option '--data'"),
+    (["train", "--nope"], "No such option: --nope"),
+    (["train", "--method", "grade", "--data", "d", "--out", "o", "--checkpoint-every", "0"],
+     "Invalid value for '--checkpoint-every'"),
+    (["export", "--policy"], "Option '--policy' requires an argument"),
+    (["nope"], "No such command 'nope'"),
+])
+def test_usage_errors_exit_2_without_a_traceback(args: list[str], needle: str) -> None:
+    """A command line the parser cannot take (click's usage errors) exits 2, click's convention
+    for usage errors, with one boxed error; a bad input it can take exits 1."""
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and needle in flat(result.output), result.output
+
+
+def test_a_full_disk_during_a_copy_names_the_destination(capsys: pytest.CaptureFixture[str]) -> None:
+    """shutil's copy names the source first; where the disk filled is the destination."""
+    import typer
+
+    from blendrank.cli.common import user_errors
+
+    @user_errors
+    def copying() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/in/policy.pt", None, "/out/policy.pt")
+
+    with pytest.raises(typer.Exit) as exc:
+        copying()
+    assert exc.value.exit_code == 1
+    err = flat(capsys.readouterr().err)
+    assert "error: /out/policy.pt: No space left on device" in err and "/in/" not in err

@@ -217,3 +217,25 @@ def test_grade_resume_restores_guardrail_multipliers(tmp_path: Path, monkeypatch
     assert [r["guard/click/lambda"] for r in resumed.history if "step" in r] == lambdas
     for k, v in clean.policy.state_dict().items():
         assert torch.equal(resumed.policy.state_dict()[k], v), k
+
+
+def test_ctrl_c_during_a_checkpoint_write_lands_after_it(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """SIGINT mid-write is held until the new checkpoint is in place (torch's zip writer would
+    otherwise turn it into a RuntimeError that hides the KeyboardInterrupt), then raised."""
+    import os
+    import signal
+
+    save = torch.save
+
+    def interrupted(obj, f, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the file is being written
+        save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Checkpointer(tmp_path, "t", "h", every=1).save(_state(2.0, step=7))
+    monkeypatch.undo()
+    assert _saved(tmp_path)["step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -137,3 +138,92 @@ def test_a_csv_path_gets_a_clear_error(tmp_path: Path):
     path.write_text("request_id,pred_click\n1,0.5\n")
     with pytest.raises(DataError, match=r"log\.csv: GRADE streams Parquet logs"):
         RequestLog.scan(path)
+
+
+def _reused_id(n: int, reused: int, as_: int, user_too: bool = True) -> pa.Table:
+    """two_type_log(n) where request ``reused`` takes request ``as_``'s id (and, with
+    ``user_too``, keeps its own user: then the id spans two users, as data validate reports)."""
+    t = two_type_log(n)
+    rid = t["request_id"].to_numpy().copy()
+    rid[rid == reused] = as_
+    t = t.set_column(0, "request_id", pa.array(rid, t["request_id"].type))
+    if not user_too:
+        uid = t["user_id"].to_numpy().copy()
+        uid[rid == as_] = uid[rid == as_][0]
+        t = t.set_column(1, "user_id", pa.array(uid, t["user_id"].type))
+    return t
+
+
+@pytest.mark.parametrize("as_strings", [False, True])
+def test_a_request_id_reused_far_apart_is_found_before_training(tmp_path: Path, as_strings: bool):
+    """Request 250 reuses request 10's id, ~1,900 rows later (chunks of 500 rows never see both):
+    the stream reports the violations `data validate` finds on the whole file, same kinds,
+    counts and rows, and the adjacency streaming needs."""
+    from blendrank.algos.grade.data import validate_log_stream
+    from blendrank.data.contract import format_violations, validate_table
+
+    t = _reused_id(300, 250, 10)
+    if as_strings:
+        t = t.set_column(0, "request_id", pc.cast(t["request_id"], pa.string()))
+    path = tmp_path / "train.parquet"
+    pq.write_table(t, path)
+    whole = format_violations(validate_table(t, str(path)))
+    assert "multi_user_request" in whole and "duplicate_item" in whole
+    with pytest.raises(DataError) as exc:
+        validate_log_stream(path, read_batch_rows=500)
+    streamed = str(exc.value)
+    assert streamed.startswith(whole + "\n"), streamed
+    assert "request_id=" in streamed and "in rows 80 and 2000" in streamed
+    assert "adjacent" in streamed
+    # the training pass itself refuses it too (fit_grade on a path, without validate_log_stream)
+    with pytest.raises(DataError, match="request_id=.*comes back after other requests"):
+        RequestLog.scan(path, read_batch_rows=500)
+    pq.write_table(two_type_log(300), path)
+    validate_log_stream(path, read_batch_rows=500)  # a valid log passes
+
+
+def test_a_reused_id_data_validate_accepts_is_still_refused_by_the_stream(tmp_path: Path):
+    """Same user, other items: `data validate` reads one request of 16 candidates; streaming
+    would read two, so it refuses, naming the id and both rows."""
+    from blendrank.algos.grade.data import validate_log_stream
+    from blendrank.data.contract import validate_table
+
+    t = _reused_id(300, 250, 10, user_too=False)
+    t = t.set_column(t.column_names.index("item_id"), "item_id",
+                     pc.add(t["item_id"], pa.array(np.where(np.arange(t.num_rows) >= 2000, 100, 0))
+                            ))
+    path = tmp_path / "train.parquet"
+    pq.write_table(t, path)
+    assert validate_table(t, str(path)).ok
+    with pytest.raises(DataError) as exc:
+        validate_log_stream(path, read_batch_rows=500)
+    assert "data contract violation" not in str(exc.value)
+    assert ("1 request id(s) come back after other requests, e.g. request_id=10 in rows 80 and 2000"
+            in str(exc.value))
+
+
+def test_chunk_violations_are_counted_in_rows_of_the_whole_log(tmp_path: Path):
+    from blendrank.algos.grade.data import validate_log_stream
+
+    t = two_type_log(300)
+    pred = t["pred_click"].to_numpy().copy()
+    pred[2001] = np.nan
+    pq.write_table(t.set_column(t.column_names.index("pred_click"), "pred_click", pa.array(pred)),
+                   tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r"nan_or_inf \(1; first rows 2001\)"):
+        validate_log_stream(tmp_path / "train.parquet", read_batch_rows=500)
+
+
+def test_seen_request_ids_remember_every_id_exactly():
+    from blendrank.data.request_ids import SeenRequestIds
+
+    rng = np.random.default_rng(0)
+    seen, python = SeenRequestIds(), set()
+    for _ in range(60):  # many levels merged
+        ids = rng.integers(0, 5000, size=rng.integers(1, 90))
+        again = seen.add(pa.array(ids))
+        expect = []
+        for i in ids.tolist():
+            expect.append(i in python)
+            python.add(i)
+        assert again.tolist() == expect

@@ -18,8 +18,12 @@ import hashlib
 import json
 import os
 import random
+import signal
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +139,28 @@ def fingerprint(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class RunInput:
+    """Something a run was fed besides its config (its data, its objective), as the checkpoint
+    records it: a checkpoint resumes only a run fed the same ``digest``. ``description`` says in
+    words what it was (shown when they differ)."""
+
+    what: str  # "data", "objective"
+    digest: str
+    description: str
+
+    def record(self) -> dict[str, str]:
+        return {"digest": self.digest, "description": self.description}
+
+
+def objective_input(objective: Any) -> RunInput:
+    """The objective (a pydantic model or JSON-able value) a run optimises, as a RunInput."""
+    text = (objective.model_dump_json(exclude_none=True) if hasattr(objective, "model_dump_json")
+            else json.dumps(objective, sort_keys=True, default=str))
+    brief = text if len(text) <= 120 else text[:117] + "..."
+    return RunInput("objective", fingerprint(objective), brief)
+
+
 # -------------------------------------------------------------------------------- checkpointer
 
 
@@ -143,14 +169,16 @@ class Checkpointer:
 
     ``every``: save every N optimiser steps (trainers also save at natural boundaries: epoch and
     stage ends). ``directory=None`` disables checkpointing (``save`` is a no-op, ``load`` gives
-    None). ``trainer`` and ``config_hash`` are stored and checked on load."""
+    None). ``trainer``, ``config_hash`` and the ``inputs`` (data, objective) are stored and
+    checked on load: a checkpoint resumes only the run that wrote it."""
 
     def __init__(self, directory: str | Path | None, trainer: str, config_hash: str, every: int = 100,
-                 resume: bool = True):
+                 resume: bool = True, inputs: Sequence[RunInput] = ()):
         if every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1 (got {every})")
         self.directory = None if directory is None else Path(directory)
         self.trainer, self.config_hash, self.every, self.resume = trainer, config_hash, every, resume
+        self.inputs = tuple(inputs)
         self.saves = 0
 
     @property
@@ -173,6 +201,7 @@ class Checkpointer:
         rngs = dist.gather_objects(state.get("rng"))  # RNG streams differ per rank (data, dropout)
         if dist.is_main():
             blob = {"format": FORMAT, "version": VERSION, "trainer": self.trainer, "config_hash": self.config_hash,
+                    "inputs": {i.what: i.record() for i in self.inputs},
                     "world_size": dist.world_size(), "state": {**state, "rng": rngs}}
             atomic_torch_save(blob, self.path)
         self.saves += 1
@@ -211,11 +240,28 @@ class Checkpointer:
             raise DataError(f"{path}: unreadable checkpoint ({exc}); delete it to start over") from None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("version") != VERSION:
             raise DataError(f"{path}: not a blendrank checkpoint (format {FORMAT} v{VERSION}); delete it to start over")
+        saved_inputs = blob.get("inputs") or {}
+        if blob["trainer"] == self.trainer:  # other data or objective first: the likelier mix-up
+            for run_input in self.inputs:
+                saved = saved_inputs.get(run_input.what)
+                if saved is not None and saved.get("digest") != run_input.digest:
+                    what = run_input.what
+                    raise ConfigError(
+                        f"{path}: the checkpoint's {what} differs from this run's (it was written "
+                        f"for {saved.get('description')}; this run has {run_input.description}); "
+                        f"resume with the {what} it was written for, or pass --no-resume (or "
+                        "another --out) to start over")
         if blob["trainer"] != self.trainer or blob["config_hash"] != self.config_hash:
             raise ConfigError(
                 f"{path}: checkpoint of another run ({blob['trainer']}, config {blob['config_hash']}; this run is "
                 f"{self.trainer}, config {self.config_hash}); use the original config to resume, or pass "
                 "--no-resume (or another --out) to start over")
+        missing = [i.what for i in self.inputs if i.what not in saved_inputs]
+        if missing:
+            raise ConfigError(
+                f"{path}: the checkpoint does not record the {' and '.join(missing)} it was "
+                "written for (an older blendrank wrote it), so it cannot be checked against this "
+                "run; pass --no-resume (or another --out) to start over")
         return blob["state"], int(blob["world_size"])
 
     def clear(self) -> None:
@@ -225,18 +271,55 @@ class Checkpointer:
         dist.barrier()
 
 
+#: Position keys a trainer's checkpoint may hold, in the order they are named.
+POSITION_KEYS = ("stage", "round", "epoch", "batch", "step")
+
+
+def checkpoint_position(directory: str | Path) -> str | None:
+    """Where the checkpoint in ``directory`` stands, in words (``"stage 2, step 3"``), or None
+    when there is no readable checkpoint there."""
+    try:
+        blob = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = blob["state"]
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError):
+        return None
+    where = [f"{k} {state[k]}" for k in POSITION_KEYS if isinstance(state.get(k), int)]
+    return ", ".join(where) or "saved"
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block has ended, then deliver it to the handler that was
+    there before. A ``torch.save`` interrupted mid-write fails with a RuntimeError of its zip
+    writer that hides the KeyboardInterrupt; held, the write completes and the interrupt follows.
+    Only the main thread receives signals in Python: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in ``path``'s directory, fsync, then ``os.replace``."""
+    """``torch.save`` to a temp file in ``path``'s directory, fsync, then ``os.replace``; a
+    Ctrl-C meanwhile is held until the file is in place (:func:`sigint_deferred`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with sigint_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path

@@ -35,11 +35,7 @@ def staged_output_dir(out_dir: str | Path, subdirs: tuple[str, ...] = ()) -> Ite
     block succeeds. On an error or SIGINT the staging directory is removed and the error raised
     (SIGINT as :class:`Interrupted`); after ``kill -9`` it stays, marked incomplete."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to its owner
+    stage = _staging_dir(out)
     markers = [stage / INCOMPLETE_MARKER]
     for sub in subdirs:
         (stage / sub).mkdir(parents=True)
@@ -65,6 +61,55 @@ def staged_output_dir(out_dir: str | Path, subdirs: tuple[str, ...] = ()) -> Ite
         if out.is_dir():
             out.rmdir()  # empty (checked by the caller); a directory that filled meanwhile stays
         os.replace(stage, out)
+    except OSError as exc:
+        raise BlendrankError(
+            f"{out}: cannot move the complete output into place ({exc.strerror or exc}); "
+            f"it is in {stage}"
+        ) from None
+
+
+def _staging_dir(out: Path) -> Path:
+    """A new hidden directory beside ``out`` (same file system, so renames are atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to its owner
+    return stage
+
+
+@contextmanager
+def staged_files(out_dir: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a hidden staging directory next to ``out_dir``, for an output that may replace an
+    earlier one (a re-export) or share its directory with other files. When the block
+    succeeds: ``out_dir`` absent or empty -> the staging directory is renamed to it; else each
+    file of the staging directory is moved over its namesake in ``out_dir`` (``os.replace``,
+    atomic per file), the names in ``last`` last, and other files there stay. On an error or
+    SIGINT the staging directory is removed, ``out_dir`` is untouched and the error is raised
+    (SIGINT as :class:`Interrupted`)."""
+    out = Path(out_dir)
+    stage = _staging_dir(out)
+    (stage / INCOMPLETE_MARKER).write_text(
+        "written while this directory is being built; removed when it is complete\n")
+    try:
+        yield stage
+    except KeyboardInterrupt:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise Interrupted(f"interrupted; {out} was not changed; run the command again") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    (stage / INCOMPLETE_MARKER).unlink()
+    try:
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            if out.is_dir():
+                out.rmdir()
+            os.replace(stage, out)
+            return
+        names = sorted(p.name for p in stage.iterdir())
+        for name in sorted(names, key=lambda n: last.index(n) + 1 if n in last else 0):
+            os.replace(stage / name, out / name)
+        stage.rmdir()
     except OSError as exc:
         raise BlendrankError(
             f"{out}: cannot move the complete output into place ({exc.strerror or exc}); "

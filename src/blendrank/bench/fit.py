@@ -225,7 +225,7 @@ def fit_log(
         else None
     )
     if train_file is not None:  # GRADE streams train.parquet; the other splits are not read
-        validate_log_stream(train_file)
+        validate_log_stream(train_file, cfg.data.read_batch_rows)  # type: ignore[attr-defined]
         splits = {s: pq.read_schema(path / f"{s}.parquet").empty_table() for s in SPLITS}
     elif path is not None:
         splits = load_splits(path, mapping, bench_cfg)

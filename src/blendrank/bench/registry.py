@@ -161,5 +161,5 @@ def fit_method(resolved: ResolvedGrade, logs: pa.Table | str | Path, objective: 
     """Fit a GRADE-family method on logged requests, anchored at the objective's production weights
     (``kw``: ``probe``, ``log``, ``checkpoint_dir``, ``checkpoint_every``, ``resume``)."""
     anchor = objective.production_vector(spec.inputs).tolist()
-    return fit_grade(logs, resolved.config, anchor=anchor, spec=spec, **kw)
+    return fit_grade(logs, resolved.config, anchor=anchor, spec=spec, objective=objective, **kw)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import tempfile
@@ -59,7 +60,11 @@ def user_errors(fn: F) -> F:
         except BlendrankError as exc:
             fail(str(exc))
         except OSError as exc:  # disk full, permissions, a file where a directory should be, ...
-            where = exc.filename if exc.filename is not None else "file system"
+            if exc.errno == errno.EINTR:  # a read cut short by Ctrl-C: an interruption
+                raise KeyboardInterrupt from None
+            # A full disk during a copy names the source first: the destination is where it failed.
+            target = exc.filename2 if exc.errno == errno.ENOSPC and exc.filename2 else exc.filename
+            where = target if target is not None else "file system"
             fail(f"{where}: {exc.strerror or exc}; check that the path exists, is the right kind "
                  "(file or directory) and is writable")
 

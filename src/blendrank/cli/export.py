@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import typer
 
 from blendrank.cli.common import check_writable_dir, fail, out, user_errors
-from blendrank.errors import DataError
+from blendrank.errors import BlendrankError, DataError
 from blendrank.objective import OBJECTIVE_FILE, load_objective
+from blendrank.staging import staged_files
 
 
 def _check_policy_files(policy: Path) -> None:
@@ -91,7 +93,18 @@ def export(
     weights, source = _fallback(fallback_weights)
     if weights is None and (policy / OBJECTIVE_FILE).is_file():  # the objective the policy was trained for
         weights, source = load_objective(policy / OBJECTIVE_FILE).production_weights, f"{policy / OBJECTIVE_FILE}"
-    m = export_policy(policy, out_dir, fallback_weights=weights, fallback_source=source)
+    try:
+        # Built beside --out and moved into place when complete (manifest.json, which serving
+        # reads first, last): a failed export leaves no partial directory and the old one intact.
+        with staged_files(out_dir, last=("manifest.json",)) as stage:
+            m = export_policy(policy, stage, fallback_weights=weights, fallback_source=source)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # The error names the file being copied (the policy's), not where space ran out.
+        raise BlendrankError(
+            f"--out {out_dir}: no space left on the device while writing the export; free some "
+            f"space or choose another --out ({out_dir} was not changed)") from None
     out.print(f"exported {policy} -> {out_dir}/model.onnx ({m['exporter']} exporter, inputs {m['fusion_inputs']}, "
               f"parity max abs error {m['parity_max_abs_error']:.2g}, sha256 {m['model_sha256'][:12]})")
     fb = dict(zip(m["fusion_inputs"], (round(w, 4) for w in m["fallback_weights"])))

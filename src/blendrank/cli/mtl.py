@@ -18,6 +18,7 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
+from blendrank.cli.interrupt import keeps_checkpoint_on_interrupt
 from blendrank.cli.train import ResumeOption, checkpoint_every_option
 from blendrank.errors import ConfigError
 
@@ -97,6 +98,7 @@ def _undefined_auc_notes(test: dict[str, dict[str, object]]) -> list[str]:
 
 
 @app.command("train")
+@keeps_checkpoint_on_interrupt  # outermost: Ctrl-C wherever it lands
 @user_errors
 def train(
     data: Path = typer.Option(

@@ -19,6 +19,7 @@ from blendrank.cli.common import (
     out,
     user_errors,
 )
+from blendrank.cli.interrupt import keeps_checkpoint_on_interrupt
 from blendrank.config import load_config
 from blendrank.progress import StepProgress
 
@@ -33,6 +34,7 @@ def checkpoint_every_option(default: int) -> Any:
                         help="Write a resumable checkpoint (--out/checkpoint.pt, atomic) every N optimiser steps.")
 
 
+@keeps_checkpoint_on_interrupt  # outermost: Ctrl-C wherever it lands
 @user_errors
 def train(
     method: str = typer.Option(..., "--method", help="Method: grade, ltr, grade:<variant>, static_search or "

@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from blendrank import distributed as dist
-from blendrank.checkpoint import Checkpointer, check_finite, fingerprint, rng_state, set_rng_state
+from blendrank.checkpoint import (
+    Checkpointer,
+    check_finite,
+    fingerprint,
+    rng_state,
+    set_rng_state,
+)
+from blendrank.data.fingerprint import splits_input
 from blendrank.data.stream import LogSource, SourceLike, as_source
 from blendrank.errors import ConfigError, DataError
 from blendrank.features.center import FeatureCenter
@@ -340,10 +347,11 @@ def fit_mtl(
             else Checkpointer(
                 checkpoint_dir,
                 "mtl",
-                fingerprint({"config": config.model_dump(mode="json"), "lanes": lanes,
-                             "train": train_src.describe(), "valid": valid_src and valid_src.describe()}),
+                fingerprint({"config": config.model_dump(mode="json"), "lanes": lanes}),
                 checkpoint_every,
                 resume,
+                # What the rows are, not where they are: a moved log resumes, a changed one not.
+                inputs=[splits_input(train_src, valid_src)],
             )
         )
         state = ckpt.load() if ckpt is not None else None

@@ -26,6 +26,12 @@ from torch import Tensor
 
 from blendrank.data.contract import format_violations, objectives_of, validate_table
 from blendrank.data.io import PARQUET_SUFFIXES
+from blendrank.data.request_ids import (
+    MAX_GATHERED_IDS,
+    SeenRequestIds,
+    repeated_requests_report,
+    shifted,
+)
 from blendrank.data.slates import to_slates
 from blendrank.data.stream import LogSource, as_source
 from blendrank.errors import DataError
@@ -197,12 +203,38 @@ def _source(data: pa.Table | str | Path | LogSource) -> LogSource:
 
 def validate_log_stream(path: str | Path, read_batch_rows: int = 16_384) -> None:
     """Check a Parquet log against the data contract chunk by chunk of whole requests, never
-    reading it whole; raise :class:`DataError` with the violations of the first bad chunk."""
-    source = _source(path)
-    for t, _ in _request_chunks(source, source.column_names, read_batch_rows):
-        report = validate_table(t, str(path))
+    reading it whole; raise :class:`DataError` with the violations of the first bad chunk (rows
+    counted from the start of the log, as ``data validate`` counts them).
+
+    A request id that comes back after other requests (two requests given one id) is then
+    checked as ``data validate`` checks it: its rows are gathered in a second pass and validated
+    together, so the error lists the same violations (``multi_user_request``,
+    ``duplicate_item``); and, since streamed training needs each request's rows adjacent, a
+    reused id whose rows are merely apart is an error too."""
+    source, where = _source(path), str(path)
+    seen, repeated, n_repeated, offset = SeenRequestIds(), [], 0, 0
+    chunks = _request_chunks(source, source.column_names, read_batch_rows, check_repeats=False)
+    for t, starts in chunks:
+        report = validate_table(t, where)
         if not report.ok:
-            raise DataError(format_violations(report))
+            raise DataError(format_violations(shifted(report, offset)))
+        heads = t[REQUEST_ID].combine_chunks().take(pa.array(starts))
+        again = heads.filter(pa.array(seen.add(heads))).to_pylist()
+        n_repeated += len(again)
+        repeated.extend(again[: MAX_GATHERED_IDS - len(repeated)])
+        offset += t.num_rows
+    if not repeated:
+        return
+    report, rows = repeated_requests_report(source.batches(batch_size=read_batch_rows),
+                                            list(dict.fromkeys(repeated)), where)
+    rid = repeated[0]
+    first, back = rows.get(rid, (-1, -1))
+    checked = f" (the first {MAX_GATHERED_IDS:,} checked)" if n_repeated > len(repeated) else ""
+    adjacency = (f"{where}: {n_repeated:,} request id(s) come back after other requests{checked}, "
+                 f"e.g. request_id={rid!r} in rows {first} and {back}; `data validate` reads "
+                 "such rows as one request, streamed training needs them adjacent: give each "
+                 "request its own id, or sort the log by request (e.g. by ts, request_id)")
+    raise DataError(f"{format_violations(report)}\n{adjacency}" if not report.ok else adjacency)
 
 
 def _sampled_median(arrays: Iterable[pa.Array], size: int = PRICE_SAMPLE, seed: int = 0) -> float:
@@ -238,28 +270,30 @@ def _grouped(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.argsort(codes, kind="stable")))
 
 
-def _request_chunks(source: LogSource, columns: list[str], rows: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _request_chunks(source: LogSource, columns: list[str], rows: int,
+                    check_repeats: bool = True) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """``(table, starts)``: the log's complete requests, about ``rows`` rows at a time, in log
     order, with each request's first row. A request's rows must be adjacent in the log (every
     blendrank writer does this); the last request of a record batch is carried into the next.
-    Requests split over non-adjacent rows are an error (checked within and between
-    neighbouring chunks)."""
+    With ``check_repeats`` a request id that comes back after other requests, however far
+    apart, is an error (every id passed is remembered, :class:`SeenRequestIds`)."""
     cols = list(dict.fromkeys([REQUEST_ID, *columns]))
     files = source.files
     where = "the training table" if source.table is not None else (
         str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} shards)")
     carry: pa.Table | None = None
-    previous: pa.Array | None = None
+    seen = SeenRequestIds() if check_repeats else None
 
     def emit(t: pa.Table, starts: np.ndarray) -> tuple[pa.Table, np.ndarray]:
-        nonlocal previous
-        ids = t[REQUEST_ID].combine_chunks()
-        heads = ids.take(pa.array(starts))
-        repeated = len(starts) != pc.count_distinct(heads).as_py()
-        if repeated or (previous is not None and pc.any(pc.is_in(heads, value_set=previous)).as_py()):
-            raise DataError(f"{where}: the rows of a request are not adjacent (request ids repeat after other "
-                            "requests); sort the log by request (e.g. by ts, request_id) before training")
-        previous = heads
+        if seen is not None:
+            heads = t[REQUEST_ID].combine_chunks().take(pa.array(starts))
+            again = seen.add(heads)
+            if again.any():
+                rid = heads[int(np.argmax(again))].as_py()
+                raise DataError(
+                    f"{where}: the rows of a request are not adjacent (request_id={rid!r} comes "
+                    "back after other requests); sort the log by request (e.g. by ts, "
+                    "request_id) before training, or give each request its own id")
         return t, starts
 
     for rb in source.batches(cols, rows):
@@ -354,7 +388,10 @@ class RequestLog:
         """``(rows, starts)`` of the requests from number ``start`` on (earlier rows are read but
         not built)."""
         first = 0
-        for t, starts in _request_chunks(self.source, self.columns, self.read_batch_rows):
+        # scan's pass has checked that no request id comes back: later passes need not remember them
+        chunks = _request_chunks(self.source, self.columns, self.read_batch_rows,
+                                 check_repeats=False)
+        for t, starts in chunks:
             n = len(starts)
             if first + n > start:
                 skip = max(start - first, 0)

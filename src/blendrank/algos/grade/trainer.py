@@ -35,9 +35,11 @@ from blendrank.checkpoint import (  # NonFiniteError: re-exported (raised by the
     NonFiniteError,  # noqa: F401
     check_finite,
     fingerprint,
+    objective_input,
     rng_state,
     set_rng_state,
 )
+from blendrank.data.fingerprint import data_input
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.fusion.artifact import load_policy, make_policy, save_policy
@@ -433,7 +435,7 @@ def fit_grade(train: pa.Table | str | Path, cfg: GRADEConfig, anchor: list[float
               log: Callable[[dict[str, Any]], None] | None = None, spec: FusionSpec | None = None,
               probe: Callable[[DirichletPolicy, FusionSpec, FeatureCenter], dict[str, float]] | None = None,
               checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50,
-              resume: bool = True) -> GradePolicy:
+              resume: bool = True, objective: Any = None) -> GradePolicy:
     """Train GRADE on a contract log (rows of logged requests with ``pred_*`` columns): a table,
     or a Parquet file / directory of shards, which is streamed (never loaded whole; see
     :class:`~blendrank.algos.grade.data.RequestLog` and ``cfg.data``).
@@ -441,16 +443,22 @@ def fit_grade(train: pa.Table | str | Path, cfg: GRADEConfig, anchor: list[float
     With ``checkpoint_dir``, a checkpoint (:mod:`blendrank.checkpoint`) is written there every
     ``checkpoint_every`` optimiser steps of each stage and at the start of Stage 2; with
     ``resume`` a run finds it and continues where it stopped, reaching the result of an
-    uninterrupted run. It is removed when training finishes.
+    uninterrupted run. It is removed when training finishes. The checkpoint records the data
+    (:func:`~blendrank.data.fingerprint.data_input`) and ``objective`` (the objective ``cfg`` was
+    resolved from, if any) besides the config: a run on other data or for another objective
+    refuses it with a ConfigError naming ``--no-resume``, rather than resuming a policy fitted to
+    something else.
 
     ``probe(policy, spec, center)``, if given, is called at every Stage-2 log step and its
     values are logged: worlds use it to record the *true* value of the current policy next to
     the rewards it is trained on (a reward-hacking check)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    config_hash = fingerprint({"config": cfg.model_dump(mode="json"), "anchor": anchor,
+                               "spec": spec.model_dump(mode="json") if spec else None})
     ckpt = None if checkpoint_dir is None else Checkpointer(
-        checkpoint_dir, "grade", fingerprint({"config": cfg.model_dump(mode="json"), "anchor": anchor,
-                                              "spec": spec.model_dump(mode="json") if spec else None}), checkpoint_every, resume)
+        checkpoint_dir, "grade", config_hash, checkpoint_every, resume,
+        inputs=[data_input(train), *([] if objective is None else [objective_input(objective)])])
     state = ckpt.load() if ckpt is not None else None
     history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
     run = TrainingRun(ckpt, state, history)

@@ -47,10 +47,12 @@ from blendrank.checkpoint import (
     atomic_torch_save,
     fingerprint,
     generator_state,
+    objective_input,
     rng_state,
     set_generator_state,
     set_rng_state,
 )
+from blendrank.data.fingerprint import splits_input
 from blendrank.errors import DataError
 from blendrank.features.center import FeatureCenter
 from blendrank.jsonio import write_jsonl
@@ -295,8 +297,10 @@ def fit_integrated_rl_logs(train: pa.Table, valid: pa.Table | None, setup: LogSe
 
     ckpt = None if checkpoint_dir is None else Checkpointer(
         checkpoint_dir, "integrated_rl_logs",
-        fingerprint({"config": cfg.model_dump(mode="json"), "setup": setup.__dict__, "rows": train.num_rows}),
-        checkpoint_every, resume)
+        fingerprint({"config": cfg.model_dump(mode="json"), "floor": floor}),
+        checkpoint_every, resume,
+        # The setup is what the trainer takes of the objective (values, production action, k).
+        inputs=[splits_input(train, valid), objective_input(setup.__dict__)])
     saved = ckpt.load() if ckpt is not None else None
     batch_rng = np.random.default_rng([cfg.seed, 7, 0])
     stats: list[dict[str, float]] = []
