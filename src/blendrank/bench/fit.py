@@ -261,23 +261,12 @@ def fit_log(
     )
     for note in resolved.notes():
         log(f"note: {note}")
-    pol = registry.fit_method(
-        resolved,
-        train_file or splits["train"],
-        goal.objective,
-        goal.spec(bench_cfg),
-        log=on_row,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-    )
+    pol = registry.fit_method(resolved, train_file or splits["train"], goal.objective, goal.spec(bench_cfg),
+                              log=on_row, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                              resume=resume)
     if not dist.is_main():
         return None
-    n_rows = (
-        pq.ParquetFile(train_file).metadata.num_rows
-        if train_file is not None
-        else splits["train"].num_rows
-    )
+    n_rows = pq.ParquetFile(train_file).metadata.num_rows if train_file is not None else splits["train"].num_rows
     return LogFit(method, pol, goal, resolved.config, n_rows, resolved.notes())
 
 
@@ -291,27 +280,11 @@ def _fit_integrated_rl(
     resume: bool,
 ) -> LogFit | None:
     """One offline round of IntegratedRL-MTF on the train split (a log has no world to explore)."""
-    bench = (
-        LogBenchConfig()
-    )  # the bench's reward metric and fusion floor, so `bench --data` judges the same
-    setup = LogSetup(
-        goal.behaviours,
-        goal.lam.tolist(),
-        production_log_action(goal.prod, bench.fusion_floor, cfg).tolist(),
-        bench.k,
-        bench.gain,
-    )
-    pol = fit_integrated_rl_logs(
-        splits["train"],
-        splits["valid"],
-        setup,
-        cfg,
-        floor=bench.fusion_floor,
-        log=log,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-    )
+    bench = LogBenchConfig()  # the bench's reward metric and fusion floor: `bench --data` judges the same
+    setup = LogSetup(goal.behaviours, goal.lam.tolist(),
+                     production_log_action(goal.prod, bench.fusion_floor, cfg).tolist(), bench.k, bench.gain)
+    pol = fit_integrated_rl_logs(splits["train"], splits["valid"], setup, cfg, floor=bench.fusion_floor, log=log,
+                                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
     if not dist.is_main():
         return None
     return LogFit("integrated_rl", pol, goal, cfg, splits["train"].num_rows)

@@ -292,8 +292,21 @@ class _CategoricalAcc:
         )
 
 
+def merge_moments(n: int, mean: float, m2: float, x: np.ndarray) -> tuple[int, float, float]:
+    """Count, mean and sum of squared deviations after adding the values ``x`` (``[n_b]``) to
+    those of ``n`` earlier ones: the batch's moments merged with Chan et al.'s parallel Welford."""
+    nb = len(x)
+    if nb == 0:
+        return n, mean, m2
+    mean_b = float(x.mean())
+    m2_b = float(np.square(x - mean_b).sum())
+    total = n + nb
+    delta = mean_b - mean
+    return total, mean + delta * nb / total, m2 + m2_b + delta * delta * n * nb / total
+
+
 class _NumericAcc:
-    """Streaming mean / variance: per-batch moments merged with Chan et al.'s parallel Welford."""
+    """Streaming mean / variance of a numeric feature (:func:`merge_moments`)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -306,16 +319,7 @@ class _NumericAcc:
         x = _pre_transform(_numeric_to_numpy(self.name, column), spec)
         finite = x[np.isfinite(x)]
         self.missing += len(x) - len(finite)
-        nb = len(finite)
-        if nb == 0:
-            return
-        mean_b = float(finite.mean())
-        m2_b = float(np.square(finite - mean_b).sum())
-        n = self.n + nb
-        delta = mean_b - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2_b + delta * delta * self.n * nb / n
-        self.n = n
+        self.n, self.mean, self.m2 = merge_moments(self.n, self.mean, self.m2, finite)
 
     def finish(self) -> NumericState:
         std = math.sqrt(self.m2 / self.n) if self.n else 1.0

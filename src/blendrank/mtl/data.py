@@ -42,7 +42,7 @@ from blendrank.data.io import CSV_SUFFIXES, MappingLike, iter_record_batches, pa
 from blendrank.data.splits import load_splits, split_files
 from blendrank.data.stream import POSITION, TS, LogSource
 from blendrank.errors import ConfigError, DataError
-from blendrank.features.center import FeatureCenter, FeatureSchema, FeatureSpec
+from blendrank.features.center import FeatureCenter, FeatureSchema, FeatureSpec, merge_moments
 from blendrank.mtl.models import TaskLayout
 
 LABEL_PREFIX = "label_"
@@ -318,14 +318,7 @@ class _LabelAcc:
         if (y < 0).any():
             self.negative = True
             return
-        z = np.log1p(y)
-        nb, mb = len(z), float(z.mean())
-        m2b = float(np.square(z - mb).sum())
-        n = self.log_n + nb
-        delta = mb - self.log_mean
-        self.log_mean += delta * nb / n
-        self.log_m2 += m2b + delta * delta * self.log_n * nb / n
-        self.log_n = n
+        self.log_n, self.log_mean, self.log_m2 = merge_moments(self.log_n, self.log_mean, self.log_m2, np.log1p(y))
 
 
 @dataclass
