@@ -855,3 +855,12 @@ def test_a_full_disk_during_a_copy_names_the_destination(capsys: pytest.CaptureF
     assert exc.value.exit_code == 1
     err = flat(capsys.readouterr().err)
     assert "error: /out/policy.pt: No space left on device" in err and "/in/" not in err
+
+
+def test_repeated_column_names_are_named_not_called_truncated(tmp_path: Path) -> None:
+    t = pa.Table.from_arrays([pa.array([1, 1]), pa.array([1, 2]), pa.array([0, 1])],
+                             names=["request_id", "request_id", "item_id"])
+    pq.write_table(t, tmp_path / "dup.parquet")
+    result = invoke("data", "validate", tmp_path / "dup.parquet")
+    assert_user_error(result, "column name(s) ['request_id'] appear more than once")
+    assert "truncated" not in result.output

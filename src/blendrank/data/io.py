@@ -75,7 +75,18 @@ def widen_half_floats(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBa
 
 
 def _unreadable(path: Path, exc: Exception) -> DataError:
-    return DataError(f"{path}: not a Parquet file or truncated ({exc}); re-export it")
+    """The error for a Parquet file that cannot be read; a readable file whose columns repeat a
+    name gets its own message (Arrow's is about field lookups)."""
+    try:
+        names = pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 - any failure: the file itself is unreadable
+        names = []
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return DataError(f"{path}: column name(s) {repeated} appear more than once; give every column a "
+                         "unique name (or map one of them in a column mapping) and re-export it")
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataError(f"{path}: not a Parquet file or truncated ({first}); re-export it")
 
 
 def _read_parquet(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
