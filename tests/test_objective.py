@@ -178,3 +178,10 @@ def test_rule_settings_are_checked_before_any_work(override: dict, needle: str) 
     with pytest.raises((ConfigError, ValueError), match=re.escape(needle)):
         registry.grade_config(GRADEConfig.model_validate(override), Objective.model_validate(MARKET), "grade",
                               FUSION, ["click", "order"], True)
+
+
+def test_a_repeated_key_in_the_objective_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "objective.yaml"
+    path.write_text("value: {click: 1}\nvalue: {order: 1}\n")
+    with pytest.raises(ConfigError, match=str(path).replace(".", r"\.")):
+        load_objective(path)

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from blendrank.config import BaseConfig, format_validation_error
+from blendrank.config import BaseConfig, format_validation_error, load_yaml
 from blendrank.errors import ConfigError
 
 OBJECTIVE_FILE = "objective.yaml"
@@ -109,9 +109,6 @@ class Objective(BaseConfig):
             return list(available)
         return [k for k in self.production_weights if k != PRICE]
 
-    def fusion_inputs(self, available: list[str]) -> list[str]:
-        return [*self.fusion_behaviours(available), *([PRICE] if self.fuses_price else [])]
-
     def production_vector(self, inputs: list[str]) -> np.ndarray:
         """``[K]`` production weights over ``inputs`` (summing to 1; equal when none are declared)."""
         if self.production_weights is None:
@@ -167,7 +164,7 @@ def load_objective(path: str | Path) -> Objective:
     """An objective from a YAML file; ConfigError naming the file and field on any mistake."""
     path = Path(path)
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the objective file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
@@ -186,7 +183,7 @@ def _from_production_file(path: Path) -> Objective:
     """A legacy ``production.yaml`` (``weights:`` and optionally ``objectives:``) as an objective
     whose value and production weights are those weights."""
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        content = load_yaml(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: unreadable ({exc})") from None
     if not isinstance(content, dict) or not isinstance(content.get("weights"), dict):
