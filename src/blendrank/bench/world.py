@@ -323,7 +323,8 @@ def run_world_bench(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], 
         predict, logs = _mtl_predictor(world, logs, cfg.mtl, log)
         timings["mtl"] = time.perf_counter() - t
     if cfg.save_training_logs:
-        save_training_logs(logs if logs is not None else _training_logs(world, cfg.log_requests), objective, Path(out_dir))
+        logs = logs if logs is not None else _training_logs(world, cfg.log_requests)
+        save_training_logs(logs, objective, Path(out_dir))
     ev = WorldBatch(world, STREAM_EVAL, cfg.eval_requests, predict)
     K = ev.inputs.shape[-1]
     prod = objective.production_vector(wcfg.fusion_inputs)
