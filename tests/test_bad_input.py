@@ -36,7 +36,7 @@ from blendrank.mtl.fit import fit_mtl
 runner = CliRunner()
 
 
-# ------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------ running a case
 def invoke(*args: str | Path) -> Any:
     return runner.invoke(app, [str(a) for a in args])
 

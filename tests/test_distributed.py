@@ -15,7 +15,7 @@ from blendrank import distributed as dist
 from blendrank.data.io import iter_record_batches
 
 
-def test_helpers_are_no_ops_in_a_single_process(monkeypatch):
+def test_distributed_calls_are_no_ops_in_a_single_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert dist.init_from_env() == (0, 1)
     assert dist.is_main() and dist.world_size() == 1 and not dist.is_distributed()

@@ -22,6 +22,11 @@ from blendrank.progress import StepProgress
 runner = CliRunner()
 
 
+def train_cli(method: str, log: Path, out: Path, *args: str):
+    """``blendrank train --method METHOD --data LOG --out OUT ARGS…`` in this process."""
+    return runner.invoke(app, ["train", "--method", method, "--data", str(log), "--out", str(out), *args])
+
+
 def flat(text: str) -> str:
     return " ".join(text.split())
 
@@ -66,22 +71,7 @@ def test_git_commit_is_absent_outside_a_checkout(tmp_path: Path) -> None:
 
 def test_train_records_run_json(tmp_path: Path, small_log: Path) -> None:
     out = tmp_path / "s"
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--method",
-            "static_search",
-            "--data",
-            str(small_log),
-            "--out",
-            str(out),
-            "--set",
-            "budget=10",
-            "--set",
-            "seed=4",
-        ],
-    )
+    r = train_cli("static_search", small_log, out, "--set", "budget=10", "--set", "seed=4")
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "run.json").read_text())
     assert (
@@ -191,20 +181,7 @@ def test_tensorboard_curves_log_each_stage_at_its_step() -> None:
 def test_tensorboard_flag_without_tensorboard_is_a_clear_error(
     tmp_path: Path, small_log: Path
 ) -> None:
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--method",
-            "grade",
-            "--data",
-            str(small_log),
-            "--out",
-            str(tmp_path / "o"),
-            "--tensorboard",
-            str(tmp_path / "tb"),
-        ],
-    )
+    r = train_cli("grade", small_log, tmp_path / "o", "--tensorboard", str(tmp_path / "tb"))
     assert r.exit_code == 1, r.output
     assert "--tensorboard needs the tensorboard package" in flat(r.output)
     assert not (tmp_path / "o").exists()  # failed before any work
@@ -214,43 +191,15 @@ def test_tensorboard_flag_without_tensorboard_is_a_clear_error(
     importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed"
 )
 def test_tensorboard_flag_writes_event_files(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--method",
-            "grade",
-            "--data",
-            str(small_log),
-            "--out",
-            str(tmp_path / "o"),
-            "--set",
-            "stage1.epochs=1",
-            "--set",
-            "stage2.steps=3",
-            "--tensorboard",
-            str(tmp_path / "tb"),
-        ],
-    )
+    r = train_cli("grade", small_log, tmp_path / "o", "--set", "stage1.epochs=1", "--set", "stage2.steps=3",
+                  "--tensorboard", str(tmp_path / "tb"))
     assert r.exit_code == 0, r.output
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")
 def test_mlflow_flag_without_mlflow_is_a_clear_error(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--method",
-            "static_search",
-            "--data",
-            str(small_log),
-            "--out",
-            str(tmp_path / "o"),
-            "--mlflow",
-        ],
-    )
+    r = train_cli("static_search", small_log, tmp_path / "o", "--mlflow")
     assert r.exit_code == 1, r.output
     assert "--mlflow needs the mlflow package" in flat(r.output)
 
@@ -324,24 +273,8 @@ def test_progress_jumps_print_one_line_and_nothing_without_steps() -> None:
 
 
 def test_train_off_a_terminal_prints_periodic_progress(tmp_path: Path, small_log: Path) -> None:
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "--method",
-            "grade",
-            "--data",
-            str(small_log),
-            "--out",
-            str(tmp_path / "o"),
-            "--set",
-            "stage1.epochs=1",
-            "--set",
-            "stage2.steps=19",
-            "--set",
-            "log_every=1",
-        ],
-    )
+    r = train_cli("grade", small_log, tmp_path / "o", "--set", "stage1.epochs=1", "--set", "stage2.steps=19",
+                  "--set", "log_every=1")
     assert r.exit_code == 0, r.output
     text = flat(r.output)
     assert "grade: 2/20 (10%)" in text and "grade: 20/20 (100%)" in text

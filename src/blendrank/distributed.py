@@ -1,7 +1,7 @@
-"""Thin helpers over ``torch.distributed`` for running training under ``torchrun``.
+"""Thin functions over ``torch.distributed`` for running training under ``torchrun``.
 
 Everything here is a no-op in a plain single-process run (``WORLD_SIZE`` unset or 1), so trainers
-call these helpers unconditionally. Gradients are synchronised by PyTorch's own
+call these functions unconditionally. Gradients are synchronised by PyTorch's own
 :class:`~torch.nn.parallel.DistributedDataParallel` (:func:`wrap_ddp`); see ``docs/scaling.md``.
 """
 

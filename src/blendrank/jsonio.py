@@ -1,4 +1,4 @@
-"""Small JSON file helpers shared by model directories: atomic write, checked read."""
+"""JSON files of model directories: atomic write, checked read."""
 
 from __future__ import annotations
 

@@ -36,11 +36,11 @@ from blendrank.bench.logs import (
     LogGoal,
     load_splits,
     log_goal,
-    split_by_time,
     tune_static,
 )
 from blendrank.config import BaseConfig
 from blendrank.data.contract import format_violations, objectives_of, validate_table
+from blendrank.data.splits import split_by_time
 from blendrank.errors import ConfigError, DataError
 from blendrank.jsonio import write_json
 from blendrank.objective import OBJECTIVE_FILE, Objective
@@ -192,7 +192,8 @@ def _table_splits(table: pa.Table, bench_cfg: LogBenchConfig) -> dict[str, pa.Ta
     report = validate_table(table, "the table")
     if not report.ok:
         raise DataError(format_violations(report))
-    return split_by_time(report.table, bench_cfg, "the table")
+    return split_by_time(report.table, valid_frac=bench_cfg.valid_frac, test_frac=bench_cfg.test_frac,
+                         where="the table")
 
 
 def fit_log(

@@ -53,6 +53,7 @@ from blendrank.objective import (
     term_factors,
 )
 from blendrank.ope import ArmTarget
+from blendrank.rewards.components import page_value as discounted_page_value
 
 SPLITS = ("train", "valid", "test")
 #: Keys the business objective owns (docs/objective.md): a log bench reads them from
@@ -103,12 +104,6 @@ class LogBenchConfig(BaseConfig):
 def load_splits(data: Path, mapping: Path | None, cfg: LogBenchConfig) -> dict[str, pa.Table]:
     return data_splits.load_splits(data, mapping, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac,
                                    test_where=cfg.test_where)
-
-
-def split_by_time(table: pa.Table, cfg: LogBenchConfig, where: str) -> dict[str, pa.Table]:
-    """A validated log split into train/valid/test by time (``cfg.valid_frac``, ``cfg.test_frac``);
-    ``where`` names it in errors."""
-    return data_splits.split_by_time(table, valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, where=where)
 
 
 def _ensure_predictions(splits: dict[str, pa.Table], log: Callable[[str], None]) -> tuple[dict[str, pa.Table], list[str]]:
@@ -245,27 +240,39 @@ def term_metric(term: str, k: int) -> str:
     return f"{PRICE_TERM_LABELS.get(term, term)}@{k}"
 
 
+def _term_amount(sl: Slates, term: str) -> torch.Tensor:
+    """``[B, L]`` each candidate's logged amount of ``term`` (a price term: label × price)."""
+    item = torch.ones_like(sl.mask, dtype=torch.float32)
+    for c in term_columns(term):
+        item = item * torch.nan_to_num(sl.columns[c].float(), nan=0.0)
+    return item
+
+
+def _page_total(sl: Slates, scores: torch.Tensor, item: torch.Tensor, objective: Objective) -> torch.Tensor:
+    """``[B]`` Σ_pos d(pos) · ``item`` over the page ``scores [B, L]`` shows (the objective's
+    ``page_size`` and discount; empty slots count 0)."""
+    idx, valid = top_k(scores, sl.mask, objective.page_size)
+    disc = position_discount(idx.shape[-1], objective.discount)
+    return discounted_page_value(idx.where(valid, -1)[:, None], item, disc)[:, 0]
+
+
 def page_term(sl: Slates, scores: torch.Tensor, term: str, objective: Objective) -> torch.Tensor:
     """``[B]`` the realised total of one term on the page ``scores [B, L]`` shows: Σ_pos d(pos) ·
     logged label (a price term: label × price), over the objective's ``page_size`` positions and
     with its discount ``d``; candidates the log did not show have no feedback and count 0. The
     term's columns must be in ``sl``."""
-    idx, valid = top_k(scores, sl.mask, objective.page_size)
-    item = torch.ones_like(sl.mask, dtype=torch.float32)
-    for c in term_columns(term):
-        item = item * torch.nan_to_num(sl.columns[c].float(), nan=0.0)
-    disc = position_discount(idx.shape[-1], objective.discount)
-    return (torch.gather(item, 1, idx) * valid * disc).sum(-1)
+    return _page_total(sl, scores, _term_amount(sl, term), objective)
 
 
 def page_value(sl: Slates, scores: torch.Tensor, objective: Objective) -> torch.Tensor:
     """``[B]`` the objective's realised value of the page ``scores [B, L]`` shows: Σ_terms value ·
-    :func:`page_term` (terms whose columns the log lacks count 0: see :func:`reported_terms`)."""
-    value = torch.zeros(len(sl))
+    :func:`page_term` (terms whose columns the log lacks count 0: see :func:`reported_terms`),
+    with the page ranked once."""
+    item = torch.zeros_like(sl.mask, dtype=torch.float32)
     for term, coef in objective.value.items():
         if coef != 0 and all(c in sl.columns for c in term_columns(term)):
-            value = value + float(coef) * page_term(sl, scores, term, objective)
-    return value
+            item = item + float(coef) * _term_amount(sl, term)
+    return _page_total(sl, scores, item, objective)
 
 
 def reported_terms(sl: Slates, goal: LogGoal) -> tuple[list[str], list[str]]:

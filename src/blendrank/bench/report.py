@@ -179,7 +179,7 @@ def load_bench(bench_dir: Path | str) -> dict[str, Any]:
     return bench
 
 
-# ----------------------------------------------------------------------------- value helpers
+# ----------------------------------------------------------------------------- values
 
 
 def _num(v: Any) -> float | None:

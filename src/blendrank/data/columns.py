@@ -1,4 +1,4 @@
-"""Column helpers shared by models that read labels and write predictions."""
+"""Column functions shared by models that read labels and write predictions."""
 
 from __future__ import annotations
 

@@ -347,7 +347,7 @@ def _family_ok(family: Family, t: pa.DataType) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# vectorised helpers
+# vectorised checks
 
 
 def _mask_rows(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> tuple[int, list[int]]:

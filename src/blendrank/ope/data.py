@@ -1,4 +1,4 @@
-"""Logged requests, the page objective and fusion helpers for off-policy estimation.
+"""Logged requests, the page objective and the fusion of pages for off-policy estimation.
 
 Shapes: ``B`` requests, ``L`` candidate slots per request (padded), ``P`` page positions,
 ``K`` fusion inputs. Positions are 1-based; 0 means "not shown". A page is ``[B, P]`` candidate
